@@ -1,0 +1,1 @@
+"""CIAP library."""

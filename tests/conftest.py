@@ -1,0 +1,5 @@
+"""Shared pytest setup. Fixtures shared by several test files live in tests/fixtures/."""
+import os
+
+# Progress bars would only clutter test logs.
+os.environ.setdefault("TQDM_DISABLE", "1")
