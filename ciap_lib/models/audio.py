@@ -1,0 +1,119 @@
+"""Audio towers, selected by name through the ``AUDIO_ENCODERS`` registry.
+
+Every encoder is built as ``cls(config: ModelConfig)`` and maps its input to (B, embed_dim)
+unit-norm embeddings. ``input_kind`` tells the data pipeline what to feed: ``"waveform"``
+(B,T) 16 kHz mono, or ``"embedding"`` (B,clap_dim) precomputed features.
+"""
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+import torch
+import torch.nn.functional as F
+import torchaudio
+from torch import nn
+
+from ciap_lib.models.config import ModelConfig
+
+AUDIO_ENCODERS: dict[str, type[nn.Module]] = {}
+_T = TypeVar("_T", bound=type)
+
+
+def register_audio_encoder(name: str) -> Callable[[_T], _T]:
+    """Class decorator adding an audio encoder to ``AUDIO_ENCODERS`` under ``name``."""
+
+    def deco(cls: _T) -> _T:
+        if name in AUDIO_ENCODERS and AUDIO_ENCODERS[name] is not cls:
+            raise ValueError(f"audio encoder {name!r} is already registered ({AUDIO_ENCODERS[name].__name__})")
+        AUDIO_ENCODERS[name] = cls
+        return cls
+
+    return deco
+
+
+def build_audio_encoder(config: ModelConfig) -> nn.Module:
+    if config.audio_encoder not in AUDIO_ENCODERS:
+        raise ValueError(f"unknown audio_encoder {config.audio_encoder!r}; choose from {sorted(AUDIO_ENCODERS)}")
+    return AUDIO_ENCODERS[config.audio_encoder](config)
+
+
+def _check_waveform(audio: torch.Tensor, num_samples: int, name: str) -> None:
+    if audio.ndim != 2 or audio.shape[1] != num_samples:
+        raise ValueError(f"audio encoder {name!r} expects (B,{num_samples}) 16 kHz waveforms, "
+                         f"got shape {tuple(audio.shape)}")
+
+
+@register_audio_encoder("mlp")
+class MLPAudioEncoder(nn.Module):
+    """The original design: raw 1 s waveform (B,16000) -> Linear 1024 -> ReLU -> Linear 512 -> L2."""
+
+    input_kind = "waveform"
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_samples = config.num_samples
+        self.net = nn.Sequential(nn.Linear(self.num_samples, config.mlp_hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(config.mlp_hidden, config.embed_dim))
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        _check_waveform(audio, self.num_samples, "mlp")
+        return F.normalize(self.net(audio), dim=-1)
+
+
+@register_audio_encoder("logmel_cnn")
+class LogMelCNNAudioEncoder(nn.Module):
+    """(B,T) waveform -> log-mel (B,1,n_mels,frames) -> 4 conv blocks (GroupNorm) -> mean+max pool
+    -> Linear -> LayerNorm -> L2 (B,D)."""
+
+    input_kind = "waveform"
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.num_samples = config.num_samples
+        self.mel = torchaudio.transforms.MelSpectrogram(sample_rate=config.sample_rate, n_fft=config.n_fft,
+                                                        hop_length=config.hop_length, n_mels=config.n_mels)
+        w = config.cnn_width
+        chans = [1, w, 2 * w, 4 * w, 8 * w]
+        layers: list[nn.Module] = []
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(min(8, cout // 2), cout),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True)]
+        self.cnn = nn.Sequential(*layers)
+        self.proj = nn.Linear(2 * chans[-1], config.embed_dim)
+        self.norm = nn.LayerNorm(config.embed_dim)
+
+    def log_mel(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B,T) -> (B,1,n_mels,frames), per-clip standardised log power."""
+        x = torch.log(self.mel(audio) + 1e-6).unsqueeze(1)
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        std = x.std(dim=(2, 3), keepdim=True)
+        return (x - mean) / (std + 1e-5)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        _check_waveform(audio, self.num_samples, "logmel_cnn")
+        h = self.cnn(self.log_mel(audio))
+        h = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+        return F.normalize(self.norm(self.proj(h)), dim=-1)
+
+
+@register_audio_encoder("clap")
+class PrecomputedEmbeddingEncoder(nn.Module):
+    """Parameter-free: (B,clap_dim) precomputed (frozen CLAP) embeddings -> L2-normalised (B,D).
+
+    The CLAP tower itself lives in ``ciap_lib.bridge``, which computes and caches the embeddings.
+    """
+
+    input_kind = "embedding"
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.embed_dim != config.clap_dim:
+            raise ValueError(f"audio_encoder='clap' needs embed_dim == clap_dim ({config.clap_dim}), "
+                             f"got embed_dim={config.embed_dim}")
+        self.dim = config.clap_dim
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        if audio.ndim != 2 or audio.shape[1] != self.dim:
+            raise ValueError(f"audio encoder 'clap' expects (B,{self.dim}) precomputed CLAP embeddings, "
+                             f"got shape {tuple(audio.shape)}")
+        return F.normalize(audio.float(), dim=-1)

@@ -1,0 +1,60 @@
+"""The CIAP model: image tower + audio tower + learnable temperature (open_clip style)."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ciap_lib.models.audio import build_audio_encoder
+from ciap_lib.models.config import ModelConfig, get_model_config
+from ciap_lib.models.image import ImageEncoder
+
+
+class CIAP(nn.Module):
+    """Contrastive image-audio model.
+
+    Args:
+        config: the model configuration (kept as ``self.config``).
+        load_pretrained: load ImageNet weights when ``config.image_pretrained == 'imagenet'``
+            (False when a checkpoint is about to overwrite them).
+    """
+
+    def __init__(self, config: ModelConfig, load_pretrained: bool = True):
+        super().__init__()
+        self.config = config
+        self.image_encoder = ImageEncoder(config, load_pretrained)
+        self.audio_encoder = build_audio_encoder(config)
+        #: log-space temperature; logits = exp(logit_scale) * cos_sim
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.init_logit_scale)))
+
+    @property
+    def audio_input_kind(self) -> str:
+        """``"waveform"`` ((B,T) 16 kHz) or ``"embedding"`` ((B,clap_dim) precomputed)."""
+        return self.audio_encoder.input_kind
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """(B,3,H,W) ImageNet-normalised float images -> (B,D) unit-norm."""
+        return self.image_encoder(images)
+
+    def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B,T) 16 kHz waveform (or (B,clap_dim) precomputed CLAP embedding) -> (B,D) unit-norm."""
+        return self.audio_encoder(audio)
+
+    def forward(self, image: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Returns ``image_features`` (B,D), ``audio_features`` (B,D), ``logit_scale`` (scalar, linear space)."""
+        return {"image_features": self.encode_image(image),
+                "audio_features": self.encode_audio(audio),
+                "logit_scale": self.logit_scale.exp()}
+
+    @torch.no_grad()
+    def clamp_logit_scale(self) -> None:
+        """Clamp the temperature to at most ``config.max_logit_scale`` (100); call after each step."""
+        self.logit_scale.clamp_(max=math.log(self.config.max_logit_scale))
+
+
+def create_model(name: str = "default", load_pretrained: bool = True, **overrides: Any) -> CIAP:
+    """Build a :class:`CIAP` from a named config of ``MODEL_CONFIGS`` with keyword overrides
+    (``None`` values mean "keep the named config's value")."""
+    return CIAP(get_model_config(name, **overrides), load_pretrained=load_pretrained)

@@ -1,0 +1,287 @@
+"""Training loop: tqdm bar, per-epoch validation (loss + retrieval metrics), atomic checkpoint each
+epoch, resume, seeded reproducibility, a callback hook (MLflow plugs in here), and DDP under torchrun.
+
+Checkpoints go to ``<ckpt_dir>/<run_name>/last.pt`` (overwritten atomically every epoch).
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ciap_lib import distributed as D
+from ciap_lib.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from ciap_lib.config import TrainConfig, save_config
+from ciap_lib.data import PairDataset, make_loader
+from ciap_lib.losses import create_loss
+from ciap_lib.models import CIAP, create_model
+from ciap_lib.retrieval import retrieval_metrics
+
+
+class Callback:
+    """Training hook; every method is a no-op by default. Only rank 0 calls callbacks."""
+
+    def on_train_start(self, cfg: TrainConfig, model: CIAP) -> None:
+        """Before the first (or resumed) epoch; ``model`` is the unwrapped CIAP."""
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint: Path) -> None:
+        """After epoch ``epoch`` (1-based count of completed epochs) was validated and checkpointed."""
+
+    def on_train_end(self, result: "TrainResult") -> None:
+        """After the last epoch."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: per-epoch metric history, the final validation metrics, the checkpoint."""
+
+    history: list[dict[str, float]]
+    metrics: dict[str, float]
+    checkpoint: Path
+    config: TrainConfig
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _progress(iterable, total: int, desc: str, enabled: bool):
+    disable = (not enabled) or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
+    return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, dynamic_ncols=True,
+                mininterval=float(os.environ.get("TQDM_MININTERVAL", "1.0")), file=sys.stderr)
+
+
+def compute_loss(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, audio: torch.Tensor,
+                 info: D.DistInfo = D.DistInfo()) -> dict[str, torch.Tensor]:
+    """Forward one (local) batch and the loss over the global batch.
+
+    Args:
+        model: CIAP or DDP(CIAP).
+        images: (b,3,S,S); audio: (b,T) waveforms or (b,F) features; b = local batch.
+    Returns:
+        the loss dict (``"loss"`` has the graph), computed over all ranks' embeddings (W*b rows).
+    """
+    out = model(images, audio)
+    img, aud = D.gather_features(out["image_features"], out["audio_features"], info)
+    return loss_fn(img, aud, out["logit_scale"])
+
+
+@torch.no_grad()
+def embed_dataset(model: CIAP, dataset: torch.utils.data.Dataset, batch_size: int = 128, num_workers: int = 0,
+                  device: str | torch.device | None = None, progress: bool = False,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Embed every pair in order.
+
+    Returns:
+        image_emb (N,D) float32 unit-norm, audio_emb (N,D) float32 unit-norm, labels (N,) long (-1 if none).
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers, persistent_workers=False)
+    ims, auds, labels = [], [], []
+    for batch in _progress(loader, len(loader), "embed", progress):
+        ims.append(model.encode_image(batch["image"].to(device)).float().cpu())
+        auds.append(model.encode_audio(batch["audio"].to(device)).float().cpu())
+        labels.append(batch["label"].long())
+    model.train(was_training)
+    return torch.cat(ims), torch.cat(auds), torch.cat(labels)
+
+
+@torch.no_grad()
+def metrics_from_embeddings(image_emb: torch.Tensor, audio_emb: torch.Tensor, labels: torch.Tensor | None,
+                            logit_scale: float, loss_name: str = "infonce", loss_batch_size: int = 32,
+                            chunk_size: int = 4096) -> dict[str, float]:
+    """``val_loss`` (the training loss over consecutive batches of ``loss_batch_size`` rows, averaged)
+    plus :func:`~ciap_lib.retrieval.retrieval_metrics` over all N rows."""
+    loss_fn = create_loss(loss_name)
+    n = image_emb.shape[0]
+    scale = torch.tensor(float(logit_scale))
+    losses, weights = [], []
+    for s in range(0, n, loss_batch_size):
+        e = min(n, s + loss_batch_size)
+        if e - s < 2 and loss_name == "infonce" and losses:
+            break  # a 1-row batch has no negatives
+        losses.append(float(loss_fn(image_emb[s:e], audio_emb[s:e], scale)["loss"]))
+        weights.append(e - s)
+    metrics = {"val_loss": float(np.average(losses, weights=weights))}
+    has_labels = labels is not None and bool((labels >= 0).any())
+    metrics.update({k: float(v) for k, v in retrieval_metrics(
+        image_emb, audio_emb, labels if has_labels else None, chunk_size=chunk_size).items()})
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(model: CIAP, dataset: torch.utils.data.Dataset, batch_size: int = 128,
+             audio_features: Mapping[str, torch.Tensor] | None = None, loss: str = "infonce",
+             loss_batch_size: int = 32, chunk_size: int = 4096, num_workers: int = 0,
+             progress: bool = False) -> dict[str, float]:
+    """Validation loss and retrieval metrics of ``model`` on ``dataset`` (a :class:`PairDataset`).
+
+    ``audio_features`` (precomputed CLAP features keyed by resolved audio path) must already be in the
+    dataset for the ``clap`` encoder; passing them here only checks that the dataset carries them.
+    """
+    if audio_features is not None and getattr(dataset, "audio_features", None) is None:
+        raise ValueError("evaluate: audio_features given but the dataset was built without them; "
+                         "build PairDataset(..., audio_features=...) instead")
+    img, aud, labels = embed_dataset(model, dataset, batch_size, num_workers, progress=progress)
+    return metrics_from_embeddings(img, aud, labels, float(model.logit_scale.exp()), loss,
+                                   loss_batch_size, chunk_size)
+
+
+def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"config key 'optimizer' must be 'adam' or 'adamw', got {cfg.optimizer!r}")
+
+
+def _check_config(cfg: TrainConfig, info: D.DistInfo) -> int:
+    """Validate and return the per-rank batch size."""
+    for key in ("batch_size", "epochs", "lr_step_size", "eval_batch_size", "eval_chunk_size"):
+        if getattr(cfg, key) <= 0:
+            raise ValueError(f"config key {key!r} must be positive, got {getattr(cfg, key)}")
+    if cfg.lr <= 0:
+        raise ValueError(f"config key 'lr' must be positive, got {cfg.lr}")
+    if cfg.batch_size % info.world_size:
+        raise ValueError(f"config key 'batch_size' ({cfg.batch_size}, the global batch) must be divisible by "
+                         f"the number of processes ({info.world_size})")
+    return cfg.batch_size // info.world_size
+
+
+def train(cfg: TrainConfig, callbacks: Sequence[Callback] = (),
+          audio_features: Mapping[str, torch.Tensor] | None = None) -> TrainResult:
+    """Train CIAP as ``cfg`` says; return the history, final validation metrics and checkpoint path.
+
+    Args:
+        cfg: the run configuration (``cfg.data`` root with ``train_split``/``val_split`` folders).
+        callbacks: hooks, called on rank 0 only.
+        audio_features: precomputed audio features keyed by resolved audio path (``clap`` encoder).
+
+    Launched by ``torchrun`` (``WORLD_SIZE`` > 1) it trains with DDP: ``cfg.batch_size`` is the global batch,
+    each rank contrasts against all ranks' embeddings, rank 0 validates, writes checkpoints and runs callbacks.
+    Resume (``cfg.resume``) continues from ``last.pt`` with any world size.
+    """
+    t0 = time.time()
+    info = D.setup(cfg.device)
+    try:
+        return _train(cfg, callbacks, audio_features, info, t0)
+    finally:
+        D.cleanup(info)
+
+
+def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapping[str, torch.Tensor] | None,
+           info: D.DistInfo, t0: float) -> TrainResult:
+    local_batch = _check_config(cfg, info)
+    seed_everything(cfg.seed)
+    model = create_model(cfg.model, **cfg.model_overrides())
+    mc = model.config
+    if (mc.audio_encoder == "clap") != (audio_features is not None):
+        raise ValueError("audio_encoder='clap' trains on precomputed CLAP features: call "
+                         "ciap_lib.workflows.fit (it computes them) or pass audio_features"
+                         if audio_features is None else
+                         f"audio_features were given but audio_encoder={mc.audio_encoder!r} encodes waveforms")
+    if cfg.loss == "cosine" and mc.audio_encoder != "clap":
+        raise ValueError("loss='cosine' regresses onto a frozen audio tower; use it with audio_encoder='clap'")
+    loss_fn = create_loss(cfg.loss)
+    ds_kw = dict(image_size=mc.image_size, sample_rate=mc.sample_rate, segment_seconds=mc.segment_seconds,
+                 skip_bad=cfg.skip_bad, audio_features=audio_features, seed=cfg.seed)
+    train_ds = PairDataset(cfg.data, cfg.train_split, train=True, **ds_kw)
+    val_ds = PairDataset(cfg.data, cfg.val_split, train=False, **ds_kw) if info.is_main else None
+    if len(train_ds) < cfg.batch_size:
+        raise ValueError(f"train split {train_ds.split_dir} has {len(train_ds)} pairs, fewer than "
+                         f"batch_size={cfg.batch_size}; lower batch_size")
+    if info.is_main and train_ds.skipped:
+        print(train_ds.report(), file=sys.stderr)
+    sampler = D.DistributedEpochSampler(len(train_ds), info, shuffle=True, seed=cfg.seed)
+    loader = make_loader(train_ds, local_batch, shuffle=True, num_workers=cfg.num_workers, seed=cfg.seed,
+                         sampler=sampler, drop_last=True)
+
+    model.to(info.device)
+    optimizer = _optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step_size, gamma=cfg.lr_gamma)
+    ckpt_path = cfg.checkpoint_dir / "last.pt"
+    start_epoch, history = 0, []
+    if cfg.resume and ckpt_path.is_file():
+        ck = load_checkpoint(ckpt_path, map_location=info.device)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        start_epoch, history = int(ck["epoch"]), list(ck["history"])
+        set_rng_state(ck["rng"])
+        if info.is_main:
+            print(f"resumed {ckpt_path} after epoch {start_epoch}", file=sys.stderr)
+    if info.rank:  # distinct randomness per rank beyond the shared data order
+        seed_everything(cfg.seed + 7919 * info.rank + start_epoch)
+    if info.is_main:
+        cfg.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, cfg.checkpoint_dir / "config.yaml")
+    net: nn.Module = model
+    if info.enabled:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    if info.is_main:
+        for cb in callbacks:
+            cb.on_train_start(cfg, model)
+
+    metrics: dict[str, float] = dict(history[-1]) if history else {}
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        net.train()
+        total, count = 0.0, 0
+        bar = _progress(loader, len(loader), f"epoch {epoch + 1}/{cfg.epochs}", info.is_main)
+        for batch in bar:
+            images = batch["image"].to(info.device, non_blocking=True)
+            audio = batch["audio"].to(info.device, non_blocking=True)
+            losses = compute_loss(net, loss_fn, images, audio, info)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            model.clamp_logit_scale()
+            loss = float(losses["loss"].detach())
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss} at epoch {epoch + 1}; lower lr")
+            total, count = total + loss, count + 1
+            bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        bar.close()
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        if info.is_main:
+            metrics = {"epoch": float(epoch + 1), "train_loss": total / max(count, 1), "lr": lr,
+                       "logit_scale": float(model.logit_scale.detach().exp())}
+            metrics.update(evaluate(model, val_ds, cfg.eval_batch_size, loss=cfg.loss,
+                                    loss_batch_size=cfg.batch_size, chunk_size=cfg.eval_chunk_size))
+            history.append(metrics)
+            save_checkpoint(ckpt_path, model, cfg, epoch + 1, optimizer, scheduler, history, metrics)
+            print(f"epoch {epoch + 1}/{cfg.epochs} train_loss {metrics['train_loss']:.4f} "
+                  f"val_loss {metrics['val_loss']:.4f} i2a_R@1 {metrics.get('i2a_R@1', float('nan')):.3f} "
+                  f"a2i_R@1 {metrics.get('a2i_R@1', float('nan')):.3f}", file=sys.stderr)
+            for cb in callbacks:
+                cb.on_epoch_end(epoch + 1, metrics, ckpt_path)
+        D.barrier(info)
+
+    history = D.broadcast_object(history, info)
+    result = TrainResult(history=history, metrics=dict(history[-1]) if history else {}, checkpoint=ckpt_path,
+                         config=cfg, seconds=time.time() - t0)
+    if info.is_main:
+        for cb in callbacks:
+            cb.on_train_end(result)
+    return result
