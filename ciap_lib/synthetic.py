@@ -1,0 +1,237 @@
+"""The embedded default dataset: synthetic image/sound pairs that share hidden attributes.
+
+Hidden attributes and how each side renders them:
+
+============  ==========================================  ==============================================
+attribute     image                                       sound
+============  ==========================================  ==============================================
+shape         circle / square / triangle / cross          timbre: sine / odd harmonics / saw / FM bell
+colour        red / green / blue / yellow                 pitch: 220 / 330 / 494 / 740 Hz (±3 % jitter)
+count         1, 2 or 3 objects                           pulse rate 2, 4 or 6 pulses per second
+============  ==========================================  ==============================================
+
+Renderings are jittered on both sides (object positions, sizes, rotations, colour shades, background
+level and pixel noise; pitch, pulse phase and rate, loudness, background noise), so no two files are alike.
+A quarter of the 48 attribute combinations (those with ``(shape + colour + count) % 4 == 0``) never occurs in
+train; val draws from all 48 combinations, so about a quarter of val pairs show combinations never seen
+in training (column ``held_out``), and all val pairs are new renderings.
+
+Label = the readable combination name, e.g. ``"red-circle-x2"``. Each split folder holds ``pairs.csv``
+(``image,audio,label,shape,colour,count,held_out``), PNG images and 16 kHz mono WAV files. The set is
+built into a temporary sibling folder and renamed into place; ``manifest.json`` (written last) records the
+parameters, so a half-written or differently-parameterised set is detected and rebuilt. Output is a pure
+function of the parameters (per-item seeds), so rebuilding gives identical files.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from ciap_lib.audio_io import write_wav
+
+__all__ = ["SHAPES", "COLOURS", "COUNTS", "TIMBRES", "PITCHES_HZ", "PULSE_RATES_HZ", "combo_name",
+           "is_held_out", "render_image", "render_audio", "make_synthetic_dataset", "MANIFEST"]
+
+PathLike = Union[str, os.PathLike]
+
+SHAPES = ("circle", "square", "triangle", "cross")
+COLOURS = ("red", "green", "blue", "yellow")
+COUNTS = (1, 2, 3)
+TIMBRES = ("sine", "odd", "saw", "fm")
+PITCHES_HZ = (220.0, 330.0, 494.0, 740.0)
+PULSE_RATES_HZ = (2.0, 4.0, 6.0)
+_RGB = {"red": (215, 45, 40), "green": (45, 175, 65), "blue": (45, 85, 225), "yellow": (230, 205, 40)}
+MANIFEST = "manifest.json"
+_VERSION = 1
+_GENERATOR = "ciap_lib.synthetic"
+
+
+def combo_name(shape: int, colour: int, count: int) -> str:
+    """Readable label of an attribute combination (indices into SHAPES, COLOURS, COUNTS)."""
+    return f"{COLOURS[colour]}-{SHAPES[shape]}-x{COUNTS[count]}"
+
+
+def is_held_out(shape: int, colour: int, count: int) -> bool:
+    """True for the 12 of 48 combinations that never occur in the train split."""
+    return (shape + colour + count) % 4 == 0
+
+
+def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    if shape == "square":
+        pts = [(1, 1), (-1, 1), (-1, -1), (1, -1)]
+        pts = [(x * 0.8, y * 0.8) for x, y in pts]
+    elif shape == "triangle":
+        pts = [(np.cos(a), np.sin(a)) for a in (-np.pi / 2, np.pi / 6, 5 * np.pi / 6)]
+    elif shape == "cross":
+        w = 0.33
+        pts = [(w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w), (-w, -1), (w, -1), (w, -w), (1, -w),
+               (1, w), (w, w)]
+    else:
+        raise ValueError(f"unknown polygon shape {shape!r}")
+    c, s = np.cos(angle), np.sin(angle)
+    return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in pts]
+
+
+def render_image(shape: int, colour: int, count: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw ``COUNTS[count]`` jittered ``SHAPES[shape]`` objects of ``COLOURS[colour]`` on a noisy background.
+
+    Returns uint8 RGB (size, size, 3). Drawn at 2x and downsampled (antialiasing).
+    """
+    big = size * 2
+    bg_level = rng.uniform(0.15, 0.85)
+    tint = rng.uniform(-0.06, 0.06, size=3)
+    bg = tuple(int(255 * np.clip(bg_level + t, 0, 1)) for t in tint)
+    im = Image.new("RGB", (big, big), bg)
+    draw = ImageDraw.Draw(im)
+    base = np.array(_RGB[COLOURS[colour]], dtype=np.float64)
+    n = COUNTS[count]
+    placed: list[tuple[float, float, float]] = []
+    for _ in range(n):
+        for _attempt in range(200):
+            r = rng.uniform(0.09, 0.15) * big
+            cx, cy = rng.uniform(r, big - r), rng.uniform(r, big - r)
+            if all((cx - x) ** 2 + (cy - y) ** 2 > (r + rr + 0.02 * big) ** 2 for x, y, rr in placed):
+                break
+        placed.append((cx, cy, r))
+        fill = tuple(int(v) for v in np.clip(base + rng.uniform(-25, 25, size=3), 0, 255))
+        if SHAPES[shape] == "circle":
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        else:
+            draw.polygon(_polygon(SHAPES[shape], cx, cy, r, rng.uniform(0, 2 * np.pi)), fill=fill)
+    im = im.resize((size, size), Image.BILINEAR, reducing_gap=None)
+    arr = np.asarray(im, dtype=np.float32)
+    arr = arr + rng.normal(0.0, rng.uniform(2.0, 10.0), size=arr.shape)
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+def render_audio(shape: int, colour: int, count: int, seconds: float, sample_rate: int,
+                 rng: np.random.Generator) -> np.ndarray:
+    """Pulsed tone: timbre from ``shape``, pitch from ``colour``, pulse rate from ``count``.
+
+    Every 1 s window contains at least two pulses, so any 1 s crop keeps all three attributes.
+    Returns float32 (round(seconds * sample_rate),) in [-1, 1].
+    """
+    n = int(round(seconds * sample_rate))
+    t = np.arange(n, dtype=np.float64) / sample_rate
+    f0 = PITCHES_HZ[colour] * (1.0 + rng.uniform(-0.03, 0.03))
+    timbre = TIMBRES[shape]
+    ph = rng.uniform(0, 2 * np.pi)
+    if timbre == "sine":
+        tone = np.sin(2 * np.pi * f0 * t + ph)
+    elif timbre == "odd":
+        tone = sum(np.sin(2 * np.pi * k * f0 * t + k * ph) / k for k in (1, 3, 5, 7, 9))
+    elif timbre == "saw":
+        tone = sum(np.sin(2 * np.pi * k * f0 * t + k * ph) / k for k in range(1, 11))
+    else:  # fm bell
+        tone = np.sin(2 * np.pi * f0 * t + 2.5 * np.sin(2 * np.pi * 1.41 * f0 * t) + ph)
+    tone = tone / (np.max(np.abs(tone)) + 1e-9)
+    rate = PULSE_RATES_HZ[count] * (1.0 + rng.uniform(-0.05, 0.05))
+    env = np.clip(3.0 * np.sin(2 * np.pi * rate * t + rng.uniform(0, 2 * np.pi)), 0.0, 1.0)
+    amp = rng.uniform(0.3, 0.8)
+    noise = rng.normal(0.0, rng.uniform(0.005, 0.03), size=n)
+    return np.clip(amp * tone * env + noise, -1.0, 1.0).astype(np.float32)
+
+
+def _combos(split: str) -> list[tuple[int, int, int]]:
+    allc = [(s, c, k) for s in range(len(SHAPES)) for c in range(len(COLOURS)) for k in range(len(COUNTS))]
+    return [x for x in allc if not is_held_out(*x)] if split == "train" else allc
+
+
+def _write_split(folder: Path, split: str, n: int, seed: int, image_size: int, seconds: float,
+                 sample_rate: int) -> None:
+    folder.mkdir(parents=True)
+    combos = _combos(split)
+    split_id = {"train": 0, "val": 1}[split]
+    rows = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, split_id, i])
+        s, c, k = combos[i % len(combos)] if i < len(combos) * (n // len(combos)) else \
+            combos[int(rng.integers(len(combos)))]
+        stem = f"{split}_{i:05d}"
+        Image.fromarray(render_image(s, c, k, image_size, rng)).save(folder / f"{stem}.png", optimize=False)
+        write_wav(folder / f"{stem}.wav", render_audio(s, c, k, seconds, sample_rate, rng), sample_rate)
+        rows.append({"image": f"{stem}.png", "audio": f"{stem}.wav", "label": combo_name(s, c, k),
+                     "shape": SHAPES[s], "colour": COLOURS[c], "count": COUNTS[k],
+                     "held_out": int(is_held_out(s, c, k))})
+    with open(folder / "pairs.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _read_manifest(root: Path) -> dict | None:
+    try:
+        m = json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) and m.get("generator") == _GENERATOR else None
+
+
+def make_synthetic_dataset(root: PathLike = "data/synthetic", n_train: int = 384, n_val: int = 96,
+                           seed: int = 0, image_size: int = 96, seconds: float = 1.5,
+                           sample_rate: int = 16000, overwrite: bool = False) -> Path:
+    """Write the synthetic dataset to ``root/{train,val}`` (unless an identical one is already there).
+
+    Args:
+        root: dataset root (relative paths are relative to the working directory).
+        n_train, n_val: number of pairs per split. Train cycles through its 36 combinations in order
+            (balanced), then draws the remainder at random; val likewise over all 48.
+        seed: base seed; the output is a deterministic function of all parameters.
+        image_size: PNG side in pixels.
+        seconds: clip duration (>= 1.0 so that every 1 s crop keeps the attributes).
+        sample_rate: WAV sample rate.
+        overwrite: rebuild even when a matching set exists; also allows replacing a folder that is not
+            a synthetic set.
+
+    Returns:
+        ``root`` as a Path.
+    """
+    if n_train < 1 or n_val < 1:
+        raise ValueError(f"make_synthetic_dataset: n_train ({n_train}) and n_val ({n_val}) must be >= 1")
+    if image_size < 16:
+        raise ValueError(f"make_synthetic_dataset: image_size must be >= 16, got {image_size}")
+    if seconds < 1.0:
+        raise ValueError(f"make_synthetic_dataset: seconds must be >= 1.0, got {seconds}")
+    root = Path(root)
+    params = {"generator": _GENERATOR, "version": _VERSION, "n_train": int(n_train), "n_val": int(n_val),
+              "seed": int(seed), "image_size": int(image_size), "seconds": float(seconds),
+              "sample_rate": int(sample_rate)}
+    existing = _read_manifest(root) if root.exists() else None
+    if existing is not None and not overwrite:
+        same = {k: existing.get(k) for k in params} == params
+        if same and all((root / s / "pairs.csv").is_file() for s in ("train", "val")):
+            return root
+    if root.exists() and existing is None and not overwrite:
+        leftovers = {p.name for p in root.iterdir()} - {"train", "val"}
+        if leftovers:
+            raise ValueError(f"make_synthetic_dataset: {root} exists and is not a synthetic dataset "
+                             f"(no {MANIFEST}; holds {sorted(leftovers)[:5]}); pass overwrite=True or "
+                             "choose another root")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
+    try:
+        _write_split(tmp / "train", "train", n_train, seed, image_size, seconds, sample_rate)
+        _write_split(tmp / "val", "val", n_val, seed, image_size, seconds, sample_rate)
+        (tmp / MANIFEST).write_text(json.dumps({**params, "files": 2 * (n_train + n_val) + 2}, indent=1))
+        if root.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
+            os.replace(root, old / root.name)
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(tmp, root)
+        except OSError:  # another process finished first: keep theirs when it matches
+            m = _read_manifest(root)
+            if m is None or {k: m.get(k) for k in params} != params:
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
