@@ -1,0 +1,47 @@
+"""``python -m ciap_lib run experiments/<name>.yaml [-p key=value ...]``: the notebook pipeline."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "run the notebook pipeline (01..04 through papermill, tracked in MLflow) for an experiment YAML"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("experiment", help="experiment YAML, e.g. experiments/default.yaml")
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter: section.key=value (train.epochs=5, generation.duration=2.5, "
+                             "data.root=DIR); a bare TrainConfig field means train.<key>. Repeatable.")
+    parser.add_argument("--run-name", default=None, help="run name (default <name>-<UTC timestamp>)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db)")
+    parser.add_argument("--notebooks", default=None,
+                        help="comma-separated subset to run, e.g. 01_data_exploration,02_training (default: all four)")
+    parser.add_argument("--kernel", default="ciap", help="Jupyter kernel name (default ciap)")
+    parser.add_argument("--log-output", action="store_true", help="stream the notebooks' output to this terminal")
+    parser.add_argument("--check", action="store_true", help="only validate the parameters, run nothing")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ciap_lib import pipeline
+
+    overrides = list(args.param)
+    if args.run_name:
+        overrides.append(f"run_name={args.run_name}")
+    try:
+        exp = pipeline.load_experiment(args.experiment, overrides)
+        notebooks = tuple(args.notebooks.split(",")) if args.notebooks else pipeline.NOTEBOOKS
+        pipeline.check_kernel(args.kernel)
+        if args.check:
+            print(f"{args.experiment}: parameters OK")
+            return 0
+        result = pipeline.run_pipeline(exp, tracking_uri=args.tracking_uri, notebooks=notebooks,
+                                       kernel_name=args.kernel, log_output=args.log_output)
+    except pipeline.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except pipeline.PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(pipeline.summary(result))
+    return 0

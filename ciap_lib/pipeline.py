@@ -1,0 +1,438 @@
+"""The notebook pipeline: ``python -m ciap_lib run experiments/<name>.yaml [-p key=value ...]``.
+
+1. Load the experiment YAML, apply ``-p`` overrides and validate **every** parameter
+   (unknown key, wrong type, missing data folder, unknown kernel) before any heavy work.
+2. Open one MLflow parent run (all parameters, git commit).
+3. Execute ``notebooks/01..04`` in order through papermill with the ``ciap`` kernel, one at a
+   time (SQLite takes no parallel writers), passing the parent run id and each notebook's section.
+4. Log each executed notebook (``.ipynb`` + HTML) into its nested run and the parent run.
+
+The parameter convention is documented in ``notebooks/README.md``.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import datetime as _dt
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import yaml
+
+NOTEBOOKS: tuple[str, ...] = ("01_data_exploration", "02_training", "03_retrieval_evaluation", "04_generation")
+KERNEL_NAME = "ciap"
+TOP_LEVEL = {"name": "default", "experiment_name": "ciap", "run_name": ""}
+
+#: Built-in schema of each dict section (key -> default; the default's type is the key's type,
+#: None = any type). Keys found in the notebooks' ``parameters`` cells are added (see _section_schema).
+SECTIONS: dict[str, dict[str, Any]] = {
+    "data": {"root": "data/synthetic", "synthetic": True, "n_train": 384, "n_val": 96, "seed": 0,
+             "image_size": 96, "seconds": 1.5, "n_examples": 4},
+    "evaluate": {"split": "val", "top_k": 5, "heatmap_size": 32, "max_points": 1000, "explore_index": 0,
+                 "batch_size": 64},
+    "generation": {"images": [], "n_images": 2, "duration": 5.0, "steps": 20, "sampler": "dpmpp",
+                   "guidance_scale": 2.5, "seed": 0, "n_candidates": 1, "audioldm": "audioldm-s-full"},
+}
+#: which notebook's ``parameters`` cell may extend which section's schema
+SECTION_NOTEBOOK = {"data": "01_data_exploration", "evaluate": "03_retrieval_evaluation",
+                    "generation": "04_generation"}
+#: notebook -> the sections it receives as parameters
+NOTEBOOK_SECTIONS: dict[str, tuple[str, ...]] = {
+    "01_data_exploration": ("data",),
+    "02_training": ("data", "train"),
+    "03_retrieval_evaluation": ("data", "evaluate"),
+    "04_generation": ("data", "generation"),
+}
+
+
+class ConfigError(ValueError):
+    """A bad experiment parameter; the message names it."""
+
+
+class PipelineError(RuntimeError):
+    """A notebook failed; the message holds the failing cell's error and the executed notebook's path."""
+
+    def __init__(self, message: str, notebook: str, executed_path: Path) -> None:
+        super().__init__(message)
+        self.notebook = notebook
+        self.executed_path = executed_path
+
+
+@dataclasses.dataclass
+class Experiment:
+    """A validated experiment: plain dict sections, ready to be passed to notebooks."""
+
+    source: str
+    name: str
+    experiment_name: str
+    run_name: str
+    data: dict[str, Any]
+    train: dict[str, Any]
+    evaluate: dict[str, Any]
+    generation: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "experiment_name": self.experiment_name, "run_name": self.run_name,
+                "data": self.data, "train": self.train, "evaluate": self.evaluate, "generation": self.generation}
+
+
+@dataclasses.dataclass
+class PipelineResult:
+    run_name: str
+    run_dir: Path
+    parent_run_id: str
+    tracking_uri: str
+    checkpoint: Path
+    executed: dict[str, Path]
+    seconds: dict[str, float]
+    wav_dir: Path
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------------------------------------
+# parsing and validation
+def parse_value(text: str) -> Any:
+    """A ``-p`` value: a YAML scalar/list (``5``, ``2.5``, ``true``, ``[a, b]``), ``1e-3`` as a float."""
+    v = yaml.safe_load(text) if text.strip() else ""
+    if isinstance(v, str):
+        try:
+            return int(v)
+        except ValueError:
+            pass
+        try:
+            return float(v)
+        except ValueError:
+            pass
+    return v
+
+
+def _train_fields() -> set[str]:
+    from ciap_lib.config import TrainConfig
+
+    return {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides (dotted keys; a bare TrainConfig field means ``train.<key>``)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"-p {item!r}: expected key=value (e.g. -p train.epochs=5)")
+        key, _, text = item.partition("=")
+        key = key.strip()
+        value = parse_value(text)
+        parts = key.split(".")
+        if len(parts) == 1 and key not in TOP_LEVEL and key not in SECTIONS and key != "train":
+            if key in _train_fields():
+                parts = ["train", key]
+            else:
+                raise ConfigError(f"-p {key}: unknown parameter (use section.key: "
+                                  f"{', '.join(sorted(['train', *SECTIONS]))}, or one of {sorted(TOP_LEVEL)})")
+        if len(parts) > 2:
+            raise ConfigError(f"-p {key}: too many dots (expected section.key)")
+        if len(parts) == 1:
+            raw[parts[0]] = value
+        else:
+            sec = raw.setdefault(parts[0], {})
+            if not isinstance(sec, dict):
+                raise ConfigError(f"-p {key}: {parts[0]} is not a section")
+            sec[parts[1]] = value
+    return raw
+
+
+def _notebook_defaults(notebook: str, var: str, notebooks_dir: Path) -> dict[str, Any]:
+    """The literal dict default of ``var`` in ``notebook``'s parameters cell ({} if none/not literal)."""
+    path = notebooks_dir / f"{notebook}.ipynb"
+    if not path.exists():
+        return {}
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+            try:
+                tree = ast.parse(src)
+            except SyntaxError:
+                return {}
+            for node in tree.body:
+                if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                    targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                    if any(isinstance(t, ast.Name) and t.id == var for t in targets):
+                        try:
+                            v = ast.literal_eval(node.value)
+                        except ValueError:
+                            return {}
+                        return v if isinstance(v, dict) else {}
+    return {}
+
+
+def _section_schema(section: str, notebooks_dir: Path) -> dict[str, Any]:
+    schema = dict(SECTIONS[section])
+    for k, v in _notebook_defaults(SECTION_NOTEBOOK[section], section, notebooks_dir).items():
+        schema.setdefault(k, v)
+    return schema
+
+
+def _check_type(name: str, value: Any, default: Any, source: str) -> Any:
+    """``value`` converted to ``default``'s type, or ConfigError naming ``name``."""
+    if default is None:
+        return value
+    want = type(default)
+    if want is bool:
+        if isinstance(value, bool):
+            return value
+    elif want is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif want is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif want is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif want in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        if isinstance(value, str):  # -p generation.images=a.png
+            return [value]
+    elif isinstance(value, want):
+        return value
+    raise ConfigError(f"{source}: {name} must be {want.__name__}, got {type(value).__name__} {value!r}")
+
+
+def validate(raw: Mapping[str, Any], source: str = "<config>", notebooks_dir: Path | None = None,
+             check_paths: bool = True) -> Experiment:
+    """Check every parameter; ConfigError naming the first bad one. No heavy work is done here."""
+    from ciap_lib.config import TrainConfig
+
+    notebooks_dir = notebooks_dir or repo_root() / "notebooks"
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: expected a mapping at top level, got {type(raw).__name__}")
+    known = set(TOP_LEVEL) | set(SECTIONS) | {"train"}
+    for k in raw:
+        if k not in known:
+            raise ConfigError(f"{source}: unknown parameter {k!r} (known: {', '.join(sorted(known))})")
+    top = {k: _check_type(k, raw.get(k, d), d, source) for k, d in TOP_LEVEL.items()}
+
+    sections: dict[str, dict[str, Any]] = {}
+    for sec in SECTIONS:
+        given = raw.get(sec) or {}
+        if not isinstance(given, Mapping):
+            raise ConfigError(f"{source}: {sec} must be a mapping, got {type(given).__name__}")
+        schema = _section_schema(sec, notebooks_dir)
+        for k in given:
+            if k not in schema:
+                raise ConfigError(f"{source}: unknown parameter {sec}.{k} (known: {', '.join(sorted(schema))})")
+        sections[sec] = {k: _check_type(f"{sec}.{k}", given.get(k, d), d, source) for k, d in schema.items()}
+
+    train = dict(raw.get("train") or {})
+    if "data" in train:
+        raise ConfigError(f"{source}: train.data: set the dataset with data.root instead")
+    train["data"] = sections["data"]["root"]
+    try:
+        cfg = TrainConfig.from_dict(train)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{source}: train: {e}") from e
+    train = cfg.to_dict()
+
+    data = sections["data"]
+    if check_paths:
+        root = Path(data["root"])
+        root_abs = root if root.is_absolute() else repo_root() / root
+        if not data["synthetic"]:
+            if not root_abs.is_dir():
+                raise ConfigError(f"{source}: data.root: folder {root} does not exist "
+                                  "(set data.synthetic=true to build the synthetic set there)")
+            for split_key in ("train_split", "val_split"):
+                split = train.get(split_key)
+                if split and not (root_abs / split).is_dir():
+                    raise ConfigError(f"{source}: data.root: split folder {root / split} does not exist "
+                                      f"(train.{split_key}={split!r})")
+        for p in sections["generation"].get("images") or []:
+            pp = Path(p)
+            if not (pp if pp.is_absolute() else repo_root() / pp).is_file():
+                raise ConfigError(f"{source}: generation.images: file {p} does not exist")
+    if sections["evaluate"]["split"] not in (train.get("train_split"), train.get("val_split")):
+        raise ConfigError(f"{source}: evaluate.split must be train.train_split or train.val_split, "
+                          f"got {sections['evaluate']['split']!r}")
+    if top["run_name"] and not re.fullmatch(r"[A-Za-z0-9._-]+", top["run_name"]):
+        raise ConfigError(f"{source}: run_name {top['run_name']!r} may only hold letters, digits, '.', '_', '-'")
+    return Experiment(source=source, name=top["name"], experiment_name=top["experiment_name"],
+                      run_name=top["run_name"], data=data, train=train, evaluate=sections["evaluate"],
+                      generation=sections["generation"])
+
+
+def load_experiment(path: str | Path, overrides: Sequence[str] = (), notebooks_dir: Path | None = None,
+                    check_paths: bool = True) -> Experiment:
+    """Read ``experiments/<name>.yaml``, apply ``-p`` overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    raw = apply_overrides(raw, overrides)
+    return validate(raw, source=str(path), notebooks_dir=notebooks_dir, check_paths=check_paths)
+
+
+def check_kernel(kernel_name: str = KERNEL_NAME) -> None:
+    """ConfigError unless a Jupyter kernel named ``kernel_name`` is registered."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(kernel_name)
+    except NoSuchKernel as e:
+        raise ConfigError(f"kernel_name: no Jupyter kernel named {kernel_name!r}; register this environment with "
+                          f"`.venv/bin/python -m ipykernel install --sys-prefix --name {kernel_name}` "
+                          "(make setup does it)") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# running
+def notebook_parameters(exp: Experiment, notebook: str, *, parent_run_id: str, tracking_uri: str,
+                        run_dir: Path, checkpoint: Path) -> dict[str, Any]:
+    """The papermill parameters of ``notebook`` (common ones + its sections)."""
+    params: dict[str, Any] = {
+        "tracking_uri": tracking_uri, "experiment_name": exp.experiment_name, "parent_run_id": parent_run_id,
+        "run_name": exp.run_name, "run_dir": str(run_dir), "checkpoint": str(checkpoint),
+    }
+    for sec in NOTEBOOK_SECTIONS.get(notebook, ()):
+        params[sec] = copy.deepcopy(getattr(exp, sec))
+    return params
+
+
+def _rel(p: Path) -> Path:
+    try:
+        return p.resolve().relative_to(repo_root())
+    except ValueError:
+        return p
+
+
+def _failure_message(notebook: str, executed: Path, err: Exception) -> str:
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(err, PapermillExecutionError):
+        tb = "\n".join(err.traceback[-8:]) if err.traceback else ""
+        tb = re.sub(r"\x1b\[[0-9;]*m", "", tb)  # strip ANSI colours
+        src = "\n".join("    " + line for line in (err.source or "").splitlines()[:12])
+        return (f"notebook {notebook} failed in cell {err.cell_index} (execution count {err.exec_count}):\n"
+                f"{src}\n{err.ename}: {err.evalue}\n{tb}\n"
+                f"executed notebook: {executed}")
+    return f"notebook {notebook} failed: {type(err).__name__}: {err}\nexecuted notebook: {executed}"
+
+
+def run_pipeline(exp: Experiment, *, tracking_uri: str | None = None, notebooks: Sequence[str] = NOTEBOOKS,
+                 notebooks_dir: Path | None = None, runs_dir: Path | None = None, kernel_name: str = KERNEL_NAME,
+                 log_output: bool = False, echo: Callable[[str], None] = print) -> PipelineResult:
+    """Execute ``notebooks`` in order for the validated ``exp``; see the module docstring."""
+    import papermill as pm
+
+    from ciap_lib import tracking
+
+    root = repo_root()
+    notebooks_dir = Path(notebooks_dir or root / "notebooks")
+    runs_dir = Path(runs_dir or root / "experiments" / "runs")
+    for nb in notebooks:
+        if nb not in NOTEBOOKS:
+            raise ConfigError(f"notebooks: unknown notebook {nb!r} (known: {', '.join(NOTEBOOKS)})")
+        if not (notebooks_dir / f"{nb}.ipynb").is_file():
+            raise ConfigError(f"notebooks: {notebooks_dir / (nb + '.ipynb')} does not exist")
+    check_kernel(kernel_name)
+
+    if not exp.run_name:
+        exp.run_name = f"{exp.name}-{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+    uri = tracking_uri or tracking.default_tracking_uri()
+    run_dir = runs_dir / exp.run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # TrainConfig writes <ckpt_dir>/<run_name>/last.pt: 02 writes it, 03 and 04 read it.
+    exp.train["run_name"] = exp.run_name
+    checkpoint = Path(exp.train["ckpt_dir"]) / exp.run_name / "last.pt"
+    (run_dir / "experiment.yaml").write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False), encoding="utf-8")
+
+    parent = tracking.start_pipeline_run(exp.run_name, exp.to_dict(), tracking_uri=uri,
+                                         experiment_name=exp.experiment_name,
+                                         tags={"ciap.experiment_file": exp.source, "ciap.run_dir": str(_rel(run_dir))})
+    tracking.log_artifact(run_dir / "experiment.yaml", run_id=parent)
+    echo(f"[ciap run] {exp.run_name}: parent MLflow run {parent} ({uri})")
+
+    env_backup = dict(os.environ)
+    if not os.environ.get("TQDM_DISABLE"):
+        os.environ.setdefault("TQDM_MININTERVAL", "10")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.environ.pop("MLFLOW_RUN_ID", None)
+
+    executed: dict[str, Path] = {}
+    seconds: dict[str, float] = {}
+    status = "FAILED"
+    try:
+        for nb in notebooks:
+            out = run_dir / f"{nb}.ipynb"
+            params = notebook_parameters(exp, nb, parent_run_id=parent, tracking_uri=uri,
+                                         run_dir=_rel(run_dir), checkpoint=checkpoint)
+            echo(f"[ciap run] {nb} ...")
+            t0 = time.perf_counter()
+            try:
+                pm.execute_notebook(str(notebooks_dir / f"{nb}.ipynb"), str(out), parameters=params,
+                                    kernel_name=kernel_name, cwd=str(root), progress_bar=False,
+                                    log_output=log_output)
+            except Exception as err:  # noqa: BLE001 - re-raised as PipelineError with context
+                seconds[nb] = time.perf_counter() - t0
+                _log_executed(tracking, parent, nb, out, failed=True)
+                raise PipelineError(_failure_message(nb, _rel(out), err), nb, out) from err
+            seconds[nb] = time.perf_counter() - t0
+            executed[nb] = out
+            _log_executed(tracking, parent, nb, out, failed=False)
+            echo(f"[ciap run] {nb} done in {seconds[nb]:.1f} s -> {_rel(out)}")
+        status = "FINISHED"
+    finally:
+        os.environ.clear()
+        os.environ.update(env_backup)
+        try:
+            tracking.log_metrics({f"seconds.{k}": v for k, v in seconds.items()}, run_id=parent)
+        finally:
+            tracking.end_run(parent, status)
+    return PipelineResult(run_name=exp.run_name, run_dir=run_dir, parent_run_id=parent, tracking_uri=uri,
+                          checkpoint=checkpoint, executed=executed, seconds=seconds, wav_dir=run_dir / "wavs")
+
+
+def _log_executed(tracking, parent: str, nb: str, out: Path, failed: bool) -> None:
+    """Log the executed notebook (.ipynb + .html) into its nested run and the parent run."""
+    if not out.exists():
+        return
+    child = tracking.find_notebook_run(parent, nb)
+    tracking.log_notebook(out, run_id=parent, artifact_path="notebooks")
+    if child is not None:
+        tracking.log_notebook(out, run_id=child, artifact_path="notebook")
+        if failed:
+            run = tracking.client().get_run(child)
+            if run.info.status == "RUNNING":
+                tracking.end_run(child, "FAILED")
+
+
+def summary(result: PipelineResult) -> str:
+    """What to open next: the MLflow UI, JupyterLab, the WAVs."""
+    uri = result.tracking_uri
+    lines = [f"pipeline run {result.run_name} finished; parent MLflow run {result.parent_run_id}"]
+    for nb, s in result.seconds.items():
+        lines.append(f"  {nb:<26s} {s:7.1f} s")
+    lines.append(f"  {'total':<26s} {sum(result.seconds.values()):7.1f} s")
+    lines += [
+        f"executed notebooks (.ipynb + .html): {_rel(result.run_dir)}/",
+        f"checkpoint: {result.checkpoint}",
+        f"WAVs: {_rel(result.wav_dir)}/ (and in MLflow, run 04_generation, artifacts wavs/)",
+        "open the MLflow UI:",
+        f"  .venv/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri {uri}   # then http://127.0.0.1:5000",
+        "open the notebooks:",
+        "  .venv/bin/jupyter lab --ip 127.0.0.1 --no-browser notebooks/",
+    ]
+    return "\n".join(lines)
