@@ -96,7 +96,7 @@ def render_image(shape: int, colour: int, count: int, size: int, rng: np.random.
     placed: list[tuple[float, float, float]] = []
     for _ in range(n):
         for _attempt in range(200):
-            r = rng.uniform(0.09, 0.15) * big
+            r = rng.uniform(0.12, 0.19) * big
             cx, cy = rng.uniform(r, big - r), rng.uniform(r, big - r)
             if all((cx - x) ** 2 + (cy - y) ** 2 > (r + rr + 0.02 * big) ** 2 for x, y, rr in placed):
                 break
