@@ -436,3 +436,66 @@ def summary(result: PipelineResult) -> str:
         "  .venv/bin/jupyter lab --ip 127.0.0.1 --no-browser notebooks/",
     ]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# notebook steps (entry-point wiring the notebooks call, so no logic lives only in a notebook)
+@dataclasses.dataclass
+class EmbeddedSplit:
+    """A checkpoint's embeddings of one split. ``image_emb``/``audio_emb`` (N, D) unit-norm, ``labels`` (N,)
+    long (-1 = none); ``pairs`` the N ``data.Pair``s in order; ``clap_mode``: the audio side is AudioLDM's
+    frozen CLAP tower (then ``audio_emb`` rows are the paired CLAP audio embeddings)."""
+
+    model: Any
+    config: Any
+    dataset: Any
+    image_emb: Any
+    audio_emb: Any
+    labels: Any
+    pairs: list
+    classes: list[str]
+    clap_mode: bool
+
+
+def embed_split(checkpoint: str | Path, data_root: str | Path, split: str = "val", batch_size: int = 64,
+                skip_bad: bool = True) -> EmbeddedSplit:
+    """Load a CIAP checkpoint and embed ``<data_root>/<split>`` in both modalities.
+
+    For 'clap' checkpoints the bridge computes (and caches) the CLAP audio features first, exactly as
+    ``workflows.evaluate_checkpoint`` does.
+    """
+    from ciap_lib.checkpoint import load_ciap
+    from ciap_lib.data import PairDataset, scan_pairs
+    from ciap_lib.train import embed_dataset
+
+    ckpt = Path(checkpoint)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"checkpoint {ckpt} does not exist (run notebooks/02_training.ipynb first)")
+    model, cfg = load_ciap(ckpt)
+    mc = model.config
+    features = None
+    clap_mode = mc.audio_encoder == "clap"
+    if clap_mode:
+        from ciap_lib.bridge import clap_audio_features, load_audioldm  # lazy: imports audioldm
+
+        pairs, _ = scan_pairs(Path(data_root) / split, skip_bad=skip_bad)
+        features = clap_audio_features(load_audioldm(cfg.audioldm), [p.audio for p in pairs], cfg.clap_cache_dir)
+    ds = PairDataset(data_root, split, image_size=mc.image_size, train=False, sample_rate=mc.sample_rate,
+                     segment_seconds=mc.segment_seconds, skip_bad=skip_bad, audio_features=features, seed=cfg.seed)
+    img, aud, labels = embed_dataset(model, ds, batch_size=batch_size)
+    return EmbeddedSplit(model=model, config=cfg, dataset=ds, image_emb=img, audio_emb=aud, labels=labels,
+                         pairs=list(ds.pairs), classes=list(getattr(ds, "classes", []) or []), clap_mode=clap_mode)
+
+
+def paired_cosine(image_emb: Any, audio_emb: Any) -> float:
+    """Mean cosine between row i of ``image_emb`` and row i of ``audio_emb`` ((N, D) each; normalised here).
+
+    In CLAP-aligned mode ``audio_emb`` rows are the paired CLAP audio embeddings, so this says whether the
+    image embedding lands where AudioLDM expects its condition (1 = on top, 0 = unrelated)."""
+    import torch
+
+    a = torch.nn.functional.normalize(torch.as_tensor(image_emb, dtype=torch.float32), dim=-1)
+    b = torch.nn.functional.normalize(torch.as_tensor(audio_emb, dtype=torch.float32), dim=-1)
+    if a.shape != b.shape:
+        raise ValueError(f"paired_cosine: shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
+    return float((a * b).sum(-1).mean())

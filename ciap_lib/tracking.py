@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
@@ -354,13 +355,20 @@ def log_dataset(root: str | Path, split: str, pairs: Sequence[Any] | None = None
     df = pd.DataFrame({"image": [rel(p.image) for p in pairs], "audio": [rel(p.audio) for p in pairs],
                        "label": [p.label if p.label is not None else "" for p in pairs]})
     fp = dataset_fingerprint(split_dir)
-    ds = mlflow.data.from_pandas(df, source=str(split_dir), name=f"{Path(root).name}/{split}", digest=fp[:32])
-    run_id = run_id or _active_run_id()
-    from mlflow.entities import InputTag
-    from mlflow.entities import DatasetInput
-
+    with warnings.catch_warnings():  # "source can be interpreted in multiple ways" (both local)
+        warnings.simplefilter("ignore", UserWarning)
+        ds = mlflow.data.from_pandas(df, source=str(split_dir.resolve()), name=f"{Path(root).name}/{split}",
+                                     digest=fp[:32])
     ctx = context or split
-    client().log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", ctx)])])
+    active = mlflow.active_run()
+    if run_id is None or (active is not None and active.info.run_id == run_id):
+        mlflow.log_input(ds, context=ctx)
+        run_id = _active_run_id()
+    else:
+        from mlflow.entities import DatasetInput, InputTag
+
+        client().log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(),
+                                                           tags=[InputTag("mlflow.data.context", ctx)])])
     set_tags({f"data_fingerprint.{split}": fp}, run_id=run_id)
     return fp
 
@@ -383,6 +391,15 @@ def compare_runs(experiment_name: str = DEFAULT_EXPERIMENT, tracking_uri: str | 
                             order_by=["attributes.start_time DESC"])
     if not isinstance(df, pd.DataFrame):
         df = pd.DataFrame(df)
+    if len(df) and f"tags.{PARENT_TAG}" in df.columns:  # nested runs: show the pipeline run's name
+        c = client(uri)
+        names: dict[str, str] = {}
+        for pid in df[f"tags.{PARENT_TAG}"].dropna().unique():
+            try:
+                names[pid] = c.get_run(pid).info.run_name
+            except mlflow.exceptions.MlflowException:
+                names[pid] = ""
+        df.insert(1, "pipeline_run", df[f"tags.{PARENT_TAG}"].map(names))
     if "tags.mlflow.runName" in df.columns:
         df.insert(1, "run_name", df["tags.mlflow.runName"])
     return df

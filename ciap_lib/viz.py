@@ -18,6 +18,23 @@ from ciap_lib.train import Callback
 ArrayLike = Any  # np.ndarray | torch.Tensor
 
 
+def enable_notebook_display() -> None:
+    """Make IPython render ``Figure`` objects as PNG (pyplot-free figures get no formatter otherwise).
+
+    Called on import; a no-op outside IPython."""
+    try:
+        from IPython import get_ipython
+        from IPython.core.pylabtools import select_figure_formats
+    except ImportError:  # pragma: no cover - IPython is a dependency
+        return
+    ip = get_ipython()
+    if ip is not None and hasattr(ip, "display_formatter"):
+        select_figure_formats(ip, {"png"})
+
+
+enable_notebook_display()
+
+
 def _np(x: ArrayLike) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().float().cpu().numpy()

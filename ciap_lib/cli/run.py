@@ -17,6 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db)")
     parser.add_argument("--notebooks", default=None,
                         help="comma-separated subset to run, e.g. 01_data_exploration,02_training (default: all four)")
+    parser.add_argument("--runs-dir", default=None,
+                        help="where executed notebooks go (default experiments/runs/<run-name>/)")
     parser.add_argument("--kernel", default="ciap", help="Jupyter kernel name (default ciap)")
     parser.add_argument("--log-output", action="store_true", help="stream the notebooks' output to this terminal")
     parser.add_argument("--check", action="store_true", help="only validate the parameters, run nothing")
@@ -36,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{args.experiment}: parameters OK")
             return 0
         result = pipeline.run_pipeline(exp, tracking_uri=args.tracking_uri, notebooks=notebooks,
-                                       kernel_name=args.kernel, log_output=args.log_output)
+                                       kernel_name=args.kernel, log_output=args.log_output,
+                                       runs_dir=args.runs_dir)
     except pipeline.ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
