@@ -1,0 +1,265 @@
+"""ciap_lib.data: odd real-world images/audio, both layouts, bad files (errors and skip_bad), crops, loader."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from ciap_lib.data import (BadFileError, EpochSampler, PairDataset, denormalize_image, dataset_fingerprint,
+                           load_image, load_image_uint8, make_loader, scan_pairs)
+from fixtures.odd_files import BAD_CASES, good_pair, make_bad_case, odd_audio, odd_images, rgb_image, write_audio
+
+S = 32
+
+
+@pytest.fixture(scope="module")
+def odd_root(tmp_path_factory):
+    """root/mixed: every odd image paired with an odd audio file (folder layout); root/csv: pairs.csv."""
+    root = tmp_path_factory.mktemp("odd")
+    src_i, src_a = odd_images(root / "src_img"), odd_audio(root / "src_aud")
+    mixed = root / "mixed"
+    mixed.mkdir()
+    audios = list(src_a.values())
+    for n, (kind, ip) in enumerate(sorted(src_i.items())):
+        ap = audios[n % len(audios)]
+        os.link(ip, mixed / f"{kind}{ip.suffix}")
+        os.link(ap, mixed / f"{kind}{ap.suffix}")
+    (mixed / "README.txt").write_text("not data: ignored")
+    csvd = root / "csv"
+    (csvd / "img").mkdir(parents=True)
+    (csvd / "snd").mkdir()
+    rows = []
+    for n, (kind, ip) in enumerate(sorted(src_i.items())[:6]):
+        ap = audios[n % len(audios)]
+        os.link(ip, csvd / "img" / ip.name)
+        os.link(ap, csvd / "snd" / f"{n}{ap.suffix}")
+        rows.append({"image": f"img/{ip.name}", "audio": f"snd/{n}{ap.suffix}", "label": "ab"[n % 2]})
+    _write_csv(csvd / "pairs.csv", rows)
+    return root, src_i, src_a
+
+
+def _write_csv(path: Path, rows: list[dict], fields=("image", "audio", "label")) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(fields))
+        w.writeheader()
+        w.writerows(rows)
+
+
+# ------------------------------------------------------------------------------------------- images
+def test_every_odd_image_becomes_rgb_normalized(odd_root):
+    _, imgs, _ = odd_root
+    for kind, p in imgs.items():
+        t = load_image(p, S)
+        assert t.shape == (3, S, S) and t.dtype == torch.float32, kind
+        assert torch.isfinite(t).all(), kind
+        back = denormalize_image(t)
+        assert back.min() >= 0 and back.max() <= 1
+
+
+def test_image_mode_semantics(odd_root):
+    _, imgs, _ = odd_root
+    assert (load_image_uint8(imgs["rgba"], 8) == 255).all()          # transparent -> white background
+    mid = load_image_uint8(imgs["16bit"], 8)
+    assert np.abs(mid.astype(int) - 128).max() <= 1                    # 16-bit scaled, not clipped to white
+    assert (load_image_uint8(imgs["tiny"], 8) == (10, 200, 30)).all()  # 1x1 upscaled
+    huge = load_image_uint8(imgs["huge"], 16)
+    assert np.abs(huge.astype(int) - (90, 90, 200)).max() <= 6
+
+
+def test_exif_rotation_is_applied(odd_root):
+    _, imgs, _ = odd_root
+    a = load_image_uint8(imgs["exif"], 32).astype(int)
+    # stored: left red / right blue; Orientation 6 displays it rotated: top red / bottom blue.
+    assert a[2, 16, 0] > 200 and a[2, 16, 2] < 60
+    assert a[29, 16, 2] > 200 and a[29, 16, 0] < 60
+
+
+def test_load_image_from_bytes(odd_root):
+    _, imgs, _ = odd_root
+    t = load_image(imgs["cmyk"].read_bytes(), S)
+    assert t.shape == (3, S, S)
+    with pytest.raises(BadFileError, match="<bytes>"):
+        load_image(b"not an image", S)
+
+
+# ------------------------------------------------------------------------------------------- dataset
+def test_folder_layout_with_all_odd_files(odd_root):
+    root, imgs, _ = odd_root
+    ds = PairDataset(root, "mixed", S, train=False)
+    assert len(ds) == len(imgs) and ds.skipped == [] and ds.classes == []
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["image"].shape == (3, S, S)
+        assert item["audio"].shape == (16000,) and item["audio"].dtype == torch.float32
+        assert item["label"].item() == -1 and item["index"].item() == i
+    assert "0 skipped" in ds.report()
+
+
+def test_csv_layout_labels(odd_root):
+    root, _, _ = odd_root
+    ds = PairDataset(root, "csv", S, train=True, cache="none")
+    assert len(ds) == 6 and ds.classes == ["a", "b"]
+    assert ds.labels.tolist() == [0, 1, 0, 1, 0, 1]
+    assert ds[3]["label"].item() == 1
+
+
+def test_csv_wins_over_folder_layout(tmp_path):
+    d = tmp_path / "train"
+    for k in range(3):
+        good_pair(d, f"p{k}", seed=k)
+    _write_csv(d / "pairs.csv", [{"image": "p1.png", "audio": "p1.wav", "label": "x"}])
+    pairs, skipped = scan_pairs(d)
+    assert [p.image.name for p in pairs] == ["p1.png"] and pairs[0].label == "x" and skipped == []
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_file_raises_or_is_skipped(tmp_path, case):
+    bad = make_bad_case(tmp_path / "split", case)
+    with pytest.raises(BadFileError) as ei:
+        PairDataset(tmp_path, "split", S, train=True)
+    assert bad.name in str(ei.value)
+    ds = PairDataset(tmp_path, "split", S, train=True, skip_bad=True)
+    assert len(ds) == 1 and ds.pairs[0].image.name == "ok.png"
+    assert len(ds.skipped) == 1 and ds.skipped[0][0].name == bad.name
+    rep = ds.report()
+    assert "1 pairs, 1 skipped" in rep and bad.name in rep
+    ds[0]
+
+
+def test_error_messages_say_what_is_wrong(tmp_path):
+    make_bad_case(tmp_path / "a", "image_without_audio")
+    with pytest.raises(BadFileError, match="without an audio partner"):
+        scan_pairs(tmp_path / "a")
+    make_bad_case(tmp_path / "b", "zero_byte_wav")
+    with pytest.raises(BadFileError, match="empty"):
+        scan_pairs(tmp_path / "b")
+    make_bad_case(tmp_path / "c", "text_as_wav")
+    with pytest.raises(BadFileError, match="not a readable audio"):
+        scan_pairs(tmp_path / "c")
+
+
+def test_truncated_audio_found_at_construction_or_named_when_lazy(tmp_path):
+    bad = make_bad_case(tmp_path / "split", "truncated_flac")
+    scan_pairs(tmp_path / "split")  # header looks fine
+    with pytest.raises(BadFileError, match="bad.flac"):
+        PairDataset(tmp_path, "split", S, train=False, cache="auto")
+    lazy = PairDataset(tmp_path, "split", S, train=False, cache="none")
+    idx = [p.audio for p in lazy.pairs].index(bad)
+    with pytest.raises(BadFileError, match="decoding failed") as ei:
+        lazy[idx]
+    assert ei.value.path == bad
+
+
+def test_csv_missing_file_and_missing_column(tmp_path):
+    d = tmp_path / "val"
+    good_pair(d, "ok")
+    _write_csv(d / "pairs.csv", [{"image": "ok.png", "audio": "ok.wav", "label": "l"},
+                                 {"image": "ok.png", "audio": "gone.wav", "label": "l"}])
+    with pytest.raises(BadFileError, match="gone.wav.*does not exist"):
+        PairDataset(tmp_path, "val", S, train=False)
+    ds = PairDataset(tmp_path, "val", S, train=False, skip_bad=True)
+    assert len(ds) == 1 and "line 3" in ds.skipped[0][1]
+    _write_csv(d / "pairs.csv", [{"img": "ok.png", "audio": "ok.wav"}], fields=("img", "audio"))
+    with pytest.raises(BadFileError, match=r"lacks column.*\['image'\]"):
+        PairDataset(tmp_path, "val", S, train=False, skip_bad=True)
+
+
+def test_missing_split_and_empty_split(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nosplit"):
+        PairDataset(tmp_path, "nosplit", S, train=False)
+    make_bad_case(tmp_path / "onlybad", "audio_without_image")
+    (tmp_path / "onlybad" / "ok.png").unlink()
+    (tmp_path / "onlybad" / "ok.wav").unlink()
+    with pytest.raises(ValueError, match="no usable pairs"):
+        PairDataset(tmp_path, "onlybad", S, train=False, skip_bad=True)
+
+
+# ------------------------------------------------------------------------------------------- crops
+@pytest.fixture()
+def long_split(tmp_path):
+    """6 pairs of 3 s white noise at 16 kHz (every crop position differs)."""
+    d = tmp_path / "train"
+    d.mkdir()
+    for k in range(6):
+        rgb_image(seed=k).save(d / f"x{k}.png")
+        noise = np.random.default_rng(k).uniform(-0.5, 0.5, 16000 * 3).astype(np.float32)
+        sf.write(str(d / f"x{k}.wav"), noise, 16000)
+    return tmp_path
+
+
+def test_crops_train_random_per_epoch_eval_center(long_split):
+    tr = PairDataset(long_split, "train", S, train=True, seed=3)
+    a0, a0b, a1 = tr[(2, 0)]["audio"], tr[(2, 0)]["audio"], tr[(2, 1)]["audio"]
+    assert torch.equal(a0, a0b) and not torch.equal(a0, a1)
+    tr2 = PairDataset(long_split, "train", S, train=True, seed=3, cache="none")
+    assert torch.equal(tr2[(2, 0)]["audio"], a0)                 # reproducible across instances/cache modes
+    ev = PairDataset(long_split, "train", S, train=False)
+    full = ev._decode(2)[1]
+    assert torch.equal(ev[(2, 0)]["audio"], ev[(2, 5)]["audio"])  # eval ignores the epoch
+    np.testing.assert_array_equal(ev[2]["audio"].numpy(), full[16000:32000])  # centre of 3 s
+
+
+def test_short_clip_is_zero_padded(tmp_path):
+    d = tmp_path / "s"
+    d.mkdir()
+    rgb_image().save(d / "a.png")
+    write_audio(d / "a.wav", 0.1, 16000)
+    for train in (True, False):
+        a = PairDataset(tmp_path, "s", S, train=train)[0]["audio"]
+        assert a.shape == (16000,) and a[:1600].abs().sum() > 0 and (a[1700:] == 0).all()
+
+
+def test_audio_features_mode(long_split):
+    base = PairDataset(long_split, "train", S, train=True)
+    feats = {str(p.audio.resolve()): torch.full((512,), float(i)) for i, p in enumerate(base.pairs)}
+    ds = PairDataset(long_split, "train", S, train=True, audio_features=feats)
+    assert torch.equal(ds[4]["audio"], torch.full((512,), 4.0))
+    del feats[str(base.pairs[1].audio.resolve())]
+    with pytest.raises(BadFileError, match="precomputed audio feature"):
+        PairDataset(long_split, "train", S, train=True, audio_features=feats)
+    assert len(PairDataset(long_split, "train", S, train=True, audio_features=feats, skip_bad=True)) == 5
+
+
+# ------------------------------------------------------------------------------------------- loader
+def _epochs(loader, n):
+    out = []
+    for e in range(n):
+        loader.sampler.set_epoch(e)
+        out.append([(b["index"].tolist(), b["audio"].clone()) for b in loader])
+    return out
+
+
+def test_loader_workers_match_single_process(long_split):
+    ds = PairDataset(long_split, "train", S, train=True, seed=1)
+    ref = _epochs(make_loader(ds, 4, shuffle=True, num_workers=0, seed=5), 2)
+    par = _epochs(make_loader(ds, 4, shuffle=True, num_workers=2, seed=5), 2)
+    for (ia, aa), (ib, ab) in zip(sum(ref, []), sum(par, [])):
+        assert ia == ib and torch.equal(aa, ab)
+    assert [i for i, _ in ref[0]] != [i for i, _ in ref[1]]  # reshuffled per epoch
+    b = next(iter(make_loader(ds, 4, shuffle=False)))
+    assert b["image"].shape == (4, 3, S, S) and b["audio"].shape == (4, 16000) and b["label"].shape == (4,)
+
+
+def test_epoch_sampler_auto_advances():
+    s = EpochSampler(5, shuffle=True, seed=0)
+    e0, e1 = list(s), list(s)
+    assert {e for _, e in e0} == {0} and {e for _, e in e1} == {1}
+    s.set_epoch(0)
+    assert list(s) == e0
+    assert [i for i, _ in EpochSampler(4, shuffle=False)] == [0, 1, 2, 3]
+
+
+def test_fingerprint_changes_with_content(long_split):
+    d = long_split / "train"
+    f0 = dataset_fingerprint(long_split)
+    assert f0 == dataset_fingerprint(long_split) and len(f0) == 16
+    p = d / "x0.wav"
+    os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
+    assert dataset_fingerprint(long_split) != f0
+    with pytest.raises(FileNotFoundError):
+        dataset_fingerprint(long_split / "nope")
