@@ -31,7 +31,10 @@ def _rows(x: ArrayLike, start: int, stop: int, device: torch.device, dtype: torc
     """Rows [start, stop) of x as a (stop-start, D) tensor on ``device`` (reads only those rows of a memmap)."""
     if isinstance(x, torch.Tensor):
         return x[start:stop].to(device=device, dtype=dtype)
-    return torch.from_numpy(np.ascontiguousarray(x[start:stop])).to(device=device, dtype=dtype)
+    arr = np.ascontiguousarray(x[start:stop])
+    if not arr.flags.writeable:  # read-only memmap: copy just these rows
+        arr = arr.copy()
+    return torch.from_numpy(arr).to(device=device, dtype=dtype)
 
 
 def _check_2d(name: str, x: ArrayLike) -> tuple[int, int]:
