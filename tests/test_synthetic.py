@@ -1,0 +1,107 @@
+"""ciap_lib.synthetic: deterministic, idempotent, held-out combinations, readable labels, loadable."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from ciap_lib.data import PairDataset
+from ciap_lib.synthetic import (COLOURS, COUNTS, MANIFEST, PITCHES_HZ, SHAPES, combo_name, is_held_out,
+                                make_synthetic_dataset, render_audio)
+
+KW = dict(n_train=40, n_val=24, image_size=32, seconds=1.2)
+
+
+def _digest(root):
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            h.update(p.relative_to(root).as_posix().encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+def _rows(root, split):
+    with open(root / split / "pairs.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("s") / "synthetic", **KW)
+
+
+def test_layout_and_loading(synth):
+    assert (synth / MANIFEST).is_file()
+    for split, n in (("train", 40), ("val", 24)):
+        rows = _rows(synth, split)
+        assert len(rows) == n
+        assert set(rows[0]) == {"image", "audio", "label", "shape", "colour", "count", "held_out"}
+        ds = PairDataset(synth, split, 32, train=split == "train")
+        assert len(ds) == n and ds.skipped == []
+        item = ds[0]
+        assert item["image"].shape == (3, 32, 32) and item["audio"].shape == (16000,)
+        assert item["label"].item() >= 0
+
+
+def test_labels_are_readable_combos(synth):
+    rows = _rows(synth, "val")
+    for r in rows:
+        assert r["label"] == f"{r['colour']}-{r['shape']}-x{r['count']}"
+    assert combo_name(0, 0, 1) == "red-circle-x2"
+
+
+def test_val_has_unseen_combinations(synth):
+    train = {r["label"] for r in _rows(synth, "train")}
+    val_rows = _rows(synth, "val")
+    held = [r for r in val_rows if r["held_out"] == "1"]
+    assert held and all(r["label"] not in train for r in held)
+    n_held = sum(is_held_out(s, c, k) for s in range(4) for c in range(4) for k in range(3))
+    assert n_held == 12
+    # every single attribute value still occurs in train
+    rows = _rows(synth, "train")
+    assert {r["shape"] for r in rows} == set(SHAPES) and {r["colour"] for r in rows} == set(COLOURS)
+    assert {int(r["count"]) for r in rows} == set(COUNTS)
+
+
+def test_deterministic_and_idempotent(synth, tmp_path):
+    other = make_synthetic_dataset(tmp_path / "again", **KW)
+    assert _digest(other) == _digest(synth)
+    mtime = (synth / MANIFEST).stat().st_mtime_ns
+    assert make_synthetic_dataset(synth, **KW) == synth
+    assert (synth / MANIFEST).stat().st_mtime_ns == mtime  # nothing rewritten
+
+
+def test_half_written_and_changed_params_rebuild(tmp_path):
+    root = make_synthetic_dataset(tmp_path / "s", **KW)
+    (root / MANIFEST).unlink()                 # as if interrupted before the marker was written
+    (root / "val" / "pairs.csv").unlink()
+    make_synthetic_dataset(root, **KW)
+    assert (root / MANIFEST).is_file() and len(_rows(root, "val")) == 24
+    make_synthetic_dataset(root, **{**KW, "n_val": 12})
+    assert len(_rows(root, "val")) == 12 and json.loads((root / MANIFEST).read_text())["n_val"] == 12
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_refuses_foreign_folder(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not a synthetic dataset"):
+        make_synthetic_dataset(tmp_path / "mine", **KW)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ValueError, match="n_train"):
+        make_synthetic_dataset(tmp_path / "x", n_train=0)
+
+
+def test_audio_encodes_pitch_and_rate():
+    rng = np.random.default_rng(0)
+    for colour, f0 in enumerate(PITCHES_HZ):
+        x = render_audio(0, colour, 0, 2.0, 16000, rng)           # sine timbre
+        spec = np.abs(np.fft.rfft(x))
+        assert abs(np.argmax(spec) / 2.0 - f0) < 0.05 * f0
+    for count, rate in enumerate((2, 4, 6)):
+        env = np.abs(render_audio(0, 0, count, 4.0, 16000, rng)).reshape(-1, 160).max(1)  # 10 ms frames
+        onsets = np.sum((env[1:] > 0.1) & (env[:-1] <= 0.1))
+        assert abs(onsets / 4.0 - rate) <= 0.75
