@@ -1,0 +1,130 @@
+"""The generation UI, driven headlessly: upload real PNG bytes, click Generate, check the WAV in the player.
+
+Runs with the labelled retrieval fallback and with the tiny AudioLDM (real original-checkpoint format, loaded
+through the bridge's real loading path).
+"""
+from __future__ import annotations
+
+import inspect
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from ciap_lib.checkpoint import load_ciap
+from ciap_lib.fallback import NearestNeighbourGenerator
+from ciap_lib.ui import generation as G
+from fixtures.generation import make_workspace, upload_value
+
+SR = 16000
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    return make_workspace(tmp_path_factory.mktemp("uigen"))
+
+
+@pytest.fixture(scope="module")
+def ciap(ws):
+    model, _ = load_ciap(ws["checkpoint"])
+    return model
+
+
+@pytest.fixture(scope="module")
+def fallback(ciap, ws):
+    return NearestNeighbourGenerator.from_dataset(ciap, ws["data"], "train")
+
+
+def png_bytes(ws, i: int = 0) -> bytes:
+    return sorted((ws["data"] / "val").glob("*.png"))[i].read_bytes()
+
+
+def wav_of(ui: G.GenerationUI) -> tuple[np.ndarray, int]:
+    """Decode the WAV embedded in the audio widget's ``<audio>`` tag."""
+    assert "<audio" in ui.audio.value and "controls" in ui.audio.value
+    assert "autoplay" not in ui.audio.value
+    data, sr = sf.read(io.BytesIO(G.wav_from_html(ui.audio.value)), dtype="float32")
+    return data, sr
+
+
+def drive(ui: G.GenerationUI, png: bytes, duration: float) -> None:
+    ui.upload.value = upload_value(png)  # what the browser sends
+    ui.duration.value = duration
+    ui.button.click()
+
+
+@pytest.mark.parametrize("duration", [2.5, 3.5])
+def test_fallback_ui_click_gives_wav_of_chosen_duration(ws, fallback, duration):
+    ui = G.build_generation_ui(fallback)
+    drive(ui, png_bytes(ws), duration)
+    assert ui.error is None, ui.error
+    assert ui.image_name == "query.png" and ui.preview.value  # preview shown
+    data, sr = wav_of(ui)
+    assert sr == SR and data.shape == (int(round(duration * SR)),)
+    assert ui.waveform.shape == data.shape
+    np.testing.assert_allclose(data, np.clip(ui.waveform, -1, 1), atol=1 / 32767 + 1e-6)  # 16-bit WAV
+    assert ui.progress.value == ui.progress.max and ui.progress.bar_style == "success"
+    # never presented as diffusion
+    assert "NOT diffusion" in ui.status.value and "not diffusion" in ui.message.value
+    assert ui.steps.disabled and ui.guidance.disabled and ui.sampler.disabled and ui.seed.disabled
+    assert not ui.upload.disabled and not ui.duration.disabled and not ui.button.disabled
+
+
+def test_ui_errors_are_shown_not_raised(ws, fallback):
+    ui = G.build_generation_ui(fallback)
+    ui.button.click()  # nothing uploaded
+    assert "upload an image first" in ui.error and ui.audio.value == ""
+    ui.upload.value = upload_value(b"this is not an image", name="notes.png")
+    assert "cannot read the uploaded image 'notes.png'" in ui.error
+    ui.button.click()
+    assert "upload an image first" in ui.error
+    ui.upload.value = upload_value(png_bytes(ws, 1))
+    assert ui.error is None
+    ui.button.click()
+    assert ui.error is None and ui.wav_bytes
+
+
+def test_ui_controls_and_defaults(fallback):
+    ui = G.build_generation_ui(fallback, duration=7.5, steps=12, guidance_scale=3.0, seed=4)
+    assert (ui.duration.min, ui.duration.max, ui.duration.value) == (2.5, 10.0, 7.5)
+    assert (ui.steps.value, ui.guidance.value, ui.seed.value) == (12, 3.0, 4)
+    assert ui.button.description == "Generate"
+    with pytest.raises(ValueError, match="duration"):
+        G.build_generation_ui(fallback, duration=12.0)
+
+
+def test_generator_signatures_match():
+    d = inspect.signature(G.DiffusionGenerator.generate).parameters
+    n = inspect.signature(NearestNeighbourGenerator.generate).parameters
+    assert list(d) == list(n)
+    assert all(d[k].default == n[k].default for k in d)
+
+
+def test_batch_files_are_labelled_and_exact(ws, fallback, tmp_path):
+    images = G.default_images(ws["data"], 2)
+    recs = G.generate_files(fallback, images, tmp_path / "wavs", duration=2.5)
+    assert [r["wav"].name for r in recs] == [f"{p.stem}.nn-retrieval.wav" for p in images]
+    for r in recs:
+        data, sr = sf.read(r["wav"])
+        assert sr == SR and data.shape == (40000,) and r["kind"] == "retrieval"
+        assert "retrieved training clip" in r["note"]
+    with pytest.raises(ValueError, match="generation.images"):
+        G.generate_files(fallback, [tmp_path / "missing.png"], tmp_path / "wavs")
+
+
+def test_load_generator_without_checkpoint_falls_back_with_clear_notice(ciap, ws, tmp_path):
+    gen, notice = G.load_generator(ciap, audioldm=str(tmp_path / "nope.ckpt"), ckpt_dir=tmp_path, data=ws["data"])
+    assert isinstance(gen, NearestNeighbourGenerator)
+    assert "python -m ciap_lib download" in notice and "NOT diffusion" in notice
+    md = G.generator_markdown(gen, notice)
+    assert "RETRIEVAL fallback (not diffusion)" in md
+
+
+def test_resolve_checkpoint(ws, tmp_path):
+    assert G.resolve_checkpoint(ws["checkpoint"]) == (ws["checkpoint"], "")
+    path, note = G.resolve_checkpoint(tmp_path / "missing.pt", ckpt_dir=ws["checkpoint"].parent.parent)
+    assert path == ws["checkpoint"] and "newest" in note
+    with pytest.raises(ValueError, match="checkpoint"):
+        G.resolve_checkpoint(tmp_path / "missing.pt", ckpt_dir=tmp_path)
