@@ -114,10 +114,11 @@ def _bridge_samplers() -> tuple[str, ...]:
 
 def missing_audioldm_notice(error: BaseException | str, name: str) -> str:
     """The notebook's message when the AudioLDM checkpoint is missing (names where to put it, how to get it)."""
-    return (f"No usable AudioLDM checkpoint {name!r}:\n{error}\n\n"
-            f"To generate with diffusion, put the original checkpoint at ckpt/{Path(name).name.removesuffix('.ckpt')}.ckpt "
-            f"(or pass its path as generation.audioldm), or download it on a machine with a network:\n"
-            f"    python -m ciap_lib download {name if '/' not in name else 'audioldm-s-full'}\n\n"
+    text = str(error)
+    target = name if "/" not in name and not name.endswith(".ckpt") else "audioldm-s-full"
+    if "python -m ciap_lib download" not in text:
+        text += f"\nWith a network, download it with: python -m ciap_lib download {target}"
+    return (f"No usable AudioLDM checkpoint ({name}):\n{text}\n\n"
             "Until then this notebook uses the NEAREST-NEIGHBOUR RETRIEVAL fallback: every sound below is a "
             "clip copied from the training set, NOT diffusion output.")
 
@@ -293,6 +294,10 @@ class GenerationUI(widgets.VBox):
         controls = widgets.VBox([self.duration, self.steps, self.guidance, self.seed, self.sampler])
         super().__init__([self.status, widgets.HBox([widgets.VBox([self.upload, self.preview]), controls]),
                           widgets.HBox([self.button, self.progress]), self.message, self.audio])
+
+    def __repr__(self) -> str:  # the text/plain of the widget (what papermill / HTML export keep)
+        return (f"<Generation UI ({'diffusion' if self.generator.is_diffusion else 'retrieval fallback, NOT diffusion'}): "
+                "interactive in a live kernel: upload an image, press Generate>")
 
     # -- image ---------------------------------------------------------------------------------------------
     def _on_upload(self, change: dict) -> None:
