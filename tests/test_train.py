@@ -1,0 +1,104 @@
+"""Training loop: end-to-end learning on the synthetic set, resume == uninterrupted, callbacks, clap features."""
+import math
+
+import pytest
+import torch
+
+from ciap_lib.checkpoint import load_checkpoint, load_ciap
+from ciap_lib.config import load_config
+from ciap_lib.data import PairDataset, scan_pairs
+from ciap_lib.synthetic import make_synthetic_dataset
+from ciap_lib.train import Callback, evaluate, train
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("syn") / "small", n_train=48, n_val=16, image_size=32)
+
+
+class Recorder(Callback):
+    def __init__(self, stop_after: int | None = None):
+        self.calls, self.stop_after = [], stop_after
+
+    def on_train_start(self, cfg, model):
+        self.calls.append(("start", cfg.run_name))
+
+    def on_epoch_end(self, epoch, metrics, checkpoint):
+        self.calls.append(("epoch", epoch, dict(metrics), checkpoint))
+        if epoch == self.stop_after:
+            raise KeyboardInterrupt  # the process dies right after the epoch's checkpoint
+
+    def on_train_end(self, result):
+        self.calls.append(("end", result))
+
+
+def _cfg(data, tmp_path, **kw):
+    base = dict(data=str(data), model="debug", batch_size=16, epochs=3, num_workers=0, seed=3,
+                ckpt_dir=str(tmp_path / "ckpt"), lr_step_size=2, lr_gamma=0.5)
+    base.update(kw)
+    return load_config(None, **base)
+
+
+def test_resume_equals_uninterrupted_run(small_data, tmp_path):
+    full = train(_cfg(small_data, tmp_path, run_name="full"))
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(small_data, tmp_path, run_name="cut"), [Recorder(stop_after=2)])
+    assert load_checkpoint(tmp_path / "ckpt" / "cut" / "last.pt")["epoch"] == 2
+    rec = Recorder()
+    resumed = train(_cfg(small_data, tmp_path, run_name="cut", resume=True), [rec])
+    assert [c[1] for c in rec.calls if c[0] == "epoch"] == [3]  # only the missing epoch ran
+    a = load_checkpoint(full.checkpoint)
+    b = load_checkpoint(resumed.checkpoint)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert resumed.history == full.history
+    assert b["scheduler"]["last_epoch"] == 3 and resumed.history[-1]["lr"] == 0.5e-3
+
+
+def test_seeded_runs_are_reproducible_and_callbacks_fire(small_data, tmp_path):
+    rec = Recorder()
+    r1 = train(_cfg(small_data, tmp_path, run_name="a", epochs=2), [rec])
+    r2 = train(_cfg(small_data, tmp_path, run_name="b", epochs=2))
+    assert r1.history == r2.history
+    kinds = [c[0] for c in rec.calls]
+    assert kinds == ["start", "epoch", "epoch", "end"]
+    _, epoch, metrics, ckpt = rec.calls[2]
+    assert epoch == 2 and ckpt == r1.checkpoint and ckpt.is_file()
+    for key in ("train_loss", "val_loss", "lr", "logit_scale", "i2a_R@1", "a2i_R@10", "i2a_median_rank",
+                "i2a_class_R@1"):
+        assert math.isfinite(metrics[key]), key
+    assert (tmp_path / "ckpt" / "a" / "config.yaml").is_file()
+    # the checkpoint reproduces the reported validation metrics
+    model, cfg = load_ciap(r1.checkpoint)
+    val = PairDataset(small_data, "val", 32, train=False)
+    again = evaluate(model, val, loss_batch_size=cfg.batch_size)
+    assert again["val_loss"] == pytest.approx(metrics["val_loss"], abs=1e-5)
+    assert again["i2a_R@1"] == metrics["i2a_R@1"]
+
+
+def test_precomputed_clap_features_train_the_image_tower(small_data, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    feats = {}
+    for split in ("train", "val"):
+        for p in scan_pairs(small_data / split)[0]:
+            feats[str(p.audio.resolve())] = torch.randn(512, generator=g)
+    cfg = _cfg(small_data, tmp_path, run_name="clap", audio_encoder="clap", loss="cosine", epochs=2)
+    result = train(cfg, audio_features=feats)
+    assert result.history[1]["train_loss"] < result.history[0]["train_loss"]
+    with pytest.raises(ValueError, match="precomputed CLAP features"):
+        train(cfg)
+
+
+def test_end_to_end_debug_beats_chance(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "syn", n_train=256, n_val=64, image_size=32)
+    cfg = _cfg(data, tmp_path, run_name="e2e", batch_size=32, epochs=6, seed=0, lr_step_size=10,
+               num_workers=1)
+    m = train(cfg).metrics
+    n = 64
+    r1 = (m["i2a_R@1"] + m["a2i_R@1"]) / 2
+    r5 = (m["i2a_R@5"] + m["a2i_R@5"]) / 2
+    med = (m["i2a_median_rank"] + m["a2i_median_rank"]) / 2
+    assert r1 >= 2.5 / n, m           # chance: 1/64
+    assert r5 >= 2.5 * 5 / n, m       # chance: 5/64
+    assert med <= 0.5 * (n + 1) / 2, m  # chance: ~32.5
+    assert m["val_loss"] < math.log(32) - 0.2, m
