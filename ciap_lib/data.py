@@ -35,7 +35,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ciap_lib.audio_io import AUDIO_EXTS, AudioInfo, BadFileError, audio_info, load_audio
+from ciap_lib.audio_io import (AUDIO_EXTS, AudioInfo, BadFileError, audio_info, load_audio, load_audio_segment,
+                               resampled_length, seekable)
 
 __all__ = [
     "AUDIO_EXTS", "IMAGE_EXTS", "IMAGENET_MEAN", "IMAGENET_STD", "BadFileError", "Pair", "ImageInfo",
@@ -250,6 +251,42 @@ def _check_pair(pair: Pair) -> tuple[ImageInfo, AudioInfo]:
     return image_info(pair.image), audio_info(pair.audio)
 
 
+def _scan(split_dir: PathLike, skip_bad: bool, validate: bool,
+          ) -> tuple[list[Pair], list[tuple[Path, str]], list[AudioInfo | None]]:
+    d = Path(split_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"split folder {d} does not exist")
+    skipped: list[tuple[Path, str]] = []
+    csv_path = d / "pairs.csv"
+    pairs = (_read_csv(d, csv_path, skip_bad, skipped) if csv_path.is_file()
+             else _scan_folder(d, skip_bad, skipped))
+    if not validate or not pairs:
+        return pairs, skipped, [None] * len(pairs)
+
+    def check(p: Pair) -> BadFileError | AudioInfo:
+        try:
+            return _check_pair(p)[1]
+        except BadFileError as e:
+            return e
+
+    workers = min(8, (os.cpu_count() or 1) * 2) if len(pairs) > 64 else 1
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as ex:
+            results = list(ex.map(check, pairs))
+    else:
+        results = [check(p) for p in pairs]
+    good, infos = [], []
+    for p, r in zip(pairs, results):
+        if isinstance(r, BadFileError):
+            if not skip_bad:
+                raise r
+            skipped.append((r.path, r.reason))
+        else:
+            good.append(p)
+            infos.append(r)
+    return good, skipped, infos
+
+
 def scan_pairs(split_dir: PathLike, skip_bad: bool = False, validate: bool = True,
                ) -> tuple[list[Pair], list[tuple[Path, str]]]:
     """List the pairs of one split folder (``pairs.csv`` wins over the folder layout).
@@ -257,7 +294,7 @@ def scan_pairs(split_dir: PathLike, skip_bad: bool = False, validate: bool = Tru
     Args:
         split_dir: the split folder.
         skip_bad: skip (and report) bad or unpaired files instead of raising.
-        validate: also check each image/audio header (cheap; no full decode).
+        validate: also check each image/audio header (cheap; no full decode; threads for > 64 pairs).
 
     Returns:
         ``(pairs, skipped)`` where ``skipped`` is a list of ``(path, reason)``.
@@ -267,36 +304,7 @@ def scan_pairs(split_dir: PathLike, skip_bad: bool = False, validate: bool = Tru
         BadFileError: the first bad file (when ``skip_bad`` is False), or a manifest without the required
             columns (always).
     """
-    d = Path(split_dir)
-    if not d.is_dir():
-        raise FileNotFoundError(f"split folder {d} does not exist")
-    skipped: list[tuple[Path, str]] = []
-    csv_path = d / "pairs.csv"
-    pairs = (_read_csv(d, csv_path, skip_bad, skipped) if csv_path.is_file()
-             else _scan_folder(d, skip_bad, skipped))
-    if validate and pairs:
-        workers = min(8, (os.cpu_count() or 1) * 2) if len(pairs) > 64 else 1
-        results: list[BaseException | None]
-        def check(p: Pair) -> BaseException | None:
-            try:
-                _check_pair(p)
-                return None
-            except BadFileError as e:
-                return e
-        if workers > 1:
-            with ThreadPoolExecutor(workers) as ex:
-                results = list(ex.map(check, pairs))
-        else:
-            results = [check(p) for p in pairs]
-        good = []
-        for p, err in zip(pairs, results):
-            if err is None:
-                good.append(p)
-            elif not skip_bad:
-                raise err
-            else:
-                skipped.append((err.path, err.reason))  # type: ignore[union-attr]
-        pairs = good
+    pairs, skipped, _ = _scan(split_dir, skip_bad, validate)
     return pairs, skipped
 
 
@@ -382,8 +390,9 @@ class PairDataset(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.cache_max_bytes = int(cache_max_bytes)
-        pairs, skipped = scan_pairs(self.split_dir, skip_bad=skip_bad, validate=True)
+        pairs, skipped, infos = _scan(self.split_dir, skip_bad=skip_bad, validate=True)
         self.skipped: list[tuple[Path, str]] = list(skipped)
+        self._ainfo: dict[Path, AudioInfo] = {p.audio: inf for p, inf in zip(pairs, infos) if inf is not None}
         self.audio_features: dict[str, torch.Tensor] | None = None
         if audio_features is not None:
             feats: dict[str, torch.Tensor] = {}
@@ -433,17 +442,17 @@ class PairDataset(Dataset):
 
     def estimated_bytes(self) -> int:
         """Estimated memory of a full decoded cache (uint8 images + float32 mono audio at the target rate)."""
-        img = self.image_size * self.image_size * 3
-        total = 0
-        for p in self.pairs:
-            total += img
-            if self.audio_features is None:
-                try:
-                    info = audio_info(p.audio)
-                    total += int(math.ceil(info.duration * self.sample_rate)) * 4
-                except BadFileError:
-                    pass
+        total = self.image_size * self.image_size * 3 * len(self.pairs)
+        if self.audio_features is None:
+            total += sum(4 * resampled_length(self._info(p).frames, self._info(p).sample_rate, self.sample_rate)
+                         for p in self.pairs)
         return total
+
+    def _info(self, p: Pair) -> AudioInfo:
+        info = self._ainfo.get(p.audio)
+        if info is None:
+            info = self._ainfo[p.audio] = audio_info(p.audio)
+        return info
 
     def set_epoch(self, epoch: int) -> None:
         """Epoch used for random crops of integer indices (see :class:`EpochSampler` for workers)."""
@@ -451,6 +460,7 @@ class PairDataset(Dataset):
 
     # ------------------------------------------------------------------ decoding and caching
     def _decode(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Image uint8 (S,S,3) and the whole clip float32 (T,) (from the cache when there)."""
         p = self.pairs[i]
         img = self._images.get(i)
         if img is None:
@@ -462,16 +472,48 @@ class PairDataset(Dataset):
                 wav = load_audio(p.audio, self.sample_rate)
         return img, wav
 
+    def _segment(self, index: int, epoch: int) -> np.ndarray:
+        """The (segment_samples,) crop of pair ``index``: from the cached clip, or decoded by seeking.
+
+        The crop position depends only on (seed, epoch, index) and the clip length, so every cache mode
+        yields the same crop (bit-identical for files at the target rate).
+        """
+        p = self.pairs[index]
+        wav = self._audio.get(index)
+        info = self._info(p)
+        total = wav.shape[0] if wav is not None else resampled_length(info.frames, info.sample_rate,
+                                                                      self.sample_rate)
+        rng = self._rng(index, epoch) if self.train else None
+        length = self.segment_samples
+        if total <= length:
+            start = 0
+        elif rng is not None:
+            start = int(rng.integers(0, total - length + 1))
+        else:
+            start = (total - length) // 2
+        if wav is None:
+            short = info.duration <= max(4.0, 2 * self.segment_seconds)
+            if self.cache_mode == "lazy" and (short or not seekable(info)):
+                wav = load_audio(p.audio, self.sample_rate)
+                self._store_audio(index, wav)
+            else:
+                return load_audio_segment(p.audio, start, length, self.sample_rate, info=info)
+        out = np.zeros(length, dtype=np.float32)
+        seg = wav[start:start + length]
+        out[:seg.shape[0]] = seg
+        return out
+
     def _store(self, i: int, img: np.ndarray, wav: np.ndarray | None) -> None:
-        if i in self._images:
-            return
-        size = img.nbytes + (wav.nbytes if wav is not None else 0)
-        if self._cached_bytes + size > self.cache_max_bytes:
-            return
-        self._images[i] = img
+        if i not in self._images and self._cached_bytes + img.nbytes <= self.cache_max_bytes:
+            self._images[i] = img
+            self._cached_bytes += img.nbytes
         if wav is not None:
+            self._store_audio(i, wav)
+
+    def _store_audio(self, i: int, wav: np.ndarray) -> None:
+        if i not in self._audio and self._cached_bytes + wav.nbytes <= self.cache_max_bytes:
             self._audio[i] = wav
-        self._cached_bytes += size
+            self._cached_bytes += wav.nbytes
 
     def _preload(self) -> None:
         """Decode every pair now (threads); bad files are raised or skipped here, never mid-epoch."""
@@ -515,14 +557,15 @@ class PairDataset(Dataset):
             index += len(self.pairs)
         if not 0 <= index < len(self.pairs):
             raise IndexError(f"PairDataset index {index} out of range [0, {len(self.pairs)})")
-        img, wav = self._decode(index)
-        if self.cache_mode in ("lazy", "preload"):
-            self._store(index, img, wav)
+        img = self._images.get(index)
+        if img is None:
+            img = load_image_uint8(self.pairs[index].image, self.image_size)
+            if self.cache_mode in ("lazy", "preload"):
+                self._store(index, img, None)
         if self.audio_features is not None:
             audio = self.audio_features[str(self.pairs[index].audio.resolve())]
         else:
-            rng = self._rng(index, epoch) if self.train else None
-            audio = torch.from_numpy(crop_segment(wav, self.segment_samples, rng))
+            audio = torch.from_numpy(self._segment(index, epoch))
         return {"image": normalize_image(img), "audio": audio,
                 "label": self._labels[index], "index": torch.tensor(index, dtype=torch.long)}
 

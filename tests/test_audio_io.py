@@ -6,7 +6,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from ciap_lib.audio_io import AudioInfo, BadFileError, audio_info, load_audio, resample, write_wav
+from ciap_lib.audio_io import (AudioInfo, BadFileError, audio_info, load_audio, load_audio_segment, resample,
+                               resampled_length, write_wav)
 from fixtures.odd_files import make_bad_case, odd_audio, tone
 
 
@@ -82,3 +83,27 @@ def test_write_wav_roundtrip_and_atomic(tmp_path):
     with pytest.raises(ValueError, match="NaN"):
         write_wav(tmp_path / "nan.wav", np.array([0.0, np.nan]))
     assert not (tmp_path / "nan.wav").exists()
+
+
+@pytest.mark.parametrize("sr,ext", [(16000, ".wav"), (44100, ".flac"), (8000, ".wav"), (48000, ".ogg"),
+                                    (22050, ".mp3")])
+def test_load_audio_segment_matches_full_decode(tmp_path, sr, ext):
+    from fixtures.odd_files import write_audio
+    p = write_audio(tmp_path / f"x{ext}", 4.0, sr, 2)
+    full = load_audio(p)
+    for start in (0, 1, 777, 16000 * 2 + 5, len(full) - 16000):
+        seg = load_audio_segment(p, start, 16000)
+        assert seg.shape == (16000,) and seg.dtype == np.float32
+        np.testing.assert_allclose(seg, full[start:start + 16000], atol=1e-4, err_msg=f"start={start}")
+        if sr == 16000:
+            np.testing.assert_array_equal(seg, full[start:start + 16000])
+    tail = load_audio_segment(p, len(full) - 100, 16000)   # runs past the end: zero padded
+    assert (tail[200:] == 0).all()
+    with pytest.raises(ValueError, match="start"):
+        load_audio_segment(p, -1, 10)
+
+
+def test_resampled_length_matches_decoder(audio_files):
+    for kind in ("wav_8k_mono", "flac_44k_stereo", "wav_48k_5ch"):
+        info = audio_info(audio_files[kind])
+        assert len(load_audio(audio_files[kind])) == resampled_length(info.frames, info.sample_rate, 16000)

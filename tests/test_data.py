@@ -263,3 +263,32 @@ def test_fingerprint_changes_with_content(long_split):
     assert dataset_fingerprint(long_split) != f0
     with pytest.raises(FileNotFoundError):
         dataset_fingerprint(long_split / "nope")
+
+
+def test_cache_modes_give_the_same_crops(tmp_path):
+    """preload (whole clips in memory), lazy (long clips read by seeking) and none agree."""
+    d = tmp_path / "t"
+    d.mkdir()
+    for k, (sec, sr, ext) in enumerate([(6.0, 44100, ".flac"), (3.0, 16000, ".wav"), (0.5, 8000, ".wav"),
+                                        (5.0, 48000, ".ogg"), (2.0, 22050, ".mp3")]):
+        rgb_image(seed=k).save(d / f"c{k}.png")
+        write_audio(d / f"c{k}{ext}", sec, sr, 2)
+    sets = {m: PairDataset(tmp_path, "t", S, train=True, cache=m, seed=4) for m in ("preload", "lazy", "none")}
+    assert sets["preload"].cache_mode == "preload"
+    for i in range(5):
+        for epoch in (0, 1):
+            ref = sets["preload"][(i, epoch)]
+            for m in ("lazy", "none"):
+                got = sets[m][(i, epoch)]
+                assert torch.equal(got["image"], ref["image"])
+                torch.testing.assert_close(got["audio"], ref["audio"], atol=1e-4, rtol=0)
+    # lazy keeps short clips and non-seekable formats (ogg, mp3) in memory, reads long wav/flac by seeking
+    assert sorted(sets["lazy"]._audio) == [1, 2, 3, 4] and len(sets["none"]._audio) == 0
+
+
+def test_auto_cache_respects_budget(long_split):
+    small = PairDataset(long_split, "train", S, train=True, cache="auto", cache_max_bytes=10 ** 4)
+    assert small.cache_mode == "lazy" and small._cached_bytes <= 10 ** 4
+    big = PairDataset(long_split, "train", S, train=True, cache="auto")
+    assert big.cache_mode == "preload" and len(big._audio) == len(big) == 6
+    assert big.estimated_bytes() == 6 * (S * S * 3 + 4 * 48000)
