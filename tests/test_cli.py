@@ -65,3 +65,17 @@ def test_train_then_evaluate(tmp_path, capsys):
 def test_evaluate_errors_name_the_file(tmp_path, capsys):
     assert main(["evaluate", "--checkpoint", str(tmp_path / "none.pt")]) == 2
     assert "none.pt" in capsys.readouterr().err
+
+
+def test_train_logs_to_mlflow_when_asked(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    data = make_synthetic_dataset(tmp_path / "data", n_train=16, n_val=8, image_size=32)
+    rc = main(["train", "--data", str(data), "--set", "model=debug", "epochs=1", "batch_size=8", "num_workers=0",
+               f"ckpt_dir={tmp_path / 'ckpt'}", "--mlflow", "--experiment", "cli-test",
+               "--json", str(tmp_path / "t.json")])
+    assert rc == 0
+    run_id = json.loads((tmp_path / "t.json").read_text())["mlflow_run_id"]
+    from ciap_lib import tracking
+    run = tracking.client().get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model"] == "debug" and "val_loss" in run.data.metrics

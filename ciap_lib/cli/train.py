@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                         "audio_encoder=mlp (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from <ckpt_dir>/<run_name>/last.pt")
     parser.add_argument("--mlflow", action="store_true",
-                        help="log the run to MLflow (rank 0 only; MLFLOW_TRACKING_URI picks the server)")
+                        help="log params, per-epoch metrics and the checkpoint to MLflow (rank 0 only; "
+                             "MLFLOW_TRACKING_URI picks the store, default sqlite:///<repo>/mlflow.db)")
     parser.add_argument("--experiment", default=None, help="MLflow experiment name (with --mlflow)")
     parser.add_argument("--json", dest="json_out", help="write the final metrics to this JSON file")
 
@@ -42,18 +43,32 @@ def run(args: argparse.Namespace) -> int:
 
     from ciap_lib.workflows import fit
 
-    callbacks = []
-    if args.mlflow and int(os.environ.get("RANK", "0")) == 0:
-        from ciap_lib.tracking import MLflowCallback  # tracking layer; only rank 0 logs
-        callbacks.append(MLflowCallback(experiment_name=args.experiment) if args.experiment else MLflowCallback())
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    callbacks, run_id, tracking = [], None, None
+    if args.mlflow and rank0:  # only rank 0 talks to MLflow
+        from ciap_lib import tracking  # tracking layer (the only one importing mlflow)
+        exp_id = tracking.setup(None, args.experiment or tracking.DEFAULT_EXPERIMENT)
+        run = tracking.client().create_run(exp_id, run_name=cfg.run_name,
+                                           tags={"git_commit": tracking.git_commit(), "ciap.entry": "cli.train"})
+        run_id = run.info.run_id
+        callbacks.append(tracking.MLflowCallback(run_id=run_id))
+        print(f"MLflow run {run_id} at {tracking.default_tracking_uri()}", file=sys.stderr)
+    status = "FAILED"
     try:
         result = fit(cfg, callbacks)
+        status = "FINISHED"
     except (ValueError, FileNotFoundError) as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 2
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({"checkpoint": str(result.checkpoint), **result.metrics}, indent=2))
+    finally:
+        if run_id is not None:
+            tracking.end_run(run_id, status)
+    if rank0:
+        summary = {"checkpoint": str(result.checkpoint), **result.metrics}
+        if run_id is not None:
+            summary["mlflow_run_id"] = run_id
+        print(json.dumps(summary, indent=2))
         if args.json_out:
             with open(args.json_out, "w") as f:
-                json.dump({"checkpoint": str(result.checkpoint), **result.metrics}, f, indent=2)
+                json.dump(summary, f, indent=2)
     return 0
