@@ -99,6 +99,10 @@ def rest(base: str, endpoint: str, body: dict | None = None) -> dict:
         return json.load(r)
 
 
+def phase(name: str, t0: float) -> None:
+    print(f"[browser test] {name}: {time.monotonic() - t0:.1f} s", flush=True)
+
+
 def parameterised_notebook(dest: Path, params: dict) -> Path:
     """``notebooks/04_generation.ipynb`` with papermill's injected-parameters cell, written to ``dest``."""
     from papermill.iorw import load_notebook_node
@@ -118,27 +122,13 @@ def test_jupyterlab_renders_generation_widgets_and_mlflow_lists_the_run(tmp_path
     chromium = chromium_path()
     t_start = time.monotonic()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    ws = make_workspace(tmp_path / "ws", n_train=8, n_val=2)
+    for old in ARTIFACTS.glob("*.png"):
+        old.unlink()
+    root = tmp_path / "lab"
+    root.mkdir()
     db = tmp_path / "mlflow" / "mlflow.db"
     db.parent.mkdir()
     uri = f"sqlite:///{db}"
-    run_name = f"browser-test-{int(time.time())}"
-    experiment = "ciap-browser-test"
-    parent = tracking.start_pipeline_run(run_name, {"name": "browser-test", "generation": {"duration": 2.5}},
-                                         tracking_uri=uri, experiment_name=experiment)
-
-    root = tmp_path / "lab"
-    root.mkdir()
-    nb_name = "04_generation.ipynb"
-    parameterised_notebook(root / nb_name, {
-        "tracking_uri": uri, "experiment_name": experiment, "parent_run_id": parent, "run_name": run_name,
-        "run_dir": str(tmp_path / "run"), "checkpoint": str(ws["checkpoint"]),
-        "data": {"root": str(ws["data"])},
-        "generation": {"images": [], "n_images": 1, "duration": 2.5, "steps": 2, "sampler": "dpmpp",
-                       "guidance_scale": 2.5, "seed": 0, "n_candidates": 1,
-                       "audioldm": str(tmp_path / "no-such-audioldm.ckpt"), "ckpt_dir": str(tmp_path / "ckpt"),
-                       "fallback_split": "train"},
-    })
     # JupyterLab user state stays in the temporary folder; no news / update checks (closed network).
     settings = tmp_path / "lab-settings"
     (settings / "@jupyterlab" / "apputils-extension").mkdir(parents=True)
@@ -149,18 +139,37 @@ def test_jupyterlab_renders_generation_widgets_and_mlflow_lists_the_run(tmp_path
            "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"), "MLFLOW_TRACKING_URI": uri,
            "PYTHONUNBUFFERED": "1"}
     lab_port, ml_port = free_port(), free_port()
+    lab_url, ml_url = f"http://127.0.0.1:{lab_port}", f"http://127.0.0.1:{ml_port}"
     lab_log, ml_log = tmp_path / "jupyterlab.log", tmp_path / "mlflow.log"
     lab = ml = None
     try:
+        # JupyterLab boots while the workspace is built (it reads the notebook only when it is opened).
         lab = start([str(BIN / "jupyter"), "lab", "--ip", "127.0.0.1", "--port", str(lab_port), "--no-browser",
                      "--allow-root", f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}",
                      "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None",
                      "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"], lab_log, env, root)
+        ws = make_workspace(tmp_path / "ws", n_train=8, n_val=2)
+        run_name = f"browser-test-{int(time.time())}"
+        experiment = "ciap-browser-test"
+        parent = tracking.start_pipeline_run(run_name, {"name": "browser-test", "generation": {"duration": 2.5}},
+                                             tracking_uri=uri, experiment_name=experiment)
+        # the MLflow server starts once the store exists (no two processes creating its tables at once)
         ml = start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(ml_port),
                     "--backend-store-uri", uri, "--default-artifact-root", (tmp_path / "mlartifacts").as_uri(),
                     "--workers", "1"], ml_log, env, tmp_path)
-        lab_url, ml_url = f"http://127.0.0.1:{lab_port}", f"http://127.0.0.1:{ml_port}"
+        nb_name = "04_generation.ipynb"
+        parameterised_notebook(root / nb_name, {
+            "tracking_uri": uri, "experiment_name": experiment, "parent_run_id": parent, "run_name": run_name,
+            "run_dir": str(tmp_path / "run"), "checkpoint": str(ws["checkpoint"]),
+            "data": {"root": str(ws["data"])},
+            "generation": {"images": [], "n_images": 1, "duration": 2.5, "steps": 2, "sampler": "dpmpp",
+                           "guidance_scale": 2.5, "seed": 0, "n_candidates": 1,
+                           "audioldm": str(tmp_path / "no-such-audioldm.ckpt"), "ckpt_dir": str(tmp_path / "ckpt"),
+                           "fallback_split": "train"},
+        })
+        phase("workspace + pipeline run", t_start)
         wait_http(f"{lab_url}/api/status?token={TOKEN}", lab, lab_log, 60)
+        phase("jupyter lab up", t_start)
 
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
@@ -172,13 +181,16 @@ def test_jupyterlab_renders_generation_widgets_and_mlflow_lists_the_run(tmp_path
                     "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
                     " const k = w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel;"
                     " return !!k && k.status === 'idle'; }", timeout=60_000)
+                phase("kernel idle", t_start)
                 ok = page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+                phase("all cells ran", t_start)
                 errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'],"
                                       " .jp-RenderedText[data-mime-type='application/vnd.jupyter.error']")
                 if not ok:
                     page.screenshot(path=str(ARTIFACTS / "jupyterlab_generation_failed.png"), full_page=True)
                     pytest.fail("running all cells of 04_generation.ipynb in JupyterLab failed: "
                                 + " | ".join(errors.all_text_contents())[-3000:])
+                tracking.end_run(parent)  # the pipeline ends its parent run once the notebooks ran
                 upload = page.locator(".widget-upload").first
                 slider = page.locator(".widget-slider", has_text="Duration (s)").first
                 button = page.locator(".widget-button", has_text="Generate").first
@@ -197,6 +209,7 @@ def test_jupyterlab_renders_generation_widgets_and_mlflow_lists_the_run(tmp_path
 
                 # --- MLflow: REST API lists the pipeline run (and the nested run of the notebook) ---------
                 wait_http(f"{ml_url}/health", ml, ml_log, 90)
+                phase("mlflow up", t_start)
                 exp = rest(ml_url, f"experiments/get-by-name?experiment_name={experiment}")["experiment"]
                 runs = rest(ml_url, "runs/search", {"experiment_ids": [exp["experiment_id"]],
                                                     "max_results": 100})["runs"]
@@ -209,7 +222,14 @@ def test_jupyterlab_renders_generation_widgets_and_mlflow_lists_the_run(tmp_path
                 assert tags["generator"] == "retrieval"
                 page.goto(f"{ml_url}/#/experiments/{exp['experiment_id']}/runs")
                 page.get_by_text(run_name).first.wait_for(state="visible", timeout=60_000)
+                close = page.get_by_role("button", name="Close")  # the assistant side panel
+                if close.count():
+                    close.first.click()
+                # expand the pipeline run: its nested notebook run is listed under it
+                page.locator("[role='row']", has_text=run_name).first.get_by_role("button").first.click()
+                page.get_by_text("04_generation").first.wait_for(state="visible", timeout=20_000)
                 page.screenshot(path=str(ARTIFACTS / "mlflow_runs.png"))
+                phase("mlflow page rendered", t_start)
             finally:
                 browser.close()
     finally:
