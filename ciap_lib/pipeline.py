@@ -325,7 +325,8 @@ def _failure_message(notebook: str, executed: Path, err: Exception) -> str:
         tb = "\n".join(err.traceback[-8:]) if err.traceback else ""
         tb = re.sub(r"\x1b\[[0-9;]*m", "", tb)  # strip ANSI colours
         src = "\n".join("    " + line for line in (err.source or "").splitlines()[:12])
-        return (f"notebook {notebook} failed in cell {err.cell_index} (execution count {err.exec_count}):\n"
+        return (f"notebook {notebook} failed in cell {err.cell_index} of the executed notebook "
+                f"(0-based, execution count {err.exec_count}):\n"
                 f"{src}\n{err.ename}: {err.evalue}\n{tb}\n"
                 f"executed notebook: {executed}")
     return f"notebook {notebook} failed: {type(err).__name__}: {err}\nexecuted notebook: {executed}"
@@ -413,10 +414,8 @@ def _log_executed(tracking, parent: str, nb: str, out: Path, failed: bool) -> No
     tracking.log_notebook(out, run_id=parent, artifact_path="notebooks")
     if child is not None:
         tracking.log_notebook(out, run_id=child, artifact_path="notebook")
-        if failed:
-            run = tracking.client().get_run(child)
-            if run.info.status == "RUNNING":
-                tracking.end_run(child, "FAILED")
+        if failed:  # the kernel's MLflow atexit hook may have ended it as FINISHED on shutdown
+            tracking.end_run(child, "FAILED")
 
 
 def summary(result: PipelineResult) -> str:
