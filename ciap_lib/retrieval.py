@@ -80,10 +80,9 @@ def pair_ranks(image_emb: ArrayLike, audio_emb: ArrayLike, chunk_size: int = 409
         e = min(s + chunk_size, n)
         block = _rows(image_emb, s, e, dev, dtype) @ _rows(audio_emb, s, e, dev, dtype).T
         true[s:e] = block.diagonal()
-    gt_i2a = torch.zeros(n, dtype=torch.long, device=dev)
-    eq_i2a = torch.zeros(n, dtype=torch.long, device=dev)
-    gt_a2i = torch.zeros(n, dtype=torch.long, device=dev)
-    eq_a2i = torch.zeros(n, dtype=torch.long, device=dev)
+    need_ge, need_gt = ties in ("pessimistic", "mean"), ties in ("optimistic", "mean")
+    zeros = lambda: torch.zeros(n, dtype=torch.long, device=dev)  # noqa: E731
+    ge_i2a, ge_a2i, gt_i2a, gt_a2i = zeros(), zeros(), zeros(), zeros()
     if return_top1:
         best_i2a = torch.full((n,), float("-inf"), dtype=dtype, device=dev)
         arg_i2a = torch.zeros(n, dtype=torch.long, device=dev)
@@ -92,22 +91,26 @@ def pair_ranks(image_emb: ArrayLike, audio_emb: ArrayLike, chunk_size: int = 409
     for qs in range(0, n, chunk_size):
         qe = min(qs + chunk_size, n)
         q = _rows(image_emb, qs, qe, dev, dtype)                      # (c, D) images
-        tq = true[qs:qe]
+        tq = true[qs:qe, None]
         for ks in range(0, n, chunk_size):
             ke = min(ks + chunk_size, n)
-            k = _rows(audio_emb, ks, ke, dev, dtype)                  # (c', D) audios
-            s = q @ k.T                                               # (c, c') image i vs audio j
-            tk = true[ks:ke]
-            if qs == ks:  # the diagonal block holds the true pairs: exclude them from the counts
-                idx = torch.arange(qe - qs, device=dev)
-                s_ex = s.clone()
-                s_ex[idx, idx] = float("nan")                         # NaN compares False
-            else:
-                s_ex = s
-            gt_i2a[qs:qe] += (s_ex > tq[:, None]).sum(1)
-            eq_i2a[qs:qe] += (s_ex == tq[:, None]).sum(1)
-            gt_a2i[ks:ke] += (s_ex > tk[None, :]).sum(0)
-            eq_a2i[ks:ke] += (s_ex == tk[None, :]).sum(0)
+            s = q @ _rows(audio_emb, ks, ke, dev, dtype).T            # (c, c') image i vs audio j
+            tk = true[None, ks:ke]
+            # Counts include the true pair itself on the diagonal block; it is subtracted below.
+            if need_ge:
+                ge_i2a[qs:qe] += torch.count_nonzero(s >= tq, dim=1)
+                ge_a2i[ks:ke] += torch.count_nonzero(s >= tk, dim=0)
+            if need_gt:
+                gt_i2a[qs:qe] += torch.count_nonzero(s > tq, dim=1)
+                gt_a2i[ks:ke] += torch.count_nonzero(s > tk, dim=0)
+            if qs == ks:
+                d, t = s.diagonal(), true[qs:qe]
+                if need_ge:
+                    ge_i2a[qs:qe] -= (d >= t).long()
+                    ge_a2i[ks:ke] -= (d >= t).long()
+                if need_gt:
+                    gt_i2a[qs:qe] -= (d > t).long()
+                    gt_a2i[ks:ke] -= (d > t).long()
             if return_top1:
                 v, a = s.max(1)                                       # first index among ties
                 upd = v > best_i2a[qs:qe]
@@ -118,15 +121,15 @@ def pair_ranks(image_emb: ArrayLike, audio_emb: ArrayLike, chunk_size: int = 409
                 best_a2i[ks:ke] = torch.where(upd, v, best_a2i[ks:ke])
                 arg_a2i[ks:ke] = torch.where(upd, a + qs, arg_a2i[ks:ke])
 
-    def rank(gt: torch.Tensor, eq: torch.Tensor) -> torch.Tensor:
-        gt, eq = gt.double().cpu(), eq.double().cpu()
+    def rank(gt: torch.Tensor, ge: torch.Tensor) -> torch.Tensor:
+        gt, ge = gt.double().cpu(), ge.double().cpu()
         if ties == "pessimistic":
-            return 1.0 + gt + eq
+            return 1.0 + ge
         if ties == "optimistic":
             return 1.0 + gt
-        return 1.0 + gt + eq / 2.0
+        return 1.0 + (gt + ge) / 2.0
 
-    ranks = (rank(gt_i2a, eq_i2a), rank(gt_a2i, eq_a2i))
+    ranks = (rank(gt_i2a, ge_i2a), rank(gt_a2i, ge_a2i))
     if return_top1:
         return ranks + (arg_i2a.cpu(), arg_a2i.cpu())
     return ranks
