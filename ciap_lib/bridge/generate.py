@@ -1,0 +1,171 @@
+"""Image -> 16 kHz audio through the frozen AudioLDM.
+
+``generate(audioldm, images, cond_stage=...)`` or ``generate(audioldm, image_embeds=(B,1,512))``.
+Clip ``i``, candidate ``k`` starts from the noise of ``torch.Generator().manual_seed(seed + i *
+n_candidates + k)``: the same seed gives the same audio whatever the batch size.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ciap_lib.bridge.condition import AUDIOLDM_EMBED_DIM, CIAPCondStage
+from ciap_lib.bridge.loading import FrozenAudioLDM
+from ciap_lib.bridge.sampling import (
+    DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLE_RATE, SAMPLERS, decode_latents, initial_noise, latent_frames, sample_latents,
+)
+
+MIN_DURATION, MAX_DURATION = 2.5, 10.0
+PRECISIONS = ("bf16", "fp32")
+
+ImageInput = torch.Tensor | Sequence[str | os.PathLike | bytes] | str | os.PathLike | None
+
+
+def check_inputs(duration: float = 5.0, steps: int | None = None, guidance_scale: float = 2.5,
+                 n_candidates: int = 1, sampler: str = DEFAULT_SAMPLER, batch_size: int = 4,
+                 precision: str = "bf16", images: ImageInput = None, image_embeds: torch.Tensor | None = None,
+                 cond_stage: CIAPCondStage | None = None) -> None:
+    """Raise a clear ``ValueError`` for any bad argument, before any heavy work."""
+    if not isinstance(duration, (int, float)) or not (MIN_DURATION <= float(duration) <= MAX_DURATION):
+        raise ValueError(f"duration: must be between {MIN_DURATION} and {MAX_DURATION} seconds, got {duration!r}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps: must be an integer >= 1 (or None for the sampler's default), got {steps!r}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler: {sampler!r} is not one of {SAMPLERS}")
+    if not isinstance(n_candidates, int) or n_candidates < 1:
+        raise ValueError(f"n_candidates: must be an integer >= 1, got {n_candidates!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
+    if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"guidance_scale: must be a finite number >= 0, got {guidance_scale!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: {precision!r} is not one of {PRECISIONS}")
+    if (images is None) == (image_embeds is None):
+        raise ValueError("generate: pass exactly one of images or image_embeds")
+    if image_embeds is not None:
+        e = image_embeds
+        if not isinstance(e, torch.Tensor) or e.dim() not in (2, 3) or e.shape[-1] != AUDIOLDM_EMBED_DIM \
+                or (e.dim() == 3 and e.shape[1] != 1) or e.shape[0] < 1:
+            shape = tuple(e.shape) if isinstance(e, torch.Tensor) else type(e).__name__
+            raise ValueError(f"image_embeds: expected (B, 1, {AUDIOLDM_EMBED_DIM}) or (B, {AUDIOLDM_EMBED_DIM}), got {shape}")
+        if not torch.isfinite(e).all() or (e.reshape(e.shape[0], -1).norm(dim=-1) == 0).any():
+            raise ValueError("image_embeds: contains non-finite values or all-zero rows")
+    else:
+        if cond_stage is None:
+            raise ValueError("generate: images need a cond_stage (CIAPCondStage from a trained CIAP checkpoint)")
+        if isinstance(images, torch.Tensor):
+            if images.dim() != 4 or images.shape[1] != 3 or images.shape[0] < 1:
+                raise ValueError(f"images: expected a (B, 3, H, W) tensor, got {tuple(images.shape)}")
+        else:
+            for im in _as_list(images):
+                if isinstance(im, (bytes, bytearray)):
+                    continue
+                if not Path(im).is_file():
+                    raise ValueError(f"image {str(im)!r}: file does not exist")
+
+
+def _as_list(images) -> list:
+    if isinstance(images, (str, os.PathLike, bytes, bytearray)):
+        return [images]
+    return list(images)
+
+
+def embed_images(images: ImageInput, cond_stage: CIAPCondStage) -> torch.Tensor:
+    """Paths/bytes or an image tensor -> (B, 1, 512) unit condition; unreadable image -> ValueError."""
+    if not isinstance(images, torch.Tensor):
+        try:
+            images = cond_stage.load_images(_as_list(images))
+        except ValueError as e:  # ciap_lib.data.BadFileError names the file and the problem
+            raise ValueError(f"unreadable image: {e}") from e
+    return cond_stage(images)
+
+
+def generate(audioldm: FrozenAudioLDM, images: ImageInput = None, *, image_embeds: torch.Tensor | None = None,
+             cond_stage: CIAPCondStage | None = None, duration: float = 5.0, steps: int | None = None,
+             guidance_scale: float = 2.5, seed: int = 0, n_candidates: int = 1, sampler: str = DEFAULT_SAMPLER,
+             callback: Callable[[int, int], None] | None = None, batch_size: int = 4, precision: str = "bf16",
+             verify_frozen: bool = True, return_latents: bool = False):
+    """Generate one clip per image (or per row of ``image_embeds``).
+
+    Args:
+        images: image paths / bytes, or an ImageNet-normalized (B, 3, S, S) tensor (needs ``cond_stage``).
+        image_embeds: (B, 1, 512) or (B, 512) condition embeddings instead of images (re-normalized).
+        duration: seconds, 2.5-10; the output is cropped to exactly ``round(duration * 16000)`` samples.
+        steps: solver steps (None: 10 for ``dpmpp``/``unipc``, 200 for ``ddim``).
+        guidance_scale: classifier-free guidance against the CLAP text embedding of ``""``.
+        seed: clip ``i`` candidate ``k`` uses seed ``seed + i * n_candidates + k``.
+        n_candidates: generate this many per image and keep the one whose CLAP audio embedding is
+            closest (cosine) to the condition embedding.
+        callback: ``callback(done, total)`` after each solver step and each decode.
+        batch_size: clips (images x candidates) sampled together.
+        precision: ``"bf16"`` (autocast in UNet/VAE/vocoder, the fast default) or ``"fp32"``.
+        verify_frozen: check the AudioLDM fingerprint after generating (a full hash, ~1 s at full size).
+        return_latents: also return the chosen clips' latents (B, 8, T, 16).
+
+    Returns:
+        float32 ``np.ndarray`` (B, round(duration * 16000)) of 16 kHz audio (and the latents if asked).
+    """
+    check_inputs(duration, steps, guidance_scale, n_candidates, sampler, batch_size, precision,
+                 images, image_embeds, cond_stage)
+    if image_embeds is None:
+        cond = embed_images(images, cond_stage)
+    else:
+        cond = image_embeds.detach().float().reshape(image_embeds.shape[0], 1, AUDIOLDM_EMBED_DIM)
+    cond = F.normalize(cond.float().cpu(), dim=-1)
+    n_images, k = cond.shape[0], n_candidates
+    steps = DEFAULT_STEPS[sampler] if steps is None else steps
+    autocast = precision == "bf16"
+    n_frames = latent_frames(duration)
+    n_samples = int(round(duration * SAMPLE_RATE))
+
+    rows = [(i, c) for i in range(n_images) for c in range(k)]
+    chunks = [rows[j:j + batch_size] for j in range(0, len(rows), batch_size)]
+    total = len(chunks) * (steps + 1)
+    waves = torch.zeros(len(rows), n_samples)
+    latents = torch.zeros(len(rows), audioldm.latent_channels, n_frames, audioldm.latent_f_size)
+    done = 0
+    for chunk in chunks:
+        idx = [i * k + c for i, c in chunk]
+        noise = initial_noise(audioldm, n_frames, [seed + j for j in idx])
+        c = cond[[i for i, _ in chunk]]
+
+        def step_cb(i: int, _n: int, base: int = done) -> None:
+            if callback is not None:
+                callback(base + i, total)
+
+        z = sample_latents(audioldm, c, noise, sampler=sampler, steps=steps, guidance_scale=guidance_scale,
+                           autocast=autocast, callback=step_cb)
+        w = decode_latents(audioldm, z, autocast=autocast)
+        if w.shape[-1] < n_samples:  # cannot happen with latent_frames(); keep the contract explicit
+            raise RuntimeError(f"decoded {w.shape[-1]} samples < {n_samples} requested")
+        waves[idx] = w[:, :n_samples].cpu()
+        latents[idx] = z.cpu()
+        done += steps + 1
+        if callback is not None:
+            callback(done, total)
+
+    if k > 1:
+        sims = (audioldm.clap_audio_embed(waves).cpu() * cond.squeeze(1).repeat_interleave(k, 0)).sum(-1)
+        best = sims.view(n_images, k).argmax(dim=1)
+        pick = torch.arange(n_images) * k + best
+    else:
+        pick = torch.arange(n_images)
+    if verify_frozen:
+        audioldm.assert_unchanged()
+    out = waves[pick].numpy().astype(np.float32)
+    return (out, latents[pick]) if return_latents else out
+
+
+def write_wavs(waveforms: np.ndarray, paths: Sequence[str | os.PathLike], sample_rate: int = SAMPLE_RATE) -> list[Path]:
+    """One 16 kHz WAV per row (``ciap_lib.audio_io.write_wav``, atomic)."""
+    from ciap_lib.audio_io import write_wav
+
+    if len(paths) != len(waveforms):
+        raise ValueError(f"write_wavs: {len(waveforms)} waveforms but {len(paths)} paths")
+    return [write_wav(p, np.clip(w, -1.0, 1.0), sample_rate) for w, p in zip(waveforms, paths)]

@@ -1,0 +1,127 @@
+"""Drive the frozen AudioLDM UNet with diffusers' schedulers.
+
+AudioLDM's noise schedule is linear in sqrt(beta) from 0.0015 to 0.0195 over 1000 steps with
+epsilon prediction: diffusers' ``scaled_linear``. audioldm 0.1.1's own ``DDIMSampler`` moves its
+buffers to CUDA unconditionally, so it is not used.
+
+* ``ddim``: ``DDIMScheduler`` eta 0, AudioLDM's DDIM timesteps (uniform, offset 1, final alpha =
+  alphas_cumprod[0]); 200 steps is the reference.
+* ``dpmpp`` (default): ``DPMSolverMultistepScheduler``, DPM-Solver++ 2M with Karras sigmas, 10 steps.
+* ``unipc``: ``UniPCMultistepScheduler`` (bh2).
+
+Classifier-free guidance uses the CLAP text embedding of ``""`` as the unconditional vector:
+``eps = eps("") + g * (eps(cond) - eps(""))``, as AudioLDM's sampler does.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from ciap_lib.bridge.loading import FrozenAudioLDM
+
+#: AudioLDM's training schedule in diffusers' terms.
+AUDIOLDM_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195,
+                         beta_schedule="scaled_linear", prediction_type="epsilon")
+SAMPLERS: tuple[str, ...] = ("dpmpp", "unipc", "ddim")
+DEFAULT_SAMPLER = "dpmpp"
+#: default step counts; the fast solvers' count is the one tests/bridge/test_sampling.py checks
+#: against 200-step DDIM.
+DEFAULT_STEPS: dict[str, int] = {"dpmpp": 10, "unipc": 10, "ddim": 200}
+SAMPLE_RATE = 16000
+HOP = 160                      # mel hop at 16 kHz
+MEL_PER_LATENT = 4             # VAE time downsampling
+LATENT_MULTIPLE = 8            # UNet downsamples 3 times
+
+
+def make_scheduler(sampler: str = DEFAULT_SAMPLER, steps: int | None = None):
+    """A diffusers scheduler with AudioLDM's betas, ``set_timesteps(steps)`` done."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler: {sampler!r} is not one of {SAMPLERS}")
+    steps = DEFAULT_STEPS[sampler] if steps is None else int(steps)
+    if steps < 1:
+        raise ValueError(f"steps: must be >= 1, got {steps}")
+    if sampler == "ddim":
+        sched = DDIMScheduler(**AUDIOLDM_SCHEDULE, clip_sample=False, set_alpha_to_one=False,
+                              steps_offset=1, timestep_spacing="leading")
+    elif sampler == "dpmpp":
+        sched = DPMSolverMultistepScheduler(**AUDIOLDM_SCHEDULE, algorithm_type="dpmsolver++", solver_order=2,
+                                            lower_order_final=True, use_karras_sigmas=True)
+    else:
+        sched = UniPCMultistepScheduler(**AUDIOLDM_SCHEDULE, solver_order=2, solver_type="bh2",
+                                        lower_order_final=True, timestep_spacing="linspace")
+    sched.set_timesteps(steps)
+    return sched
+
+
+def latent_frames(duration: float) -> int:
+    """Latent time frames for ``duration`` seconds: enough mel frames (100/s), a multiple of 8.
+    (5 s -> 128, 10 s -> 256, as AudioLDM's ``int(duration * 25.6)``.)"""
+    need = math.ceil(round(duration * SAMPLE_RATE / HOP, 6) / MEL_PER_LATENT)
+    return int(math.ceil(need / LATENT_MULTIPLE) * LATENT_MULTIPLE)
+
+
+def initial_noise(audioldm: FrozenAudioLDM, n_frames: int, seeds: list[int]) -> torch.Tensor:
+    """(len(seeds), 8, n_frames, 16) standard normal noise, one ``torch.Generator`` per seed
+    (so a clip's noise does not depend on what else is in the batch)."""
+    shape = (audioldm.latent_channels, n_frames, audioldm.latent_f_size)
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+def predict_noise(audioldm: FrozenAudioLDM, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                  guidance_scale: float, autocast: bool = False) -> torch.Tensor:
+    """Guided epsilon for latents ``x`` (N,8,T,16) at timestep ``t`` with ``cond`` (N,1,512)."""
+    n = x.shape[0]
+    if guidance_scale != 1.0:
+        uncond = audioldm.uncond_embedding.to(cond.dtype).expand(n, 1, cond.shape[-1])
+        x_in, c_in = torch.cat([x, x]), torch.cat([uncond, cond])
+    else:
+        x_in, c_in = x, cond
+    ts = torch.full((x_in.shape[0],), int(t), dtype=torch.long, device=x.device)
+    with torch.autocast("cpu" if x.device.type == "cpu" else x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        eps = audioldm.ldm.apply_model(x_in, ts, c_in)
+    eps = eps.float()
+    if guidance_scale != 1.0:
+        eps_u, eps_c = eps.chunk(2)
+        eps = eps_u + guidance_scale * (eps_c - eps_u)
+    return eps
+
+
+def sample_latents(audioldm: FrozenAudioLDM, cond: torch.Tensor, noise: torch.Tensor, *,
+                   sampler: str = DEFAULT_SAMPLER, steps: int | None = None, guidance_scale: float = 2.5,
+                   autocast: bool = False, callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Run the solver from ``noise`` (N,8,T,16) under condition ``cond`` (N,1,512) -> latents (N,8,T,16).
+
+    ``callback(step, total)`` is called after every solver step.
+    """
+    if cond.dim() != 3 or cond.shape[0] != noise.shape[0] or cond.shape[1] != 1:
+        raise ValueError(f"cond: expected ({noise.shape[0]}, 1, 512), got {tuple(cond.shape)}")
+    sched = make_scheduler(sampler, steps)
+    extra = {"eta": 0.0} if sampler == "ddim" else {}
+    device = audioldm.device
+    cond = cond.to(device=device, dtype=torch.float32)
+    with torch.inference_mode():
+        x = noise.to(device=device, dtype=torch.float32) * sched.init_noise_sigma
+        total = len(sched.timesteps)
+        for i, t in enumerate(sched.timesteps):
+            x_in = sched.scale_model_input(x, t)
+            eps = predict_noise(audioldm, x_in, t, cond, guidance_scale, autocast=autocast)
+            x = sched.step(eps, t, x, **extra).prev_sample
+            if callback is not None:
+                callback(i + 1, total)
+    return x
+
+
+def decode_latents(audioldm: FrozenAudioLDM, latents: torch.Tensor, autocast: bool = False) -> torch.Tensor:
+    """Latents (N,8,T,16) -> 16 kHz waveforms (N, T*4*160) via the frozen VAE and HiFi-GAN."""
+    with torch.inference_mode(), torch.autocast("cpu" if latents.device.type == "cpu" else latents.device.type,
+                                                dtype=torch.bfloat16, enabled=autocast):
+        z = latents
+        if torch.max(torch.abs(z)) > 1e2:  # as audioldm's generate_sample
+            z = torch.clip(z, min=-10, max=10)
+        mel = audioldm.ldm.decode_first_stage(z)                     # (N, 1, T*4, 64)
+        wave = audioldm.vocoder(mel.squeeze(1).permute(0, 2, 1))     # (N, 1, T*4*160)
+    return wave.squeeze(1).float()
