@@ -213,6 +213,9 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
     loader = make_loader(train_ds, local_batch, shuffle=True, num_workers=cfg.num_workers, seed=cfg.seed,
                          sampler=sampler, drop_last=True)
 
+    if info.enabled and info.device.type == "cuda":
+        # BatchNorm statistics over the global batch (SyncBatchNorm is CUDA-only; same state-dict keys).
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(info.device)
     optimizer = _optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step_size, gamma=cfg.lr_gamma)

@@ -19,8 +19,24 @@ def resolved_audio_encoder(cfg: TrainConfig) -> str:
     return get_model_config(cfg.model, **cfg.model_overrides()).audio_encoder
 
 
+def ensure_data(cfg: TrainConfig) -> Path:
+    """The dataset root of ``cfg``; the embedded synthetic set is built on first use when ``cfg.data`` is its
+    default location (``data/synthetic``) and missing. Any other missing folder is an error naming it."""
+    root = Path(cfg.data)
+    if not root.exists() and Path(cfg.data) == Path(TrainConfig.data):
+        from ciap_lib.synthetic import make_synthetic_dataset
+        make_synthetic_dataset(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {str(root)!r} (config key 'data') does not exist")
+    return root
+
+
 def fit(cfg: TrainConfig, callbacks: Sequence[Callback] = ()) -> TrainResult:
-    """Train ``cfg``: core :func:`~ciap_lib.train.train`, or the bridge's ``train_clap_aligned`` for 'clap'."""
+    """Train ``cfg``: core :func:`~ciap_lib.train.train`, or the bridge's ``train_clap_aligned`` for 'clap'.
+
+    Builds the embedded synthetic dataset first when ``cfg.data`` is its (missing) default location.
+    """
+    ensure_data(cfg)
     if resolved_audio_encoder(cfg) == "clap":
         from ciap_lib.bridge import train_clap_aligned  # lazy: imports audioldm
         return train_clap_aligned(cfg, callbacks)

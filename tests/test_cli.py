@@ -79,3 +79,9 @@ def test_train_logs_to_mlflow_when_asked(tmp_path, monkeypatch, capsys):
     run = tracking.client().get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["model"] == "debug" and "val_loss" in run.data.metrics
+
+
+def test_missing_data_folder_is_named(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nope"), "--set", "model=debug"]) == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "'data'" in err
