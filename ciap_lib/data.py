@@ -103,14 +103,13 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     """Any PIL mode -> RGB. High bit depths are scaled (not clipped); transparency goes onto white."""
     if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         a = np.asarray(im, dtype=np.float32)
-        if im.mode.startswith("I;16"):
-            a = a / 257.0
-        else:  # 32-bit int / float: scale by the value range actually used
-            lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
-            if hi > 255.0 or lo < 0.0:
-                a = (a - lo) / max(hi - lo, 1e-12) * 255.0
-            elif im.mode == "F" and hi <= 1.0:
-                a = a * 255.0
+        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        if im.mode.startswith("I;16") or (im.mode == "I" and lo >= 0.0 and 255.0 < hi <= 65535.0):
+            a = a / 257.0                       # 16-bit samples (PIL may open 16-bit PNG as "I")
+        elif hi > 255.0 or lo < 0.0:            # other 32-bit int / float: the value range actually used
+            a = (a - lo) / max(hi - lo, 1e-12) * 255.0
+        elif im.mode == "F" and hi <= 1.0:
+            a = a * 255.0
         im = Image.fromarray(np.clip(np.nan_to_num(a), 0, 255).astype(np.uint8), mode="L")
     if im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
@@ -123,11 +122,13 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im
 
 
-def load_image_uint8(path_or_bytes: PathLike | bytes, size: int) -> np.ndarray:
+def load_image_uint8(path_or_bytes: PathLike | bytes | memoryview, size: int) -> np.ndarray:
     """Decode an image to RGB uint8 (size, size, 3): EXIF rotation applied, shorter side resized to
     ``size`` (bicubic, antialiased), centre crop. Raises :class:`BadFileError`."""
     if size <= 0:
         raise ValueError(f"load_image: size must be positive, got {size}")
+    if isinstance(path_or_bytes, memoryview):  # e.g. ipywidgets FileUpload content
+        path_or_bytes = path_or_bytes.tobytes()
     name: Any = "<bytes>" if isinstance(path_or_bytes, (bytes, bytearray)) else Path(path_or_bytes)
     try:
         src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) else name
@@ -165,7 +166,7 @@ def normalize_image(arr: np.ndarray | torch.Tensor) -> torch.Tensor:
     return (t - _MEAN) / _STD
 
 
-def load_image(path_or_bytes: PathLike | bytes, size: int) -> torch.Tensor:
+def load_image(path_or_bytes: PathLike | bytes | memoryview, size: int) -> torch.Tensor:
     """Decode any PIL-readable image into an ImageNet-normalized float32 tensor (3, size, size)."""
     return normalize_image(load_image_uint8(path_or_bytes, size))
 

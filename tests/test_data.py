@@ -67,8 +67,21 @@ def test_image_mode_semantics(odd_root):
     mid = load_image_uint8(imgs["16bit"], 8)
     assert np.abs(mid.astype(int) - 128).max() <= 1                    # 16-bit scaled, not clipped to white
     assert (load_image_uint8(imgs["tiny"], 8) == (10, 200, 30)).all()  # 1x1 upscaled
+    from PIL import Image
+    as_i = Image.fromarray(np.full((4, 4), 32768, np.int32), "I")       # 16-bit data opened as mode "I"
+    assert np.abs(load_image_uint8(_tiff_bytes(as_i), 4).astype(int) - 128).max() <= 1
+    ramp = Image.fromarray(np.linspace(-1e6, 1e6, 64).reshape(8, 8).astype(np.float32), "F")
+    r = load_image_uint8(_tiff_bytes(ramp), 8)[..., 0]
+    assert r.min() <= 5 and r.max() >= 250                              # float image: range scaled
     huge = load_image_uint8(imgs["huge"], 16)
     assert np.abs(huge.astype(int) - (90, 90, 200)).max() <= 6
+
+
+def _tiff_bytes(im) -> bytes:
+    import io
+    buf = io.BytesIO()
+    im.save(buf, "TIFF")
+    return buf.getvalue()
 
 
 def test_exif_rotation_is_applied(odd_root):
@@ -83,6 +96,7 @@ def test_load_image_from_bytes(odd_root):
     _, imgs, _ = odd_root
     t = load_image(imgs["cmyk"].read_bytes(), S)
     assert t.shape == (3, S, S)
+    assert torch.equal(load_image(memoryview(imgs["cmyk"].read_bytes()), S), t)
     with pytest.raises(BadFileError, match="<bytes>"):
         load_image(b"not an image", S)
 
