@@ -49,6 +49,10 @@ def main() -> int:
         t0 = time.perf_counter()
         result = pipeline.run_pipeline(exp, tracking_uri=uri, runs_dir=runs, echo=lambda s: print(s, flush=True))
         wall = time.perf_counter() - t0
+        from ciap_lib import tracking
+
+        ev = tracking.find_notebook_run(result.parent_run_id, "03_retrieval_evaluation", result.tracking_uri)
+        quality = tracking.client(result.tracking_uri).get_run(ev).data.metrics if ev else {}
     total = time.perf_counter() - t_start
     nb_total = sum(result.seconds.values())
     print()
@@ -60,6 +64,11 @@ def main() -> int:
     print(f"  {'pipeline overhead':<26s} {wall - nb_total:7.1f} s  (parent run, HTML export, artifact logging)")
     print(f"  {'run_pipeline wall':<26s} {wall:7.1f} s")
     print(f"  {'incl. imports/validation':<26s} {total:7.1f} s")
+    if quality:
+        n = exp.data["n_val"]
+        print(f"val retrieval after {exp.train['epochs']} epochs ({n} pairs; chance R@1 {1 / n:.3f}): "
+              + ", ".join(f"{k} {quality[k]:.3f}" for k in ("i2a_R_at_1", "a2i_R_at_1", "i2a_R_at_5",
+                                                              "i2a_class_R_at_1", "i2a_median_rank") if k in quality))
     ok = total < TARGET_S
     print(f"target < {TARGET_S / 60:.0f} min: {'OK' if ok else 'MISSED'} ({total / 60:.2f} min)")
     return 0 if ok else 1

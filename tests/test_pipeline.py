@@ -22,17 +22,14 @@ ROOT = Path(__file__).resolve().parent.parent
 N_TRAIN, N_VAL, EPOCHS, DURATION = 48, 24, 2, 2.5
 
 
-def _tiny_audioldm(folder: Path) -> Path:
-    from ciap_lib.bridge import build_tiny_audioldm_checkpoint
-
-    return build_tiny_audioldm_checkpoint(folder / "audioldm-tiny.ckpt")
-
-
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """One pipeline run of all four notebooks; every test below asserts on it."""
+def run(tmp_path_factory, tiny_audioldm_ckpt):
+    """One pipeline run of all four notebooks; every test below asserts on it.
+
+    ``tiny_audioldm_ckpt``: engineer C's session fixture (tests/fixtures/audioldm.py), the tiny AudioLDM in
+    the original checkpoint format, so notebook 04 runs real diffusion through the frozen-model bridge."""
     tmp = tmp_path_factory.mktemp("pipeline")
-    audioldm = _tiny_audioldm(tmp)
+    audioldm = tiny_audioldm_ckpt
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     exp = pipeline.load_experiment(ROOT / "experiments" / "default.yaml", [
         f"data.root={tmp / 'syn'}", f"data.n_train={N_TRAIN}", f"data.n_val={N_VAL}", "data.image_size=32",
