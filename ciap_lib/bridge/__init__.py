@@ -1,10 +1,21 @@
-"""Bridge to the frozen AudioLDM: the only layer importing ``audioldm`` and ``diffusers``."""
+"""Bridge to the frozen AudioLDM: the only layer importing ``audioldm`` and ``diffusers``.
+
+Importing this package is cheap; ``audioldm``/``diffusers`` are imported when a model is built or sampled.
+"""
+from ciap_lib.bridge.clap import clap_audio_features
+from ciap_lib.bridge.condition import CIAPCondStage
+from ciap_lib.bridge.generate import check_inputs, generate, write_wavs
 from ciap_lib.bridge.loading import (
     DEFAULT_MODEL, MODEL_NAMES, AudioLDMCheckpointError, AudioLDMNotFoundError, FrozenAudioLDM, load_audioldm,
 )
+from ciap_lib.bridge.metrics import clap_frechet_distance, clap_score
+from ciap_lib.bridge.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 from ciap_lib.bridge.tiny import build_tiny_audioldm_checkpoint
+from ciap_lib.bridge.training import train_clap_aligned
 
 __all__ = [
     "DEFAULT_MODEL", "MODEL_NAMES", "AudioLDMCheckpointError", "AudioLDMNotFoundError", "FrozenAudioLDM",
-    "load_audioldm", "build_tiny_audioldm_checkpoint",
+    "load_audioldm", "build_tiny_audioldm_checkpoint", "CIAPCondStage", "generate", "check_inputs", "write_wavs",
+    "clap_audio_features", "clap_score", "clap_frechet_distance", "train_clap_aligned",
+    "DEFAULT_SAMPLER", "DEFAULT_STEPS", "SAMPLERS",
 ]
