@@ -1,7 +1,6 @@
 """Encoders: shapes and unit norm of every encoder, logit scale, configs, ImageNet weight loading (offline)."""
 import math
 import urllib.error
-from pathlib import Path
 
 import pytest
 import torch
