@@ -129,3 +129,59 @@ def test_cli_embed(setup, tmp_path, capsys):
     assert cli_main(["embed", "--checkpoint", str(tmp_path / "missing.pt"), "--data", str(data),
                      "--out", str(out)]) == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- fast exact ranks
+def _reference_ranks(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Brute force in float64 over the full matrix; pessimistic ties (another key >= the true score)."""
+    s = x.double() @ y.double().T
+    t = (x.double() * y.double()).sum(1)
+    s.fill_diagonal_(float("-inf"))
+    return 1 + (s >= t[:, None] - 1e-12).sum(1).double(), 1 + (s >= t[None, :] - 1e-12).sum(0).double()
+
+
+@pytest.mark.parametrize("case", ["planted", "random", "collapsed", "duplicates", "mixed_norms"])
+def test_pair_ranks_exact_equals_float64_brute_force(case):
+    from ciap_lib.embed import pair_ranks_exact
+
+    g = torch.Generator().manual_seed(1)
+    n, d = 700, 48
+    x = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+    if case == "planted":      # most true pairs above the bulk: the bf16 screen decides most blocks
+        y = torch.nn.functional.normalize(x + 1.5 * torch.randn(n, d, generator=g) / d ** 0.5, dim=1)
+    elif case == "random":     # true pairs inside the bulk: float32 fallback blocks
+        y = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+    elif case == "collapsed":  # every score ties: rank N everywhere
+        x = x[:1].repeat(n, 1)
+        y = x.clone()
+    elif case == "duplicates":  # exact ties between distinct keys
+        y = x.clone()
+        y[1::2] = y[0::2][: len(y[1::2])]
+    else:                      # not unit-norm, negative true scores
+        x = x * torch.rand(n, 1, generator=g) * 3
+        y = -x + torch.randn(n, d, generator=g)
+    ref = _reference_ranks(x, y)
+    for bf16 in (True, False):
+        stats: dict[str, int] = {}
+        got = pair_ranks_exact(x, y, chunk_size=256, use_bf16=bf16, stats=stats)
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]), (case, bf16)
+        if bf16 and case == "planted":   # the bf16 screen settles blocks, rescoring only some queries
+            assert stats["blocks_bf16"] == 9 and 0 < stats["rescored_queries"] < 9 * 2 * 256
+        if bf16 and case == "random":    # no screen helps: float32 blocks
+            assert stats["blocks_float32"] == 9
+        if case in ("collapsed", "duplicates"):
+            assert stats["float64_scores"] > 0
+    if case == "collapsed":
+        assert (ref[0] == n).all()
+
+
+def test_retrieval_metrics_exact_matches_b_on_planted_pairs():
+    from ciap_lib.embed import retrieval_metrics_exact
+
+    g = torch.Generator().manual_seed(2)
+    n, d = 900, 96
+    x = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+    y = torch.nn.functional.normalize(x + 3.0 * torch.randn(n, d, generator=g) / d ** 0.5, dim=1)
+    fast = retrieval_metrics_exact(x.numpy(), y.numpy().astype(np.float16), chunk_size=400)
+    assert fast == retrieval_metrics(x, torch.from_numpy(y.numpy().astype(np.float16)).float(), chunk_size=400)
+    assert 0.2 < fast["i2a_R@1"] < 1.0    # planted but not trivial
