@@ -73,6 +73,12 @@ def test_metrics_and_topk_over_files_equal_in_memory(setup, tmp_path):
     es = load_embeddings(out)
     assert metrics_from_dir(es, chunk_size=5) == retrieval_metrics(img, aud, lab, chunk_size=5)
     assert "i2a_class_R@1" in metrics_from_dir(out)
+    fast = metrics_from_dir(out, fast=True)
+    assert fast == {k: v for k, v in retrieval_metrics(img, aud).items()}
+    from ciap_lib.ui.explorer import build_explorer   # the notebooks' explorer over the files
+    ex = build_explorer(**es.explorer_kwargs(), k=3)
+    res = ex.select(2, "i2a")
+    assert [i for i, _ in res] == topk(img[2:3], aud, k=3)[1][0].tolist()
     s1, i1 = topk_from_dir(out, es.image[:4], k=3, against="audio", chunk_size=6)
     s2, i2 = topk(img[:4], aud, k=3)
     torch.testing.assert_close(s1, s2)
