@@ -49,7 +49,7 @@ from ciap_lib.audio_io import (AUDIO_EXTS, AudioInfo, BadFileError, audio_info, 
 __all__ = [
     "AUDIO_EXTS", "IMAGE_EXTS", "IMAGENET_MEAN", "IMAGENET_STD", "BadFileError", "Pair", "ImageInfo",
     "image_info", "load_image", "load_image_uint8", "normalize_image", "denormalize_image",
-    "scan_pairs", "PairDataset", "EpochSampler", "make_loader", "dataset_fingerprint", "crop_segment",
+    "scan_pairs", "PairDataset", "EpochSampler", "make_loader", "collate_pairs", "dataset_fingerprint", "crop_segment",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -155,15 +155,25 @@ def load_image_uint8(path_or_bytes: PathLike | bytes | memoryview, size: int) ->
     return np.ascontiguousarray(arr)
 
 
+_SCALE = (1.0 / (255.0 * np.asarray(IMAGENET_STD))).astype(np.float32)
+_OFFSET = (-np.asarray(IMAGENET_MEAN) / np.asarray(IMAGENET_STD)).astype(np.float32)
+
+
 def normalize_image(arr: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) or (B, H, W, 3) -> ImageNet-normalized float32 (3, H, W) / (B, 3, H, W)."""
-    if isinstance(arr, np.ndarray) and not arr.flags.writeable:
-        arr = arr.copy()
-    t = torch.as_tensor(arr)
-    if t.dtype != torch.uint8 or t.shape[-1] != 3:
-        raise ValueError(f"normalize_image: expected uint8 (..., H, W, 3), got {t.dtype} {tuple(t.shape)}")
-    t = t.movedim(-1, -3).float().div_(255.0)
-    return (t - _MEAN) / _STD
+    """RGB uint8 (H, W, 3) or (B, H, W, 3) -> ImageNet-normalized float32 (3, H, W) / (B, 3, H, W).
+
+    Done in numpy, single-threaded: torch's intra-op threads in a DataLoader on a busy 2-core machine
+    turned this 0.1 ms step into 10+ ms stalls.
+    """
+    a = arr.numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
+    if a.dtype != np.uint8 or a.ndim not in (3, 4) or a.shape[-1] != 3:
+        raise ValueError(f"normalize_image: expected uint8 (..., H, W, 3), got {a.dtype} {tuple(a.shape)}")
+    out = np.empty(a.shape[:-3] + (3,) + a.shape[-3:-1], dtype=np.float32)
+    for c in range(3):
+        oc = out[..., c, :, :]
+        np.multiply(a[..., c], _SCALE[c], out=oc, casting="unsafe")
+        oc += _OFFSET[c]
+    return torch.from_numpy(out)
 
 
 def load_image(path_or_bytes: PathLike | bytes | memoryview, size: int) -> torch.Tensor:
@@ -612,6 +622,24 @@ class EpochSampler(Sampler):
             yield (i, epoch)
 
 
+def collate_pairs(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack a list of items into a batch dict with numpy (single-threaded), e.g. image (B,3,S,S).
+
+    Same result as ``torch.utils.data.default_collate`` for our items; used in the main process, where
+    torch's threaded ``stack`` stalled for tens of ms on a busy 2-core machine.
+    """
+    from torch.utils.data import default_collate
+
+    out: dict[str, Any] = {}
+    for key in batch[0]:
+        vals = [item[key] for item in batch]
+        if all(isinstance(v, torch.Tensor) and v.device.type == "cpu" and not v.requires_grad for v in vals):
+            out[key] = torch.from_numpy(np.stack([v.numpy() for v in vals]))
+        else:
+            out[key] = default_collate(vals)
+    return out
+
+
 def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)
 
@@ -626,6 +654,7 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: i
     ``ciap_lib.distributed.DistributedEpochSampler`` does) or plain indices (then call ``dataset.set_epoch``;
     that does not reach persistent workers). Workers keep their decoded-data cache between epochs
     (``persistent_workers`` defaults to True when ``num_workers > 0``) and use one torch thread each.
+    Without workers, batches are stacked by :func:`collate_pairs` (numpy, single-threaded).
     """
     if batch_size <= 0:
         raise ValueError(f"make_loader: batch_size must be positive, got {batch_size}")
@@ -640,4 +669,5 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: i
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       drop_last=drop_last, persistent_workers=persistent_workers and num_workers > 0,
                       worker_init_fn=_worker_init if num_workers > 0 else None, generator=g,
+                      collate_fn=collate_pairs if num_workers == 0 else None,
                       pin_memory=False)

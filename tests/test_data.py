@@ -259,6 +259,18 @@ def test_loader_workers_match_single_process(long_split):
     assert b["image"].shape == (4, 3, S, S) and b["audio"].shape == (4, 16000) and b["label"].shape == (4,)
 
 
+def test_collate_pairs_matches_default_collate(long_split):
+    from torch.utils.data import default_collate
+
+    from ciap_lib.data import collate_pairs
+    ds = PairDataset(long_split, "train", S, train=True)
+    items = [ds[(i, 0)] for i in range(4)]
+    a, b = collate_pairs(items), default_collate(items)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+
+
 def test_epoch_sampler_auto_advances():
     s = EpochSampler(5, shuffle=True, seed=0)
     e0, e1 = list(s), list(s)
