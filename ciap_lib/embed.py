@@ -396,16 +396,23 @@ def pair_ranks_exact(image_emb: Any, audio_emb: Any, chunk_size: int = 4096, use
         raise ValueError(f"need N > 0 and chunk_size > 0, got N={n}, chunk_size={chunk_size}")
     g = _gamma(d)
     G = 2 * d * 2.0 ** -53 / (1 - d * 2.0 ** -53)             # float64 dot-product error (two sums)
-    tau = (I.double() * A.double()).sum(1)                     # true scores in float64
-    nI, nA = I.double().norm(dim=1), A.double().norm(dim=1)
+
+    def per_row(fn) -> torch.Tensor:   # row statistics in float64, 8192 rows at a time (no N x D temporaries)
+        return torch.cat([fn(s, min(s + 8192, n)) for s in range(0, n, 8192)])
+
+    tau = per_row(lambda s, e: (I[s:e].double() * A[s:e].double()).sum(1))   # true scores in float64
+    nI = per_row(lambda s, e: I[s:e].double().norm(dim=1))
+    nA = per_row(lambda s, e: A[s:e].double().norm(dim=1))
     # float32 scores are within F of the exact ones: S32 > hi32 is surely above, S32 < lo32 surely below
     F_row, F_col = g * nI * nA.max(), g * nA * nI.max()
     hi_row, lo_row = _f32(tau + F_row, up=True), _f32(tau - F_row, up=False)
     hi_col, lo_col = _f32(tau + F_col, up=True), _f32(tau - F_col, up=False)
     if use_bf16:
         Ib, Ab = I.bfloat16(), A.bfloat16()
-        eI, eA = (I.double() - Ib.double()).norm(dim=1), (A.double() - Ab.double()).norm(dim=1)
-        nIb, nAb = Ib.double().norm(dim=1), Ab.double().norm(dim=1)
+        eI = per_row(lambda s, e: (I[s:e].double() - Ib[s:e].double()).norm(dim=1))
+        eA = per_row(lambda s, e: (A[s:e].double() - Ab[s:e].double()).norm(dim=1))
+        nIb = per_row(lambda s, e: Ib[s:e].double().norm(dim=1))
+        nAb = per_row(lambda s, e: Ab[s:e].double().norm(dim=1))
         # |exact - bf16-path score before output rounding| <= E (input rounding + float32 accumulation)
         E_row = eI * nA.max() + nIb * eA.max() + g * nIb * nAb.max()
         E_col = eA * nI.max() + nAb * eI.max() + g * nAb * nIb.max()
