@@ -253,3 +253,20 @@ def test_csv_with_labels_splits_timestamps_and_workers(video_dir, tmp_path):
         assert colour_index(Image.open(out / "train" / r["image"])) == k
     recs = [json.loads(line) for line in open(out / MANIFEST_NAME)]
     assert {r["status"] for r in recs} == {"done", "failed"}
+
+
+# ------------------------------------------------------------------------------------------- command line
+def test_cli_import_videos(video_dir, tmp_path, capsys):
+    from ciap_lib.cli import main
+
+    out = tmp_path / "cli"
+    args = ["import-videos", str(video_dir), str(out), "--timestamps", "0.5,1.5", "--workers", "1",
+            "--no-progress", "--image-format", "png"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "imported now: 2" in printed and "failed now: 5" in printed and "no audio track" in printed
+    rows = list(csv.DictReader(open(out / "pairs.csv")))
+    assert len(rows) == 4 and {r["timestamp"] for r in rows} == {"0.5", "1.5"}
+    assert main(args) == 0 and "already done: 2" in capsys.readouterr().out
+    assert main(["import-videos", str(tmp_path / "nope"), str(out)]) == 2
+    assert "neither a folder" in capsys.readouterr().err
