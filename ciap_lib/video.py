@@ -132,8 +132,12 @@ def _decode_error(path: Path, what: str, e: Exception) -> VideoError:
     return VideoError(path, f"decoding {what} failed ({type(e).__name__}: {e})", "corrupt")
 
 
-def _frame_at(path: Path, container, t: float):
-    """The av.VideoFrame on screen at ``t`` seconds (from the container start)."""
+def _frame_at(path: Path, container, t: float, duration: float | None = None):
+    """The av.VideoFrame on screen at ``t`` seconds (from the container start).
+
+    When the stream ends (no later frame) more than two frame intervals (at least 0.25 s) before the
+    ``duration`` the container declares, the file is truncated: :class:`VideoError` rather than a stale frame.
+    """
     stream = container.streams.video[0]
     origin = _origin(container)
     target = origin + t
@@ -144,7 +148,7 @@ def _frame_at(path: Path, container, t: float):
             container.seek(max(0, int(seek_to / float(stream.time_base))), stream=stream, backward=True)
         else:
             container.seek(0)
-        best, first = None, None
+        best, first, later = None, None, False
         for frame in container.decode(stream):
             ft = frame.time
             if ft is None:
@@ -154,19 +158,27 @@ def _frame_at(path: Path, container, t: float):
             if ft <= target + eps:
                 best = frame
             else:
+                later = True
                 break
-        return best, first
+        return best, first, later
 
     try:
-        best, first = scan(target)
+        best, first, later = scan(target)
         if best is None or (first is not None and first > target + eps):
-            best, _ = scan(None)  # imprecise seek: decode from the beginning
+            best, _, later = scan(None)  # imprecise seek: decode from the beginning
     except VideoError:
         raise
     except Exception as e:
         raise _decode_error(path, f"the frame at {t:.3f} s", e) from None
     if best is None:
         raise VideoError(path, f"no video frame decodable at {t:.3f} s", "corrupt")
+    if not later and duration is not None and np.isfinite(duration):
+        fps = float(stream.average_rate) if stream.average_rate else 0.0
+        slack = max(2.0 / fps if fps > 0 else 0.0, 0.25)
+        last = best.time - origin
+        if duration - last > slack:
+            raise VideoError(path, f"video frames stop at {last:.3f} s although the container declares "
+                                   f"{duration:.3f} s (truncated or damaged file)", "corrupt")
     return best
 
 
@@ -434,9 +446,16 @@ def extract_pairs(item: VideoItem, out_split_dir: PathLike, window: float = 1.0,
         # decode everything first, write afterwards: a failure leaves no half-listed video
         decoded = []
         for t in times:
-            frame = _frame_at(p, c, t).to_image()
+            frame = _frame_at(p, c, t, duration).to_image()
             start, _ = audio_window(t, window, duration)
-            wav = read_audio_window(p, start, window, sample_rate, container=c)
+            try:
+                wav = read_audio_window(p, start, window, sample_rate, container=c)
+            except VideoError as e:
+                if e.kind != "too_short":
+                    raise
+                # the clip is long enough on paper (checked above): the audio data stops early
+                raise VideoError(p, f"audio stops early: {e.reason}; the container declares {duration:.3f} s "
+                                    "(truncated or damaged file)", "corrupt") from None
             decoded.append((t, frame, wav))
     out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -162,6 +162,8 @@ def video_dir(tmp_path_factory, clip) -> Path:
     (d / "truncated.mp4").write_bytes(data[: len(data) // 3])
     (d / "garbage.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
     (d / "empty.avi").write_bytes(b"")
+    mkv = (sub / "good2.mkv").read_bytes()
+    (d / "cut.mkv").write_bytes(mkv[: len(mkv) // 2])      # header intact, second half of the data gone
     (d / "notes.txt").write_text("not a video")
     return d
 
@@ -170,13 +172,14 @@ def test_bad_inputs_are_reported_per_file(video_dir, tmp_path):
     out = tmp_path / "ds"
     s = import_videos(video_dir, out, progress=False)
     failed = {Path(v).name: r for v, r in s.failed}
-    assert s.videos == 7 and s.done == 2 and len(s.failed) == 5, s.report()
+    assert s.videos == 8 and s.done == 2 and len(s.failed) == 6, s.report()
     assert "no audio track" in failed["silent.mp4"]
     assert "shorter than the 1 s window" in failed["short.mp4"]
     assert "cannot open the container" in failed["truncated.mp4"]
     assert "cannot open the container" in failed["garbage.mp4"]
     assert "empty" in failed["empty.avi"]
-    assert s.failed_kinds == {"no_audio": 1, "too_short": 1, "corrupt": 3}
+    assert "truncated or damaged" in failed["cut.mkv"]
+    assert s.failed_kinds == {"no_audio": 1, "too_short": 1, "corrupt": 4}
     for name, reason in failed.items():
         assert name in reason                       # every message names its file
     assert "FAILED" in s.report() and "imported now: 2" in s.report()
@@ -210,7 +213,7 @@ def test_second_run_is_a_no_op_and_interrupted_run_resumes(video_dir, tmp_path):
     csv_before = (out / "pairs.csv").read_text()
     second = import_videos(video_dir, out, frames_per_clip=2, progress=False)
     assert second.done == 0 and second.skipped_done == 2 and len(second.failed) == 0
-    assert len(second.skipped_failed) == 5            # failures are remembered, not retried
+    assert len(second.skipped_failed) == 6            # failures are remembered, not retried
     assert _snapshot(out) == before | {"pairs.csv": _snapshot(out)["pairs.csv"]}
     assert (out / "pairs.csv").read_text() == csv_before
     # "interrupt": one video's wav vanished and the manifest's last line is torn
@@ -219,13 +222,13 @@ def test_second_run_is_a_no_op_and_interrupted_run_resumes(video_dir, tmp_path):
     with open(out / MANIFEST_NAME, "a") as f:
         f.write('{"key": "torn')
     third = import_videos(video_dir, out, frames_per_clip=2, progress=False, retry_failed=True)
-    assert third.done == 1 and third.skipped_done == 1 and len(third.failed) == 5
+    assert third.done == 1 and third.skipped_done == 1 and len(third.failed) == 6
     assert victim.is_file() and (out / "pairs.csv").read_text() == csv_before
     again = import_videos(video_dir, out, frames_per_clip=2, progress=False)
     assert again.done == 0 and again.skipped_done == 2
     # other settings are other work: a 0.5 s window redoes the good videos, and the 0.6 s clip now fits
     fourth = import_videos(video_dir, out, frames_per_clip=2, window=0.5, progress=False)
-    assert fourth.done == 3 and fourth.failed_kinds == {"no_audio": 1, "corrupt": 3}
+    assert fourth.done == 3 and fourth.failed_kinds == {"no_audio": 1, "corrupt": 4}
     assert not list(out.glob(".*.tmp"))               # atomic writes leave no temp files
 
 
@@ -264,7 +267,7 @@ def test_cli_import_videos(video_dir, tmp_path, capsys):
             "--no-progress", "--image-format", "png"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "imported now: 2" in printed and "failed now: 5" in printed and "no audio track" in printed
+    assert "imported now: 2" in printed and "failed now: 6" in printed and "no audio track" in printed
     rows = list(csv.DictReader(open(out / "pairs.csv")))
     assert len(rows) == 4 and {r["timestamp"] for r in rows} == {"0.5", "1.5"}
     assert main(args) == 0 and "already done: 2" in capsys.readouterr().out
