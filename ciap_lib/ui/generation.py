@@ -103,13 +103,13 @@ class DiffusionGenerator:
 
 
 def _bridge_samplers() -> tuple[str, ...]:
+    """The sampler names the bridge accepts (``ciap_lib.bridge.SAMPLERS``)."""
     from ciap_lib import bridge
 
-    for name in ("SAMPLERS", "SAMPLER_NAMES"):
-        s = getattr(bridge, name, None)
-        if s:
-            return tuple(s)
-    return DEFAULT_SAMPLERS
+    samplers = getattr(bridge, "SAMPLERS", None)
+    if samplers is None:
+        from ciap_lib.bridge.sampling import SAMPLERS as samplers
+    return tuple(samplers) or DEFAULT_SAMPLERS
 
 
 def missing_audioldm_notice(error: BaseException | str, name: str) -> str:
