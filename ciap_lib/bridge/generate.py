@@ -30,8 +30,9 @@ ImageInput = torch.Tensor | Sequence[str | os.PathLike | bytes] | str | os.PathL
 def check_inputs(duration: float = 5.0, steps: int | None = None, guidance_scale: float = 2.5,
                  n_candidates: int = 1, sampler: str = DEFAULT_SAMPLER, batch_size: int = 4,
                  precision: str = "bf16", images: ImageInput = None, image_embeds: torch.Tensor | None = None,
-                 cond_stage: CIAPCondStage | None = None) -> None:
-    """Raise a clear ``ValueError`` for any bad argument, before any heavy work."""
+                 cond_stage: CIAPCondStage | None = None, require_cond_stage: bool = True) -> None:
+    """Raise a clear ``ValueError`` for any bad argument, before any heavy work.
+    (``require_cond_stage=False``: check image paths before the CIAP checkpoint is loaded.)"""
     if not isinstance(duration, (int, float)) or not (MIN_DURATION <= float(duration) <= MAX_DURATION):
         raise ValueError(f"duration: must be between {MIN_DURATION} and {MAX_DURATION} seconds, got {duration!r}")
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
@@ -57,7 +58,7 @@ def check_inputs(duration: float = 5.0, steps: int | None = None, guidance_scale
         if not torch.isfinite(e).all() or (e.reshape(e.shape[0], -1).norm(dim=-1) == 0).any():
             raise ValueError("image_embeds: contains non-finite values or all-zero rows")
     else:
-        if cond_stage is None:
+        if cond_stage is None and require_cond_stage:
             raise ValueError("generate: images need a cond_stage (CIAPCondStage from a trained CIAP checkpoint)")
         if isinstance(images, torch.Tensor):
             if images.dim() != 4 or images.shape[1] != 3 or images.shape[0] < 1:

@@ -1,0 +1,85 @@
+"""Download an original AudioLDM checkpoint from the URL the ``audioldm`` package itself uses.
+
+The bytes go to ``<final>.part``; only when the download is complete (size matches the server's
+Content-Length, and the file opens as a checkpoint with a ``state_dict``) is it moved into place,
+with its SHA-256 recorded beside it (``<final>.sha256``, checked at every load). A partial or
+corrupt download never lands at the final path.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ciap_lib.bridge.loading import MODEL_NAMES, sidecar_path, write_sidecar
+
+
+class DownloadError(RuntimeError):
+    """The download failed or produced an incomplete/corrupt file (nothing was put in place)."""
+
+
+def checkpoint_url(name: str) -> str:
+    """The URL audioldm 0.1.1 downloads ``name`` from (``audioldm.utils.get_metadata``)."""
+    from audioldm.utils import get_metadata
+
+    meta = get_metadata()
+    if name not in meta or name not in MODEL_NAMES:
+        raise ValueError(f"download: unknown checkpoint {name!r}; one of {', '.join(MODEL_NAMES)}")
+    return meta[name]["url"]
+
+
+def _opens_as_checkpoint(path: Path) -> bool:
+    import torch
+
+    try:
+        ck = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception:  # noqa: BLE001
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001
+            return False
+    return isinstance(ck, dict) and isinstance(ck.get("state_dict"), dict)
+
+
+def download_checkpoint(name: str, ckpt_dir: str | os.PathLike = "ckpt", url: str | None = None,
+                        force: bool = False, progress: bool = True, timeout: float = 60.0) -> Path:
+    """Fetch ``name`` into ``<ckpt_dir>/<name>.ckpt`` (+ ``.sha256``). ``url`` overrides audioldm's URL.
+    Returns the final path; raises :class:`DownloadError` without touching the final path on failure."""
+    if url is None:
+        url = checkpoint_url(name)
+    final = Path(ckpt_dir) / f"{name}.ckpt"
+    if final.is_file() and not force:
+        if not sidecar_path(final).is_file():
+            write_sidecar(final)
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    part = final.with_name(final.name + ".part")
+    h = hashlib.sha256()
+    got = 0
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as f:
+            total = resp.headers.get("Content-Length")
+            total = int(total) if total is not None else None
+            disable = (not progress) or bool(os.environ.get("TQDM_DISABLE"))
+            with tqdm(total=total, unit="B", unit_scale=True, desc=final.name, mininterval=1.0, disable=disable) as bar:
+                while chunk := resp.read(1 << 20):
+                    f.write(chunk)
+                    h.update(chunk)
+                    got += len(chunk)
+                    bar.update(len(chunk))
+        if total is not None and got != total:
+            raise DownloadError(f"download of {name} incomplete: {got} of {total} bytes from {url}")
+        if not _opens_as_checkpoint(part):
+            raise DownloadError(f"download of {name} from {url} does not open as an AudioLDM checkpoint")
+    except DownloadError:
+        part.unlink(missing_ok=True)
+        raise
+    except Exception as e:  # noqa: BLE001 - network errors, IncompleteRead, disk full ...
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"download of {name} from {url} failed: {type(e).__name__}: {e}") from e
+    os.replace(part, final)
+    write_sidecar(final, h.hexdigest())
+    return final

@@ -1,0 +1,95 @@
+"""``python -m ciap_lib generate --image x.jpg [more | a folder] --checkpoint ciap.pt --out out.wav|outdir``"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "generate audio for images through the frozen AudioLDM (one 16 kHz WAV per image)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ciap_lib.bridge.sampling import DEFAULT_SAMPLER, SAMPLERS
+
+    parser.add_argument("--image", nargs="+", required=True, help="image file(s) or folder(s) of images")
+    parser.add_argument("--checkpoint", required=True, help="trained CIAP checkpoint (.pt); use audio_encoder 'clap'")
+    parser.add_argument("--audioldm", default="audioldm-s-full", help="AudioLDM checkpoint name (under --ckpt-dir) or path")
+    parser.add_argument("--ckpt-dir", default="ckpt", help="folder of named AudioLDM checkpoints (default: ckpt)")
+    parser.add_argument("--out", required=True, help="output .wav (one image) or folder (one <image stem>.wav each)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds, 2.5-10 (default 5)")
+    parser.add_argument("--steps", type=int, default=None, help="solver steps (default: 10 for dpmpp/unipc, 200 for ddim)")
+    parser.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS)
+    parser.add_argument("--guidance-scale", type=float, default=2.5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-candidates", type=int, default=1, help="keep the best of N by CLAP similarity")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
+    parser.add_argument("--clap-score", action="store_true", help="print each clip's CLAP score (CLAP-space cosine)")
+
+
+def _images(items: list[str]) -> list[Path]:
+    from ciap_lib.data import IMAGE_EXTS
+
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+            if not found:
+                raise ValueError(f"--image {item!r}: folder holds no images ({', '.join(sorted(IMAGE_EXTS))})")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise ValueError(f"--image {item!r}: no such file or folder")
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ciap_lib.bridge import (AudioLDMCheckpointError, AudioLDMNotFoundError, CIAPCondStage, check_inputs,
+                                 clap_score, generate, load_audioldm, write_wavs)
+    from ciap_lib.bridge.generate import embed_images
+
+    try:
+        images = _images(args.image)
+        out = Path(args.out)
+        if len(images) == 1 and out.suffix.lower() == ".wav":
+            targets = [out]
+        else:
+            if out.suffix.lower() == ".wav":
+                raise ValueError(f"--out {args.out!r}: {len(images)} images need an output folder, not a .wav")
+            targets = [out / f"{im.stem}.wav" for im in images]
+            if len({t.name for t in targets}) != len(targets):
+                raise ValueError("--image: two images share a file stem; their WAVs would collide")
+        check_inputs(args.duration, args.steps, args.guidance_scale, args.n_candidates, args.sampler,
+                     args.batch_size, args.precision, images=images, require_cond_stage=False)
+        cond_stage = CIAPCondStage.from_checkpoint(args.checkpoint)
+        check_inputs(args.duration, args.steps, args.guidance_scale, args.n_candidates, args.sampler,
+                     args.batch_size, args.precision, images=images, cond_stage=cond_stage)
+        if not cond_stage.clap_aligned:
+            print("generate: note: this CIAP model was not trained CLAP-aligned (audio_encoder 'clap'); its "
+                  "embeddings are not in CLAP space, so AudioLDM will not follow them", file=sys.stderr)
+        cond = embed_images(images, cond_stage)
+        audioldm = load_audioldm(args.audioldm, ckpt_dir=args.ckpt_dir)
+    except (ValueError, AudioLDMNotFoundError, AudioLDMCheckpointError) as e:
+        print(f"generate: error: {e}", file=sys.stderr)
+        return 2
+    bar = tqdm(total=1, desc="generate", mininterval=1.0, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    waves = generate(audioldm, image_embeds=cond, duration=args.duration, steps=args.steps,
+                     guidance_scale=args.guidance_scale, seed=args.seed, n_candidates=args.n_candidates,
+                     sampler=args.sampler, callback=progress, batch_size=args.batch_size, precision=args.precision)
+    bar.close()
+    paths = write_wavs(waves, targets)
+    scores = clap_score(audioldm, waves, cond) if args.clap_score else None
+    for i, (im, p) in enumerate(zip(images, paths)):
+        extra = f"  clap_score={float(scores[i]):.4f} (CLAP space)" if scores is not None else ""
+        print(f"{im} -> {p}{extra}")
+    return 0

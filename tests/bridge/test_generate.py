@@ -1,0 +1,76 @@
+"""generate(): exact durations, seeds, batches, candidates, callback, input checks, frozen weights."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ciap_lib.bridge import CIAPCondStage, check_inputs, generate
+
+
+@pytest.mark.parametrize("duration", [2.5, 3.3, 5.0])
+def test_exact_duration_and_shape(tiny_audioldm, unit_embeds, duration):
+    w = generate(tiny_audioldm, image_embeds=unit_embeds(2), duration=duration, steps=2, verify_frozen=False)
+    assert isinstance(w, np.ndarray) and w.dtype == np.float32
+    assert w.shape == (2, round(duration * 16000))
+    assert np.isfinite(w).all()
+
+
+def test_same_seed_same_audio_and_batch_invariance(tiny_audioldm, unit_embeds):
+    e = unit_embeds(2, seed=5)
+    a = generate(tiny_audioldm, image_embeds=e, duration=2.5, steps=3, seed=11, batch_size=2, verify_frozen=False)
+    b = generate(tiny_audioldm, image_embeds=e, duration=2.5, steps=3, seed=11, batch_size=1, verify_frozen=False)
+    c = generate(tiny_audioldm, image_embeds=e, duration=2.5, steps=3, seed=12, batch_size=2, verify_frozen=False)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_candidates_best_by_clap_and_callback(tiny_audioldm, unit_embeds):
+    e = unit_embeds(1, seed=2)
+    calls = []
+    best = generate(tiny_audioldm, image_embeds=e, duration=2.5, steps=2, n_candidates=3, seed=0, batch_size=3,
+                    callback=lambda d, t: calls.append((d, t)), precision="fp32", verify_frozen=False)
+    singles = np.concatenate([generate(tiny_audioldm, image_embeds=e, duration=2.5, steps=2, seed=k,
+                                       precision="fp32", verify_frozen=False) for k in range(3)])
+    sims = (tiny_audioldm.clap_audio_embed(torch.from_numpy(singles)) * e[0]).sum(-1)
+    np.testing.assert_allclose(best[0], singles[int(sims.argmax())], atol=1e-5)
+    assert calls[-1] == (3, 3) and [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+def test_images_through_cond_stage_and_fingerprint_unchanged(tiny_audioldm, ciap_workspace):
+    stage = CIAPCondStage.from_checkpoint(ciap_workspace["checkpoint"])
+    images = sorted((ciap_workspace["data"] / "val").glob("*.png"))[:2]
+    assert images
+    emb = stage(stage.load_images(images))
+    assert emb.shape == (2, 1, 512) and torch.allclose(emb.norm(dim=-1), torch.ones(2, 1), atol=1e-5)
+    before = tiny_audioldm.fingerprint()
+    w = generate(tiny_audioldm, images, cond_stage=stage, duration=2.5, steps=2)  # verify_frozen=True
+    assert w.shape == (2, 40000)
+    assert tiny_audioldm.fingerprint() == before == tiny_audioldm.reference_fingerprint
+
+
+def test_input_checks_are_clear(tiny_audioldm, unit_embeds, ciap_workspace, tmp_path):
+    e = unit_embeds(1)
+    with pytest.raises(ValueError, match="duration"):
+        generate(tiny_audioldm, image_embeds=e, duration=11)
+    with pytest.raises(ValueError, match="duration"):
+        check_inputs(duration=2.0, image_embeds=e)
+    with pytest.raises(ValueError, match="steps"):
+        check_inputs(steps=0, image_embeds=e)
+    with pytest.raises(ValueError, match="image_embeds"):
+        check_inputs(image_embeds=torch.ones(1, 1, 256))
+    stage = CIAPCondStage.from_checkpoint(ciap_workspace["checkpoint"])
+    with pytest.raises(ValueError, match="does not exist"):
+        generate(tiny_audioldm, [tmp_path / "missing.png"], cond_stage=stage)
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image at all")
+    with pytest.raises(ValueError, match="junk.png"):
+        generate(tiny_audioldm, [junk], cond_stage=stage)
+
+
+def test_cond_stage_rejects_wrong_embed_size(tmp_path):
+    from fixtures.generation import make_workspace
+
+    ws = make_workspace(tmp_path, n_train=2, n_val=2, embed_dim=64)
+    with pytest.raises(ValueError, match="embedding size 64"):
+        CIAPCondStage.from_checkpoint(ws["checkpoint"])
