@@ -369,6 +369,9 @@ def run_pipeline(exp: Experiment, *, tracking_uri: str | None = None, notebooks:
     env_backup = dict(os.environ)
     if not os.environ.get("TQDM_DISABLE"):
         os.environ.setdefault("TQDM_MININTERVAL", "10")
+    # Loading AudioLDM needs no network; offline, audioldm's import-time tokenizer lookup fails fast instead of
+    # retrying the hub for minutes (set HF_HUB_OFFLINE=0 to allow downloads).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ["MLFLOW_TRACKING_URI"] = uri
     os.environ.pop("MLFLOW_RUN_ID", None)
 
