@@ -1,0 +1,188 @@
+"""Generation speed on CPU with the FULL-SIZE audioldm-s-full architecture (random weights: same cost).
+
+    python bench/generation.py [--durations 5 10] [--ddim-steps 200] [--fast-steps 10] [--quick]
+                               [--precision bf16|fp32] [--channels-last] [--threads N] [--json out.json]
+
+Prints, per clip length: seconds per clip (end to end: sampling + VAE + HiFi-GAN, batch 1) for DDIM
+(``--ddim-steps``, AudioLDM's 200 by default) and the fast solver (DPM-Solver++ at its default steps),
+their ratio, the peak RSS during each run, and achieved GFLOP/s (FLOPs counted with torch's
+FlopCounterMode on one guided UNet step, the VAE decode and the vocoder) as a share of a bf16 matmul
+measured in the same run. ``--quick``: 5 s only, DDIM timed over ``--ddim-steps 10`` and extrapolated
+to 200 steps (marked "extrapolated"). The fingerprint check after generation (a full SHA-256 of the
+weights) is timed separately. Target: a 5 s clip in <= 5 s end to end with peak < 4 GB on 2 cores.
+On a shared machine, other processes' load inflates every figure: the script prints the load average.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ciap_lib.bridge import generate  # noqa: E402
+from ciap_lib.bridge import sampling as S  # noqa: E402
+from ciap_lib.bridge.loading import FrozenAudioLDM, build_latent_diffusion  # noqa: E402
+from ciap_lib.bridge.tiny import full_size_spec  # noqa: E402
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class PeakRSS:
+    """Peak resident memory while the block runs (sampled every 10 ms)."""
+
+    def __enter__(self):
+        self.peak, self._stop = rss_bytes(), False
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop:
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(0.01)
+
+    def __exit__(self, *exc):
+        self._stop = True
+        self._t.join()
+        self.peak = max(self.peak, rss_bytes())
+
+
+def full_size_model(name: str = "audioldm-s-full") -> FrozenAudioLDM:
+    """audioldm's real s-full architecture, random N(0, 0.02) weights, loaded like a checkpoint."""
+    spec = full_size_spec(name)
+    ldm = build_latent_diffusion(spec, init_weights=False)
+    with torch.no_grad():
+        for p in ldm.parameters():
+            p.normal_(0.0, 0.02)
+    if getattr(ldm, "model_ema", None) is not None:
+        del ldm.model_ema
+        ldm.use_ema = False
+    return FrozenAudioLDM(ldm, Path(f"{name}-random.ckpt"), name, spec, cache_uncond=False)
+
+
+def bf16_matmul_gflops(n: int = 2048, seconds: float = 1.5) -> float:
+    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    a @ b
+    t0, k = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        k += 1
+    return 2 * n ** 3 * k / (time.perf_counter() - t0) / 1e9
+
+
+def count_flops(audioldm: FrozenAudioLDM, duration: float) -> dict[str, float]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    frames = S.latent_frames(duration)
+    z = torch.randn(1, audioldm.latent_channels, frames, audioldm.latent_f_size)
+    cond = torch.nn.functional.normalize(torch.randn(1, 1, 512), dim=-1)
+    out = {}
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as fc:
+            S.predict_noise(audioldm, z, torch.tensor(500), cond, guidance_scale=2.5)
+        out["unet_step"] = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            mel = audioldm.ldm.decode_first_stage(z)
+        out["vae"] = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            audioldm.vocoder(mel.squeeze(1).permute(0, 2, 1))
+        out["vocoder"] = fc.get_total_flops()
+    return out
+
+
+def time_clip(audioldm, duration, sampler, steps, precision) -> tuple[float, int]:
+    emb = torch.nn.functional.normalize(torch.randn(1, 1, 512), dim=-1)
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        generate(audioldm, image_embeds=emb, duration=duration, steps=steps, sampler=sampler,
+                 precision=precision, verify_frozen=False)
+        dt = time.perf_counter() - t0
+    return dt, mem.peak
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--durations", type=float, nargs="+", default=[5.0, 10.0])
+    ap.add_argument("--ddim-steps", type=int, default=200)
+    ap.add_argument("--fast-steps", type=int, default=S.DEFAULT_STEPS[S.DEFAULT_SAMPLER])
+    ap.add_argument("--quick", action="store_true", help="5 s only; DDIM over 10 steps, extrapolated to 200")
+    ap.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
+    ap.add_argument("--channels-last", action="store_true", help="UNet/VAE/vocoder weights in channels_last")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--json", help="also write the figures here")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.durations, args.ddim_steps = [5.0], 10
+    torch.set_num_threads(args.threads)
+    print(f"threads={torch.get_num_threads()} load average={os.getloadavg()} precision={args.precision}")
+
+    t0 = time.perf_counter()
+    with PeakRSS() as build_mem:
+        audioldm = full_size_model()
+    print(f"built full-size audioldm-s-full (random weights) in {time.perf_counter() - t0:.1f} s, "
+          f"RSS {build_mem.peak / 2**30:.2f} GB")
+    if args.channels_last:
+        for m in (audioldm.unet, audioldm.vae):
+            m.to(memory_format=torch.channels_last)
+    t0 = time.perf_counter()
+    audioldm.assert_unchanged()
+    t_fp = time.perf_counter() - t0
+    peak_matmul = bf16_matmul_gflops()
+    print(f"bf16 matmul peak: {peak_matmul:.0f} GFLOP/s; fingerprint check: {t_fp:.2f} s")
+
+    results = []
+    for duration in args.durations:
+        flops = count_flops(audioldm, duration)
+        time_clip(audioldm, duration, "dpmpp", 1, args.precision)  # warm-up
+        row = {"duration": duration, "gflop": {k: v / 1e9 for k, v in flops.items()}}
+        for label, sampler, steps in (("fast", S.DEFAULT_SAMPLER, args.fast_steps), ("ddim", "ddim", args.ddim_steps)):
+            dt, peak = time_clip(audioldm, duration, sampler, steps, args.precision)
+            total = flops["unet_step"] * steps + flops["vae"] + flops["vocoder"]
+            entry = {"sampler": sampler, "steps": steps, "seconds": dt, "peak_rss_gb": peak / 2**30,
+                     "gflops_per_s": total / dt / 1e9, "share_of_bf16_matmul": total / dt / 1e9 / peak_matmul}
+            if label == "ddim" and steps != 200:
+                decode_s = row["fast"]["decode_and_one_step_s"] - row["fast"]["unet_step_s"]
+                entry["extrapolated_200_steps_seconds"] = decode_s + (dt - decode_s) / steps * 200
+            if label == "fast":
+                # per-step cost from a second, shorter run: separates solver steps from decoding
+                dt1, _ = time_clip(audioldm, duration, sampler, 1, args.precision)
+                entry["unet_step_s"] = (dt - dt1) / max(steps - 1, 1)
+                entry["decode_and_one_step_s"] = dt1
+            row[label] = entry
+        ddim_s = row["ddim"].get("extrapolated_200_steps_seconds", row["ddim"]["seconds"])
+        row["ratio_ddim200_over_fast"] = ddim_s / row["fast"]["seconds"]
+        results.append(row)
+        f, d = row["fast"], row["ddim"]
+        print(f"\n{duration:g} s clip  (GFLOP: guided UNet step {row['gflop']['unet_step']:.1f}, VAE {row['gflop']['vae']:.1f}, "
+              f"vocoder {row['gflop']['vocoder']:.1f})")
+        print(f"  fast  {f['sampler']:>5} {f['steps']:>3} steps: {f['seconds']:7.2f} s/clip  peak {f['peak_rss_gb']:.2f} GB  "
+              f"{f['gflops_per_s']:6.0f} GFLOP/s = {100 * f['share_of_bf16_matmul']:.0f}% of bf16 matmul  "
+              f"(per step {f['unet_step_s']:.2f} s, decode+1 step {f['decode_and_one_step_s']:.2f} s)")
+        extra = (f"  -> 200 steps extrapolated: {d['extrapolated_200_steps_seconds']:.1f} s"
+                 if "extrapolated_200_steps_seconds" in d else "")
+        print(f"  ddim  {d['steps']:>3} steps:       {d['seconds']:7.2f} s/clip  peak {d['peak_rss_gb']:.2f} GB  "
+              f"{d['gflops_per_s']:6.0f} GFLOP/s = {100 * d['share_of_bf16_matmul']:.0f}% of bf16 matmul{extra}")
+        print(f"  ratio DDIM-200 / fast: {row['ratio_ddim200_over_fast']:.1f}x   target 5 s clip <= 5 s: "
+              f"{'met' if duration != 5 or f['seconds'] <= 5 else 'NOT met'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"bf16_matmul_gflops": peak_matmul, "fingerprint_check_s": t_fp,
+                                               "threads": args.threads, "load_average": os.getloadavg(),
+                                               "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""CLAP audio features from the frozen tower: unit vectors, cached by content + checkpoint, reused."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import torch
+
+from ciap_lib.bridge import clap_audio_features, clap_frechet_distance, clap_score
+from ciap_lib.bridge.clap import cache_folder
+
+
+def test_features_cached_and_reused(tiny_audioldm, ciap_workspace, tmp_path):
+    audio = sorted((ciap_workspace["data"] / "val").glob("*.wav"))[:3]
+    assert audio
+    cache = tmp_path / "cache"
+    r1, r2 = {}, {}
+    f1 = clap_audio_features(tiny_audioldm, audio, cache, report=r1)
+    assert r1 == {"computed": 3, "cached": 0}
+    assert set(f1) == {str(p.resolve()) for p in audio}
+    for v in f1.values():
+        assert v.shape == (512,) and abs(float(v.norm()) - 1) < 1e-4
+    assert len(list(cache_folder(tiny_audioldm, cache).glob("*.npy"))) == 3
+    f2 = clap_audio_features(tiny_audioldm, audio, cache, report=r2)
+    assert r2 == {"computed": 0, "cached": 3}
+    for k in f1:
+        assert torch.equal(f1[k], f2[k])
+    # keyed by content: a copy under another name hits the cache
+    copy = tmp_path / "renamed.wav"
+    shutil.copy(audio[0], copy)
+    r3 = {}
+    f3 = clap_audio_features(tiny_audioldm, [copy], cache, report=r3)
+    assert r3 == {"cached": 1, "computed": 0} and torch.equal(f3[str(copy.resolve())], f1[str(audio[0].resolve())])
+    tiny_audioldm.assert_unchanged()
+
+
+def test_clap_score_and_frechet(tiny_audioldm):
+    g = torch.Generator().manual_seed(0)
+    waves = torch.randn(3, 16000, generator=g) * 0.1
+    emb = tiny_audioldm.clap_audio_embed(waves)
+    s = clap_score(tiny_audioldm, waves.numpy(), emb.unsqueeze(1))
+    assert torch.allclose(s, torch.ones(3), atol=1e-4)
+    ref = torch.sin(torch.linspace(0, 2000, 16000)).repeat(3, 1) * torch.tensor([[0.1], [0.2], [0.3]])
+    d_same = clap_frechet_distance(tiny_audioldm, waves, waves)
+    d_diff = clap_frechet_distance(tiny_audioldm, waves, ref)
+    assert np.isfinite(d_diff) and d_diff > d_same
+    assert abs(d_same) < 1e-3
