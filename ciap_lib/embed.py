@@ -364,9 +364,9 @@ def pair_ranks_exact(image_emb: Any, audio_emb: Any, chunk_size: int = 4096, use
     :func:`ciap_lib.retrieval.pair_ranks` with ``ties="pessimistic"``, without its float32 rounding flips. How: each (chunk x chunk) block is scored once in
     bfloat16 (about twice the float32 speed on CPUs with AVX512-BF16) and used for both directions. A
     rigorous error bound (input rounding, float32 accumulation, bf16 output rounding) gives each query a
-    threshold below which a key is surely below the true score; only queries with a key above it in a block
-    are rescored there in float32, and only keys within the float32 error bound of the true score are
-    rescored in float64. When most queries of a block need rescoring (true pairs scoring inside the bulk,
+    threshold below which a key is surely below the true score; the few keys above it (candidates) are
+    scored one by one in float64, or, for a query with many candidates in a block, the block row is
+    rescored in float32 and only keys within the float32 error bound are rescored in float64. When most queries of a block need rescoring (true pairs scoring inside the bulk,
     e.g. an untrained model) the block is scored in float32 directly: the worst case is ~1.5 float32 passes.
 
     Args:
@@ -375,9 +375,9 @@ def pair_ranks_exact(image_emb: Any, audio_emb: Any, chunk_size: int = 4096, use
         chunk_size: block side (extra memory ~ 7 bytes * chunk_size**2).
         use_bf16: False scores every block in float32 (same counting).
         progress: tqdm bar over blocks.
-        stats: if given, filled with counts: ``blocks_bf16`` (settled by the bf16 screen, with
-            ``rescored_queries`` queries rescored in float32), ``blocks_float32`` (scored in float32),
-            ``float64_scores``.
+        stats: if given, filled with counts: ``blocks_bf16`` (settled by the bf16 screen; there
+            ``rescored_queries`` queries with many candidates were rescored in float32, the other candidates
+            one by one in float64), ``blocks_float32`` (scored in float32), ``float64_scores``.
 
     Returns:
         ``(rank_i2a, rank_a2i)`` float64 tensors (N,).
@@ -453,12 +453,24 @@ def pair_ranks_exact(image_emb: Any, audio_emb: Any, chunk_size: int = 4096, use
             S[rows[:, None] == cols[None, :]] = float("-inf")
         return S
 
+    def exact_entries(gr: torch.Tensor, gc: torch.Tensor, axis: int) -> None:
+        """Add, per query, the candidate entries (image gr, audio gc) whose float64 score >= the true one."""
+        st["float64_scores"] += len(gr)
+        q = gr if axis == 1 else gc
+        for s in range(0, len(gr), 8192):
+            r, c, qq = gr[s:s + 8192], gc[s:s + 8192], q[s:s + 8192]
+            s64 = (I[r].double() * A[c].double()).sum(1)
+            hit = s64 >= tau[qq] - G * (nI[r] * nA[c])
+            (cnt_i2a if axis == 1 else cnt_a2i).index_add_(0, qq[hit], torch.ones_like(qq[hit]))
+
+    heavy_at = 64   # a query with more candidates than this in a block is rescored in float32 there
     blocks = [(qs, ks) for qs in range(0, n, chunk_size) for ks in range(0, n, chunk_size)]
     bar = tqdm(blocks, desc="ranks", unit="block", mininterval=1.0, **({} if progress else {"disable": True}))
     mask = torch.empty(min(chunk_size, n), min(chunk_size, n), dtype=torch.bool)
     for qs, ks in bar:
         qe, ke = min(qs + chunk_size, n), min(ks + chunk_size, n)
         rows, cols = torch.arange(qs, qe), torch.arange(ks, ke)
+        full = True
         if use_bf16:
             Sb = Ib[qs:qe] @ Ab[ks:ke].T                        # (q, k) bfloat16
             if qs == ks:
@@ -466,13 +478,19 @@ def pair_ranks_exact(image_emb: Any, audio_emb: Any, chunk_size: int = 4096, use
             Si = Sb.view(torch.int16)
             m = mask[: qe - qs, : ke - ks]
             mn = m.numpy()
+            # candidates: keys whose bf16 score reaches the query's threshold (all others are surely below)
             torch.ge(Si, bits_row[qs:qe, None], out=m)
-            amb_r = torch.from_numpy(np.flatnonzero(mn.any(axis=1)))
-            torch.ge(Si, bits_col[None, ks:ke], out=m)
-            amb_c = torch.from_numpy(np.flatnonzero(mn.any(axis=0)))
-            full = len(amb_r) > 0.3 * (qe - qs) or len(amb_c) > 0.3 * (ke - ks)
-        else:
-            full = True
+            n_r = np.count_nonzero(mn, axis=1)
+            heavy_r = np.flatnonzero(n_r > heavy_at)
+            full = len(heavy_r) > 0.3 * (qe - qs)
+            if not full:
+                light_r = np.flatnonzero((n_r > 0) & (n_r <= heavy_at))
+                rr, cc = np.nonzero(mn[light_r])
+                cand_r = (rows[torch.from_numpy(light_r[rr])], cols[torch.from_numpy(cc)])
+                torch.ge(Si, bits_col[None, ks:ke], out=m)
+                n_c = np.count_nonzero(mn, axis=0)
+                heavy_c = np.flatnonzero(n_c > heavy_at)
+                full = len(heavy_c) > 0.3 * (ke - ks)
         if full:
             st["blocks_float32"] += 1
             S32 = exclude_self(I[qs:qe] @ A[ks:ke].T, rows, cols)
@@ -480,13 +498,16 @@ def pair_ranks_exact(image_emb: Any, audio_emb: Any, chunk_size: int = 4096, use
             resolve(S32, rows, cols, 0)
             continue
         st["blocks_bf16"] += 1
-        st["rescored_queries"] += len(amb_r) + len(amb_c)
-        # queries without a key above their threshold in this block add nothing: rescore only the others
-        if len(amb_r):
-            r = rows[amb_r]
+        light_c = np.flatnonzero((n_c > 0) & (n_c <= heavy_at))
+        rr, cc = np.nonzero(mn[:, light_c])
+        exact_entries(*cand_r, axis=1)
+        exact_entries(rows[torch.from_numpy(rr)], cols[torch.from_numpy(light_c[cc])], axis=0)
+        st["rescored_queries"] += len(heavy_r) + len(heavy_c)
+        if len(heavy_r):
+            r = rows[torch.from_numpy(heavy_r)]
             resolve(exclude_self(I[r] @ A[ks:ke].T, r, cols), r, cols, 1)
-        if len(amb_c):
-            c = cols[amb_c]
+        if len(heavy_c):
+            c = cols[torch.from_numpy(heavy_c)]
             resolve(exclude_self(I[qs:qe] @ A[c].T, rows, c), rows, c, 0)
     if stats is not None:
         stats.update(st)

@@ -146,7 +146,7 @@ def _reference_ranks(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, to
     return 1 + (s >= t[:, None] - 1e-12).sum(1).double(), 1 + (s >= t[None, :] - 1e-12).sum(0).double()
 
 
-@pytest.mark.parametrize("case", ["planted", "random", "collapsed", "duplicates", "mixed_norms"])
+@pytest.mark.parametrize("case", ["planted", "partly_random", "random", "collapsed", "duplicates", "mixed_norms"])
 def test_pair_ranks_exact_equals_float64_brute_force(case):
     from ciap_lib.embed import pair_ranks_exact
 
@@ -155,6 +155,9 @@ def test_pair_ranks_exact_equals_float64_brute_force(case):
     x = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
     if case == "planted":      # most true pairs above the bulk: the bf16 screen decides most blocks
         y = torch.nn.functional.normalize(x + 1.5 * torch.randn(n, d, generator=g) / d ** 0.5, dim=1)
+    elif case == "partly_random":  # 15% of the pairs unrelated: their queries are rescored in float32
+        y = torch.nn.functional.normalize(x + 1.5 * torch.randn(n, d, generator=g) / d ** 0.5, dim=1)
+        y[::7] = torch.nn.functional.normalize(torch.randn(len(y[::7]), d, generator=g), dim=1)
     elif case == "random":     # true pairs inside the bulk: float32 fallback blocks
         y = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
     elif case == "collapsed":  # every score ties: rank N everywhere
@@ -171,8 +174,11 @@ def test_pair_ranks_exact_equals_float64_brute_force(case):
         stats: dict[str, int] = {}
         got = pair_ranks_exact(x, y, chunk_size=256, use_bf16=bf16, stats=stats)
         assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]), (case, bf16)
-        if bf16 and case == "planted":   # the bf16 screen settles blocks, rescoring only some queries
-            assert stats["blocks_bf16"] == 9 and 0 < stats["rescored_queries"] < 9 * 2 * 256
+        if bf16 and case == "planted":   # the bf16 screen settles blocks, few candidates scored in float64
+            assert stats["blocks_bf16"] == 9 and stats["rescored_queries"] == 0
+            assert 0 < stats["float64_scores"] < 0.01 * n * n
+        if bf16 and case == "partly_random":
+            assert stats["blocks_bf16"] > 0 and stats["rescored_queries"] > 0
         if bf16 and case == "random":    # no screen helps: float32 blocks
             assert stats["blocks_float32"] == 9
         if case in ("collapsed", "duplicates"):
