@@ -142,7 +142,8 @@ def diffusion(ciap, ws, tiny_audioldm_ckpt):
 def test_load_generator_picks_diffusion_when_the_checkpoint_loads(diffusion):
     assert isinstance(diffusion, G.DiffusionGenerator)
     assert diffusion.is_diffusion and diffusion.kind == "diffusion"
-    assert G.generator_markdown(diffusion).startswith("**Generator: diffusion.**")
+    md = G.generator_markdown(diffusion)
+    assert md.startswith("**Generator: diffusion.**") and "not CLAP's" in md  # a logmel_cnn checkpoint
     assert set(diffusion.samplers) >= {"dpmpp", "ddim"}
 
 
@@ -176,3 +177,11 @@ def test_diffusion_ui_controls_reach_the_sampler(ws, diffusion):
     assert not np.array_equal(a, b)
     ui.steps.value = 0  # below the slider's minimum: clamped to 1 by the widget
     assert ui.steps.value == 1
+
+
+def test_batch_files_with_diffusion(ws, diffusion, tmp_path):
+    [rec] = G.generate_files(diffusion, G.default_images(ws["data"], 1), tmp_path / "wavs", duration=2.5, steps=1)
+    assert rec["wav"].name == "val_00000.wav" and rec["kind"] == "diffusion"
+    info = sf.info(rec["wav"])
+    assert info.samplerate == SR and info.frames == 40000
+    assert -1.0 <= rec["clap_score"] <= 1.0 and "CLAP score" in rec["note"]

@@ -102,6 +102,16 @@ class DiffusionGenerator:
             sampler=sampler, callback=callback), dtype=np.float32)
 
 
+    def clap_score(self, waveforms: np.ndarray, images: torch.Tensor) -> np.ndarray:
+        """(B,) cosine between each image's condition embedding and its clip's CLAP audio embedding
+        (``ciap_lib.bridge.clap_score``; a CLAP-space figure, meaningful for ``clap``-mode checkpoints)."""
+        from ciap_lib import bridge
+
+        with torch.no_grad():
+            cond = self.cond_stage(images)
+        return bridge.clap_score(self.audioldm, np.asarray(waveforms, dtype=np.float32), cond).numpy()
+
+
 def _bridge_samplers() -> tuple[str, ...]:
     """The sampler names the bridge accepts (``ciap_lib.bridge.SAMPLERS``)."""
     from ciap_lib import bridge
@@ -188,7 +198,13 @@ def default_images(data_root: str | Path, n: int, split: str = "val") -> list[Pa
 def generator_markdown(generator: Any, notice: str = "") -> str:
     """Markdown saying which generator is in use; for the fallback, the notice in a warning block."""
     if generator.is_diffusion:
-        return f"**Generator: diffusion.** {generator.label}"
+        text = f"**Generator: diffusion.** {generator.label}"
+        encoder = getattr(getattr(getattr(generator, "model", None), "config", None), "audio_encoder", "clap")
+        if encoder != "clap":
+            text += (f"\n\n> **Note:** this CIAP checkpoint was trained with the `{encoder}` audio encoder, whose "
+                     "embedding space is not CLAP's: AudioLDM receives an embedding it was not trained on. "
+                     "Train in `clap` mode (experiments/clap_aligned.yaml) for sounds that follow the image.")
+        return text
     body = "\n".join(f"> {line}" if line else ">" for line in (notice or generator.label).splitlines())
     return (f"**Generator: nearest-neighbour RETRIEVAL fallback (not diffusion).** {generator.label}\n\n"
             f"> **No AudioLDM checkpoint**\n>\n{body}")
@@ -392,11 +408,13 @@ def build_generation_ui(generator: Generator, **defaults: Any) -> GenerationUI:
 
 def generate_files(generator: Generator, image_paths: Sequence[str | Path], out_dir: str | Path,
                    duration: float = 5.0, steps: int | None = None, guidance_scale: float = 2.5, seed: int = 0,
-                   sampler: str = "dpmpp", n_candidates: int = 1) -> list[dict[str, Any]]:
+                   sampler: str = "dpmpp", n_candidates: int = 1, clap_score: bool = True) -> list[dict[str, Any]]:
     """Batch path: render each image to ``<out_dir>/<name>`` (see :func:`output_name`), one at a time.
 
-    Returns one record per image: ``image``, ``wav`` (Path), ``waveform`` ((T,) float32), ``seconds``,
-    ``kind`` ("diffusion" / "retrieval") and ``note`` (for the fallback: which training clip was returned).
+    Returns one record per image: ``image``, ``wav`` (Path), ``waveform`` ((T,) float32), ``seconds``
+    (generation + WAV writing), ``kind`` ("diffusion" / "retrieval"), ``note`` (for the fallback: which
+    training clip was returned) and, for diffusion with ``clap_score``, ``clap_score`` (CLAP-space cosine
+    between the condition and the clip, see :meth:`DiffusionGenerator.clap_score`).
     """
     from ciap_lib.audio_io import write_wav
     from ciap_lib.data import load_image
@@ -414,7 +432,12 @@ def generate_files(generator: Generator, image_paths: Sequence[str | Path], out_
         wave = generator.generate(images=img, duration=duration, steps=steps, guidance_scale=guidance_scale,
                                   seed=seed, sampler=sampler, n_candidates=n_candidates)[0]
         wav = write_wav(out_dir / output_name(p.name, generator), wave, SAMPLE_RATE)
+        seconds = time.perf_counter() - t0
         note = "; ".join(generator.describe()) if not generator.is_diffusion and hasattr(generator, "describe") else ""
-        records.append({"image": p, "wav": wav, "waveform": np.asarray(wave, dtype=np.float32),
-                        "seconds": time.perf_counter() - t0, "kind": generator.kind, "note": note})
+        rec = {"image": p, "wav": wav, "waveform": np.asarray(wave, dtype=np.float32), "seconds": seconds,
+               "kind": generator.kind, "note": note}
+        if clap_score and hasattr(generator, "clap_score"):
+            rec["clap_score"] = float(generator.clap_score(wave[None], img)[0])
+            rec["note"] = f"CLAP score {rec['clap_score']:.3f}"
+        records.append(rec)
     return records
