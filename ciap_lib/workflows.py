@@ -55,11 +55,13 @@ def resolve_split(data: str | Path, split: str) -> tuple[Path, str | None]:
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, split: str = "val",
                         batch_size: int = 128, num_workers: int = 0, skip_bad: bool = False,
-                        device: str = "cpu", progress: bool = False, **bridge_kw: Any) -> dict[str, float]:
+                        device: str = "cpu", progress: bool = False, audioldm: Any = None,
+                        **bridge_kw: Any) -> dict[str, float]:
     """Validation loss + retrieval metrics of a checkpoint on ``data`` (root with ``<split>/``, or a split
     folder; default: the data the checkpoint was trained on).
 
-    For 'clap' checkpoints the bridge computes (and caches) CLAP features of the split's audio first;
+    For 'clap' checkpoints the bridge computes (and caches) CLAP features of the split's audio first, with
+    ``audioldm`` (an already loaded ``FrozenAudioLDM``) or the checkpoint's ``cfg.audioldm`` loaded here;
     ``bridge_kw`` goes to ``ciap_lib.bridge.clap_audio_features``.
     """
     from ciap_lib.checkpoint import load_ciap
@@ -73,7 +75,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
     if mc.audio_encoder == "clap":
         from ciap_lib.bridge import clap_audio_features, load_audioldm  # lazy: imports audioldm
         pairs, _ = scan_pairs(root / sub if sub else root, skip_bad=skip_bad)
-        audioldm = load_audioldm(cfg.audioldm)
+        if audioldm is None:
+            audioldm = load_audioldm(cfg.audioldm)
         features = clap_audio_features(audioldm, [p.audio for p in pairs], cfg.clap_cache_dir, **bridge_kw)
     ds = PairDataset(root, sub, image_size=mc.image_size, train=False, sample_rate=mc.sample_rate,
                      segment_seconds=mc.segment_seconds, skip_bad=skip_bad, audio_features=features, seed=cfg.seed)

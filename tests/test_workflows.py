@@ -38,12 +38,12 @@ def test_core_and_workflows_never_import_the_upper_layers():
     assert r.returncode == 0, r.stderr
 
 
-def test_clap_mode_goes_through_the_bridge(data, tmp_path, tiny_audioldm_ckpt):
+def test_clap_mode_goes_through_the_bridge(data, tmp_path, tiny_audioldm_ckpt, tiny_audioldm):
     cfg = load_config(None, data=str(data), model="debug", audio_encoder="clap", epochs=1, batch_size=8,
                       num_workers=0, ckpt_dir=str(tmp_path / "ckpt"), audioldm=str(tiny_audioldm_ckpt),
                       clap_cache_dir=str(tmp_path / "clap"))
     result = fit(cfg)
     assert any((tmp_path / "clap").rglob("*")), "CLAP features were cached by the bridge"
-    metrics = evaluate_checkpoint(result.checkpoint, data)
+    metrics = evaluate_checkpoint(result.checkpoint, data, audioldm=tiny_audioldm)  # same weights, loaded once
     assert metrics["val_loss"] == pytest.approx(result.metrics["val_loss"], abs=1e-4)
     assert metrics["n_pairs"] == 8
