@@ -6,7 +6,8 @@
    to a tiny dataset, an untrained ``debug`` CIAP checkpoint and a missing AudioLDM checkpoint (so the
    labelled retrieval fallback runs).
 3. Chromium opens the notebook, runs all cells, and the test checks that the generation widgets render
-   (the upload, the duration slider, the Generate button) and that the fallback is labelled as such.
+   (the upload, the duration slider, the Generate button) and that the fallback is labelled as such; then it
+   uploads a PNG through the file chooser, clicks Generate and waits for the inline player (live kernel).
 4. The MLflow REST API lists the pipeline run and the nested ``04_generation`` run the notebook logged,
    and the rendered runs page shows the pipeline run.
 Screenshots go to ``test-artifacts/browser/`` (gitignored). Both servers are shut down (process groups).
@@ -201,11 +202,27 @@ def test_jupyterlab_renders_generation_widgets_and_mlflow_lists_the_run(tmp_path
                         page.screenshot(path=str(ARTIFACTS / "jupyterlab_generation_failed.png"))
                         raise AssertionError(f"the {what} widget did not render in JupyterLab")
                 assert page.get_by_text("NOT diffusion output").first.is_visible()  # fallback is labelled
+                # the batch path rendered an inline (non-autoplaying) player
+                n_players = page.locator("audio[controls]").count()
+                assert n_players >= 1
                 button.scroll_into_view_if_needed()
                 page.screenshot(path=str(ARTIFACTS / "jupyterlab_generation.png"))
-                # the batch path rendered an inline (non-autoplaying) player
-                assert page.locator("audio[controls]").count() >= 1
+                phase("widgets rendered", t_start)
+
+                # --- a user's round trip: upload a PNG through the file chooser, click Generate, a player appears
+                image = sorted((ws["data"] / "val").glob("*.png"))[0]
+                with page.expect_file_chooser(timeout=20_000) as chooser:
+                    upload.click()
+                chooser.value.set_files(str(image))
+                page.get_by_text(f"Image: {image.name}").first.wait_for(state="visible", timeout=30_000)
+                button.click()
+                page.get_by_text("RETRIEVED from the training set (not diffusion)").first.wait_for(
+                    state="visible", timeout=60_000)
+                page.locator("audio[controls]").nth(n_players).wait_for(state="attached", timeout=10_000)
                 assert page.locator("audio[autoplay]").count() == 0
+                page.locator(".widget-html", has_text="RETRIEVED").first.scroll_into_view_if_needed()
+                page.screenshot(path=str(ARTIFACTS / "jupyterlab_generation_clicked.png"))
+                phase("upload + Generate round trip", t_start)
 
                 # --- MLflow: REST API lists the pipeline run (and the nested run of the notebook) ---------
                 wait_http(f"{ml_url}/health", ml, ml_log, 90)
