@@ -11,7 +11,6 @@ import io
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from ciap_lib.checkpoint import load_ciap
 from ciap_lib.fallback import NearestNeighbourGenerator
