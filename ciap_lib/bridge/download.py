@@ -23,6 +23,9 @@ class DownloadError(RuntimeError):
 
 def checkpoint_url(name: str) -> str:
     """The URL audioldm 0.1.1 downloads ``name`` from (``audioldm.utils.get_metadata``)."""
+    from ciap_lib.bridge.loading import import_audioldm
+
+    import_audioldm()
     from audioldm.utils import get_metadata
 
     meta = get_metadata()

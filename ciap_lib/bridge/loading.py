@@ -210,10 +210,29 @@ def _setattrs(*triples: tuple[Any, str, Any]) -> Iterator[None]:
             setattr(obj, name, value)
 
 
+def import_audioldm() -> None:
+    """Import audioldm's modules without touching the network: ``audioldm.clap.training.data`` calls
+    ``RobertaTokenizer.from_pretrained("roberta-base")`` at import time (hub download, or minutes of
+    retries offline). That call gets a stub here; no tokenizer is ever used."""
+    import sys
+
+    if "audioldm.clap.training.data" in sys.modules:
+        return
+    import transformers
+
+    stub = classmethod(lambda cls, *_a, **_k: _NoTokenizer())
+    with _setattrs((transformers.RobertaTokenizer, "from_pretrained", stub)), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import audioldm  # noqa: F401
+        import audioldm.clap.encoders  # noqa: F401
+        import audioldm.clap.training.data  # noqa: F401
+
+
 @contextlib.contextmanager
 def offline_construction(spec: ArchSpec) -> Iterator[None]:
     """While audioldm's classes are constructed: RoBERTa from config (no hub), no tokenizer,
     the vocoder at ``spec.vocoder_channels``; also silences audioldm's construction prints/warnings."""
+    import_audioldm()
     import transformers
     import audioldm.clap.encoders as clap_encoders
     import audioldm.clap.open_clip.model as clap_model
@@ -253,6 +272,7 @@ def _skip_init() -> Iterator[None]:
 def build_latent_diffusion(spec: ArchSpec, init_weights: bool = True):
     """audioldm's ``LatentDiffusion`` for ``spec``, offline; random init unless ``init_weights=False``
     (then the weights are uninitialised memory, to be overwritten by a state dict)."""
+    import_audioldm()
     from audioldm.ldm import LatentDiffusion
 
     with offline_construction(spec), (contextlib.nullcontext() if init_weights else _skip_init()):
