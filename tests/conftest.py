@@ -4,9 +4,9 @@ import os
 # Progress bars would only clutter test logs.
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-# No network here: `import audioldm.clap.encoders` pulls in audioldm/clap/training/data.py, whose module-level
-# RobertaTokenizer.from_pretrained("roberta-base") otherwise retries the hub with back-off for minutes
-# (measured: tiny AudioLDM build 255 s online-retrying vs 25 s offline). Added by engineer D.
+# No network here: any hub lookup (e.g. audioldm's import-time RobertaTokenizer.from_pretrained, now stubbed by
+# the bridge) must fail fast instead of retrying with back-off for minutes (measured once: tiny AudioLDM build
+# 255 s retrying vs 25 s offline). Added by engineer D.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Session fixtures shared across test folders (tiny AudioLDM checkpoint: tests/fixtures/audioldm.py).
