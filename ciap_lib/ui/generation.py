@@ -101,7 +101,6 @@ class DiffusionGenerator:
             duration=duration, steps=steps, guidance_scale=guidance_scale, seed=seed, n_candidates=n_candidates,
             sampler=sampler, callback=callback), dtype=np.float32)
 
-
     def clap_score(self, waveforms: np.ndarray, images: torch.Tensor) -> np.ndarray:
         """(B,) cosine between each image's condition embedding and its clip's CLAP audio embedding
         (``ciap_lib.bridge.clap_score``; a CLAP-space figure, meaningful for ``clap``-mode checkpoints)."""
@@ -116,10 +115,7 @@ def _bridge_samplers() -> tuple[str, ...]:
     """The sampler names the bridge accepts (``ciap_lib.bridge.SAMPLERS``)."""
     from ciap_lib import bridge
 
-    samplers = getattr(bridge, "SAMPLERS", None)
-    if samplers is None:
-        from ciap_lib.bridge.sampling import SAMPLERS as samplers
-    return tuple(samplers) or DEFAULT_SAMPLERS
+    return tuple(bridge.SAMPLERS) or DEFAULT_SAMPLERS
 
 
 def missing_audioldm_notice(error: BaseException | str, name: str) -> str:
