@@ -400,7 +400,8 @@ def pair_ranks_exact(image_emb: Any, audio_emb: Any, chunk_size: int = 4096, use
     def per_row(fn) -> torch.Tensor:   # row statistics in float64, 8192 rows at a time (no N x D temporaries)
         return torch.cat([fn(s, min(s + 8192, n)) for s in range(0, n, 8192)])
 
-    tau = per_row(lambda s, e: (I[s:e].double() * A[s:e].double()).sum(1))   # true scores in float64
+    tau = per_row(lambda s, e: torch.from_numpy(np.einsum(   # true scores in float64 (same formula as below)
+        "ij,ij->i", I[s:e].numpy().astype(np.float64), A[s:e].numpy().astype(np.float64))))
     nI = per_row(lambda s, e: I[s:e].double().norm(dim=1))
     nA = per_row(lambda s, e: A[s:e].double().norm(dim=1))
     # float32 scores are within F of the exact ones: S32 > hi32 is surely above, S32 < lo32 surely below
@@ -416,9 +417,15 @@ def pair_ranks_exact(image_emb: Any, audio_emb: Any, chunk_size: int = 4096, use
         # |exact - bf16-path score before output rounding| <= E (input rounding + float32 accumulation)
         E_row = eI * nA.max() + nIb * eA.max() + g * nIb * nAb.max()
         E_col = eA * nI.max() + nAb * eI.max() + g * nAb * nIb.max()
-        # a key scoring >= tau has a bf16 output >= (tau - E) * (1 - u) (for tau - E > 0)
+        # a key scoring >= tau has a bf16 output >= (tau - E) * (1 - u) (for tau - E > 0) ...
         bits_row = _bf16_floor_bits((tau - E_row) * (1 - _U_BF16_OUT))
         bits_col = _bf16_floor_bits((tau - E_col) * (1 - _U_BF16_OUT))
+
+        def sure_above(h: torch.Tensor) -> torch.Tensor:
+            # ... and a bf16 output > H (1 + u) (H >= 0; H (1 - u) for H < 0) means score > H - E = tau
+            return torch.where(h >= 0, h * (1 + _U_BF16_OUT), h * (1 - _U_BF16_OUT))
+
+        hi_bf_row, hi_bf_col = sure_above(tau + E_row), sure_above(tau + E_col)
     cnt_i2a = torch.zeros(n, dtype=torch.long)
     cnt_a2i = torch.zeros(n, dtype=torch.long)
     st = {"blocks_bf16": 0, "blocks_float32": 0, "rescored_queries": 0, "float64_scores": 0}
@@ -453,13 +460,18 @@ def pair_ranks_exact(image_emb: Any, audio_emb: Any, chunk_size: int = 4096, use
             S[rows[:, None] == cols[None, :]] = float("-inf")
         return S
 
-    def exact_entries(gr: torch.Tensor, gc: torch.Tensor, axis: int) -> None:
-        """Add, per query, the candidate entries (image gr, audio gc) whose float64 score >= the true one."""
-        st["float64_scores"] += len(gr)
+    def exact_entries(gr: torch.Tensor, gc: torch.Tensor, vals: torch.Tensor, axis: int) -> None:
+        """Add, per query, the candidate entries (image gr, audio gc; bf16 scores vals) whose exact score is
+        >= the true one: surely so when the bf16 score is high enough, else decided in float64."""
         q = gr if axis == 1 else gc
+        sure = vals.double() > (hi_bf_row if axis == 1 else hi_bf_col)[q]
+        (cnt_i2a if axis == 1 else cnt_a2i).index_add_(0, q[sure], torch.ones_like(q[sure]))
+        gr, gc, q = gr[~sure], gc[~sure], q[~sure]
+        st["float64_scores"] += len(gr)
         for s in range(0, len(gr), 8192):
             r, c, qq = gr[s:s + 8192], gc[s:s + 8192], q[s:s + 8192]
-            s64 = (I[r].double() * A[c].double()).sum(1)
+            s64 = torch.from_numpy(np.einsum("ij,ij->i", I.index_select(0, r).numpy().astype(np.float64),
+                                             A.index_select(0, c).numpy().astype(np.float64)))
             hit = s64 >= tau[qq] - G * (nI[r] * nA[c])
             (cnt_i2a if axis == 1 else cnt_a2i).index_add_(0, qq[hit], torch.ones_like(qq[hit]))
 
@@ -486,7 +498,8 @@ def pair_ranks_exact(image_emb: Any, audio_emb: Any, chunk_size: int = 4096, use
             if not full:
                 light_r = np.flatnonzero((n_r > 0) & (n_r <= heavy_at))
                 rr, cc = np.nonzero(mn[light_r])
-                cand_r = (rows[torch.from_numpy(light_r[rr])], cols[torch.from_numpy(cc)])
+                lr, lc = torch.from_numpy(light_r[rr]), torch.from_numpy(cc)
+                cand_r = (rows[lr], cols[lc], Sb[lr, lc])
                 torch.ge(Si, bits_col[None, ks:ke], out=m)
                 n_c = np.count_nonzero(mn, axis=0)
                 heavy_c = np.flatnonzero(n_c > heavy_at)
@@ -500,8 +513,9 @@ def pair_ranks_exact(image_emb: Any, audio_emb: Any, chunk_size: int = 4096, use
         st["blocks_bf16"] += 1
         light_c = np.flatnonzero((n_c > 0) & (n_c <= heavy_at))
         rr, cc = np.nonzero(mn[:, light_c])
+        lr, lc = torch.from_numpy(rr), torch.from_numpy(light_c[cc])
         exact_entries(*cand_r, axis=1)
-        exact_entries(rows[torch.from_numpy(rr)], cols[torch.from_numpy(light_c[cc])], axis=0)
+        exact_entries(rows[lr], cols[lc], Sb[lr, lc], axis=0)
         st["rescored_queries"] += len(heavy_r) + len(heavy_c)
         if len(heavy_r):
             r = rows[torch.from_numpy(heavy_r)]
