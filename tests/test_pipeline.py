@@ -151,7 +151,7 @@ def test_executed_notebooks(run):
 
 def test_pipeline_stays_fast(run):
     result, *_ = run
-    assert result.wall < 240, f"tiny pipeline took {result.wall:.0f} s"
+    assert result.wall < 300, f"tiny pipeline took {result.wall:.0f} s (budget ~3 min on a busy 2-core box)"
 
 
 def test_failing_cell_is_surfaced(tmp_path):
