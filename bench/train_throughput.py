@@ -1,12 +1,13 @@
 """Training throughput: pairs/s of the model alone (batches already in memory) vs the full pipeline
 (synthetic files on disk -> PairDataset -> DataLoader workers -> model), at 224 px and 64 px.
 
-    python bench/train_throughput.py [--model default] [--sizes 224 64] [--steps 6] [--repeats 2] [--json out.json]
+    python bench/train_throughput.py [--model default] [--sizes 224 64] [--steps 6] [--repeats 1] [--json out.json]
 
 Target: the full pipeline reaches >= 90% of the model-only rate (decoding is not the bottleneck).
 "loader-only" is the DataLoader alone (no model): far above the model rate means input cannot be the
 bottleneck, whatever noise a busy machine adds to the two timed model runs.
-Each step is forward + symmetric InfoNCE + backward + Adam step + logit-scale clamp, at batch 32.
+Each step is forward + symmetric InfoNCE + backward + Adam step + logit-scale clamp, at batch 32. Model-only and
+pipeline steps are interleaved (one of each per round) so both see the same load on a shared machine.
 """
 from __future__ import annotations
 
@@ -49,45 +50,46 @@ def _fresh(model_name: str, size: int, device: torch.device):
     return model, torch.optim.Adam(model.parameters(), lr=1e-3), ClipLoss()
 
 
-def model_only(model_name: str, size: int, batch: int, steps: int, warmup: int, device: torch.device) -> float:
-    """pairs/s with one batch of random tensors already on ``device``."""
+def measure(model_name: str, size: int, batch: int, steps: int, warmup: int, device: torch.device,
+            data_root: Path, num_workers: int) -> tuple[float, float, float]:
+    """Interleaved timing: each round runs one model-only step (a decoded batch already in memory, on
+    ``device``) and one full-pipeline step (files -> PairDataset -> DataLoader workers -> model), so both
+    see the same machine load. Returns (model-only pairs/s, pipeline pairs/s, dataset build seconds)."""
     model, opt, loss_fn = _fresh(model_name, size, device)
-    images = torch.randn(batch, 3, size, size, device=device)
-    audio = 0.1 * torch.randn(batch, model.config.num_samples, device=device)
-    for i in range(warmup + steps):
-        if i == warmup:
-            _sync(device)
-            t0 = time.perf_counter()
-        _step(model, opt, loss_fn, images, audio)
-    _sync(device)
-    return steps * batch / (time.perf_counter() - t0)
-
-
-def pipeline(model_name: str, size: int, batch: int, steps: int, warmup: int, device: torch.device,
-             data_root: Path, num_workers: int) -> tuple[float, float]:
-    """pairs/s through files -> PairDataset -> DataLoader -> model; also the dataset build seconds."""
-    model, opt, loss_fn = _fresh(model_name, size, device)
-    n = batch * (steps + warmup)
+    n = batch * (steps + warmup + 1)
     root = make_synthetic_dataset(data_root / f"syn{size}", n_train=n, n_val=8, image_size=size)
     t_build = time.perf_counter()
     ds = PairDataset(root, "train", size, train=True, sample_rate=model.config.sample_rate,
                      segment_seconds=model.config.segment_seconds)
     t_build = time.perf_counter() - t_build
     loader = make_loader(ds, batch, shuffle=True, num_workers=num_workers, drop_last=True)
-    it, done = iter(loader), 0
-    for i in range(warmup + steps):
+    it = iter(loader)
+
+    def next_batch():
+        nonlocal it
         try:
-            b = next(it)
+            return next(it)
         except StopIteration:
             it = iter(loader)
-            b = next(it)
-        if i == warmup:
-            _sync(device)
-            t0 = time.perf_counter()
+            return next(it)
+
+    first = next_batch()
+    mem_images, mem_audio = first["image"].to(device), first["audio"].to(device)
+    t_model = t_pipe = 0.0
+    for i in range(warmup + steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        _step(model, opt, loss_fn, mem_images, mem_audio)
+        _sync(device)
+        t1 = time.perf_counter()
+        b = next_batch()
         _step(model, opt, loss_fn, b["image"].to(device, non_blocking=True), b["audio"].to(device, non_blocking=True))
-        done += 1
-    _sync(device)
-    return steps * batch / (time.perf_counter() - t0), t_build
+        _sync(device)
+        t2 = time.perf_counter()
+        if i >= warmup:
+            t_model += t1 - t0
+            t_pipe += t2 - t1
+    return steps * batch / t_model, steps * batch / t_pipe, t_build
 
 
 def loader_only(data_root: Path, size: int, batch: int, batches: int, num_workers: int) -> float:
@@ -115,7 +117,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=6, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=2, help="alternating repeats; the best of each is reported")
+    p.add_argument("--repeats", type=int, default=1, help="repeats; the best of each rate is reported")
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root", help="where the synthetic bench data goes (default: a temp dir)")
@@ -136,10 +138,10 @@ def main(argv=None) -> int:
           "  (target: ratio >= 0.90)")
     for size in args.sizes:
         mos, pls = [], []
-        for _ in range(args.repeats):  # alternate, keep the best of each: robust to a busy machine
-            mos.append(model_only(args.model, size, args.batch_size, args.steps, args.warmup, device))
-            pl, build = pipeline(args.model, size, args.batch_size, args.steps, args.warmup, device, data_root,
-                                 args.num_workers)
+        for _ in range(args.repeats):  # keep the best of each: robust to a busy machine
+            mo, pl, build = measure(args.model, size, args.batch_size, args.steps, args.warmup, device, data_root,
+                                    args.num_workers)
+            mos.append(mo)
             pls.append(pl)
         mo, pl = max(mos), max(pls)
         lo = loader_only(data_root, size, args.batch_size, 4 * (args.steps + args.warmup), args.num_workers)
