@@ -136,6 +136,20 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, _check_type(key, value, tp)
 
 
+def train_section(loaded: dict[str, Any]) -> dict[str, Any]:
+    """The TrainConfig keys of a loaded YAML mapping: the mapping itself (a plain training config), or,
+    for an experiment file of the notebook pipeline (``experiments/*.yaml``), its ``train:`` section
+    with ``data.root`` as the dataset, so ``train --config experiments/default.yaml`` trains the same
+    model as the pipeline does."""
+    if not isinstance(loaded.get("train"), dict):
+        return loaded
+    section = dict(loaded["train"])
+    data = loaded.get("data")
+    if isinstance(data, dict) and "root" in data:
+        section.setdefault("data", data["root"])
+    return section
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), **kw: Any) -> TrainConfig:
     """TrainConfig from a YAML file (or defaults when ``path`` is None), then ``overrides``
     (``"key=value"`` strings), then keyword arguments, in that order."""
@@ -150,6 +164,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
             raise ValueError(f"config file {str(p)!r} is not valid YAML: {e}") from e
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {str(p)!r} must hold a mapping of key: value")
+        loaded = train_section(loaded)
         try:
             TrainConfig.from_dict(loaded)
         except ValueError as e:

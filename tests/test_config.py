@@ -1,3 +1,4 @@
+from pathlib import Path
 """TrainConfig: YAML load/save, typed key=value overrides, clear errors naming the key."""
 import pytest
 
@@ -52,3 +53,16 @@ def test_bad_yaml_file_names_file_and_key(tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ValueError, match="'batch_size' expects int"):
         TrainConfig.from_dict({"batch_size": "32"})
+
+
+def test_experiment_yaml_gives_its_train_section_and_data_root():
+    """``train --config experiments/default.yaml`` trains what the pipeline's notebook 02 trains."""
+    import yaml
+    from ciap_lib.config import load_config
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "default.yaml"
+    exp = yaml.safe_load(path.read_text())
+    cfg = load_config(path, ["epochs=1"])
+    assert cfg.data == exp["data"]["root"]
+    assert cfg.model == exp["train"]["model"] and cfg.epochs == 1
+    assert cfg.batch_size == exp["train"]["batch_size"]
