@@ -1,5 +1,6 @@
-from pathlib import Path
 """TrainConfig: YAML load/save, typed key=value overrides, clear errors naming the key."""
+from pathlib import Path
+
 import pytest
 
 from ciap_lib.config import TrainConfig, load_config, parse_override, save_config
