@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -19,6 +18,8 @@ from typing import Union
 import numpy as np
 import soundfile as sf
 import torch
+
+from ciap_lib.atomic import atomic_path
 
 PathLike = Union[str, os.PathLike]
 
@@ -226,13 +227,6 @@ def write_wav(path: PathLike, waveform: np.ndarray | torch.Tensor, sample_rate: 
         raise ValueError(f"write_wav({p}): waveform contains NaN or infinite values")
     if subtype.startswith("PCM"):
         frames = np.clip(frames, -1.0, 1.0)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
+    with atomic_path(p) as tmp:
         sf.write(tmp, frames, int(sample_rate), subtype=subtype, format="WAV")
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return p

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ciap_lib.atomic import atomic_path
 from ciap_lib.config import TrainConfig
 from ciap_lib.models import CIAP, ModelConfig
 
@@ -26,20 +26,9 @@ FORMAT = "ciap-checkpoint/1"
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temp file in the same directory, fsync, then ``os.replace``: readers see
     either the old file or the complete new one, never a partial write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def rng_state() -> dict[str, Any]:

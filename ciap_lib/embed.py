@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Union
@@ -28,6 +27,8 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from ciap_lib.atomic import atomic_path, atomic_write_text
 
 __all__ = ["EmbeddingSet", "embed_to_dir", "load_embeddings", "metrics_from_dir", "topk_from_dir",
            "shard_paths", "pair_ranks_exact", "retrieval_metrics_exact", "FORMAT"]
@@ -40,26 +41,12 @@ MODALITIES = ("image", "audio")
 
 # ------------------------------------------------------------------------------------------- helpers
 def _atomic_npy(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        np.save(tmp, array)
 
 
 def _atomic_json(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def shard_paths(out_dir: PathLike, shard: int) -> dict[str, Path]:
@@ -189,14 +176,8 @@ def _write_index(out: Path, n: int, shard_size: int, pairs, labels, classes: Seq
         "label_id": lab,
         "shard": np.arange(n, dtype=np.int64) // shard_size,
     })
-    fd, tmp = tempfile.mkstemp(prefix=".index.parquet.", suffix=".tmp", dir=out)
-    os.close(fd)
-    try:
+    with atomic_path(out / "index.parquet") as tmp:
         df.to_parquet(tmp, index=False)
-        os.replace(tmp, out / "index.parquet")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _consolidate(out: Path, n: int, dim: int, dtype: np.dtype, num_shards: int, shard_size: int,
@@ -212,18 +193,12 @@ def _consolidate(out: Path, n: int, dim: int, dtype: np.dtype, num_shards: int, 
                     continue
             except Exception:
                 pass
-        fd, tmp = tempfile.mkstemp(prefix=f".{m}.npy.", suffix=".tmp", dir=out)
-        os.close(fd)
-        try:
+        with atomic_path(dst) as tmp:
             big = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, dim))
             for s in range(num_shards):
                 big[s * shard_size:min(n, (s + 1) * shard_size)] = np.load(shard_paths(out, s)[m])
             big.flush()
             del big
-            os.replace(tmp, dst)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
 
 # ------------------------------------------------------------------------------------------- reading

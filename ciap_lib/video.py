@@ -25,19 +25,19 @@ import csv
 import hashlib
 import io
 import json
+import multiprocessing as mp
 import os
 import re
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Sequence, Union
 
-import multiprocessing as mp
 import numpy as np
 
+from ciap_lib.atomic import atomic_path, atomic_write_text
 from ciap_lib.audio_io import BadFileError, resample, write_wav
 
 __all__ = [
@@ -396,15 +396,9 @@ def read_video_csv(csv_path: PathLike) -> list[VideoItem]:
 
 # ------------------------------------------------------------------------------------------- one video
 def _atomic_image(image, path: Path, fmt: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        kw = {"quality": 95} if fmt == "JPEG" else {}
+    kw = {"quality": 95} if fmt == "JPEG" else {}
+    with atomic_path(path) as tmp:
         image.save(tmp, format=fmt, **kw)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _pair_stem(video_id: str, t: float) -> str:
@@ -546,11 +540,7 @@ def _write_pairs_csv(split_dir: Path, rows: list[dict[str, Any]]) -> None:
     w.writeheader()
     for r in sorted(rows, key=lambda r: r["image"]):
         w.writerow({**r, "label": r.get("label") or ""})
-    split_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".pairs.csv.", suffix=".tmp", dir=split_dir)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        f.write(buf.getvalue())
-    os.replace(tmp, split_dir / "pairs.csv")
+    atomic_write_text(split_dir / "pairs.csv", buf.getvalue())
 
 
 def import_videos(source: PathLike | Sequence[VideoItem], out_dir: PathLike, *,

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ciap_lib.atomic import atomic_path
 from ciap_lib.bridge.loading import FrozenAudioLDM, sha256_file
 
 
@@ -23,10 +24,8 @@ def cache_folder(audioldm: FrozenAudioLDM, cache_dir: str | os.PathLike) -> Path
 
 
 def _save_atomic(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
+    with atomic_path(path, fsync=False) as tmp:
+        np.save(tmp, arr)
 
 
 def clap_audio_features(audioldm: FrozenAudioLDM, audio_paths: Iterable[str | os.PathLike],

@@ -27,6 +27,8 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
+from ciap_lib.atomic import atomic_path, atomic_write_text
+
 log = logging.getLogger(__name__)
 
 #: registry names -> default file name under ``ckpt_dir``
@@ -94,10 +96,7 @@ def write_sidecar(path: str | os.PathLike, digest: str | None = None) -> Path:
     p = Path(path)
     digest = digest or sha256_file(p)
     side = sidecar_path(p)
-    tmp = side.with_name(side.name + ".tmp")
-    tmp.write_text(f"{digest}  {p.name}\n")
-    os.replace(tmp, side)
-    return side
+    return atomic_write_text(side, f"{digest}  {p.name}\n")
 
 
 def read_sidecar(path: str | os.PathLike) -> str | None:
@@ -233,10 +232,10 @@ def offline_construction(spec: ArchSpec) -> Iterator[None]:
     """While audioldm's classes are constructed: RoBERTa from config (no hub), no tokenizer,
     the vocoder at ``spec.vocoder_channels``; also silences audioldm's construction prints/warnings."""
     import_audioldm()
-    import transformers
     import audioldm.clap.encoders as clap_encoders
     import audioldm.clap.open_clip.model as clap_model
     import audioldm.hifigan.utilities as hifigan_utils
+    import transformers
 
     cfg = transformers.RobertaConfig(**spec.roberta)
 
@@ -262,8 +261,8 @@ def offline_construction(spec: ArchSpec) -> Iterator[None]:
 @contextlib.contextmanager
 def _skip_init() -> Iterator[None]:
     """Skip random weight init (every weight is overwritten by the strict load right after)."""
-    from transformers.initialization import no_init_weights
     import audioldm.clap.open_clip.htsat as htsat
+    from transformers.initialization import no_init_weights
 
     with no_init_weights(), _setattrs((htsat, "trunc_normal_", lambda t, *a, **k: t)):
         yield
@@ -390,9 +389,8 @@ class FrozenAudioLDM:
             emb = self.clap.get_text_embedding(empty_text_tokens()).reshape(1, 1, self.embed_dim).clone()
         if cache:
             try:
-                tmp = side.with_name(side.name + f".tmp{os.getpid()}")
-                torch.save({"fingerprint": self._fingerprint, "embedding": emb}, tmp)
-                os.replace(tmp, side)
+                with atomic_path(side) as tmp:
+                    torch.save({"fingerprint": self._fingerprint, "embedding": emb}, tmp)
             except OSError as e:  # read-only checkpoint folder: fine, just not cached
                 log.info("cannot cache the '' embedding beside %s: %s", self.path, e)
         return emb

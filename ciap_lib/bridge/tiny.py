@@ -15,7 +15,13 @@ from pathlib import Path
 
 import torch
 
-from ciap_lib.bridge.loading import KNOWN_STALE_KEYS, ROBERTA_BASE, ArchSpec, build_latent_diffusion
+from ciap_lib.atomic import atomic_path
+from ciap_lib.bridge.loading import (
+    KNOWN_STALE_KEYS,
+    ROBERTA_BASE,
+    ArchSpec,
+    build_latent_diffusion,
+)
 
 TINY_SPEC = ArchSpec(
     family="audioldm-s-full", unet_channels=32, vae_ch=32, vocoder_channels=64,
@@ -53,12 +59,9 @@ def build_state_dict(spec: ArchSpec = TINY_SPEC, seed: int = 0) -> dict[str, tor
 
 def save_original_format(state_dict: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
     """Write ``{"state_dict": ...}`` (plus Lightning-style counters) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save({"epoch": 0, "global_step": 0, "state_dict": state_dict}, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        torch.save({"epoch": 0, "global_step": 0, "state_dict": state_dict}, tmp)
+    return Path(path)
 
 
 def build_tiny_audioldm_checkpoint(path: str | os.PathLike, seed: int = 0, verify: bool = True) -> Path:
