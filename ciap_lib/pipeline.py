@@ -421,6 +421,22 @@ def _log_executed(tracking, parent: str, nb: str, out: Path, failed: bool) -> No
             tracking.end_run(child, "FAILED")
 
 
+def _metric_lines(checkpoint: Path) -> list[str]:
+    """The final validation metrics stored in the run's checkpoint, beside chance level."""
+    from ciap_lib.checkpoint import load_checkpoint
+
+    if not Path(checkpoint).is_file():
+        return []
+    m = load_checkpoint(checkpoint)["metrics"]
+    keys = [k for k in ("i2a_R@1", "i2a_R@5", "i2a_R@10", "a2i_R@1", "a2i_R@5", "a2i_R@10",
+                        "i2a_median_rank", "a2i_median_rank", "i2a_class_R@1", "a2i_class_R@1") if k in m]
+    if not keys:
+        return []
+    lines = ["final validation metrics (" + f"after epoch {int(m.get('epoch', 0))}):"]
+    lines += [f"  {k:<26s} {m[k]:7.3f}" for k in keys]
+    return lines
+
+
 def summary(result: PipelineResult) -> str:
     """What to open next: the MLflow UI, JupyterLab, the WAVs."""
     uri = result.tracking_uri
@@ -428,6 +444,7 @@ def summary(result: PipelineResult) -> str:
     for nb, s in result.seconds.items():
         lines.append(f"  {nb:<26s} {s:7.1f} s")
     lines.append(f"  {'total':<26s} {sum(result.seconds.values()):7.1f} s")
+    lines += _metric_lines(result.checkpoint)
     lines += [
         f"executed notebooks (.ipynb + .html): {_rel(result.run_dir)}/",
         f"checkpoint: {result.checkpoint}",

@@ -15,6 +15,7 @@ import mlflow
 import nbformat
 import pytest
 import soundfile as sf
+import torch
 
 from ciap_lib import pipeline, tracking
 from ciap_lib.cli import main as cli_main
@@ -149,9 +150,15 @@ def test_executed_notebooks(run):
     assert "data:image/png;base64" in html  # figures rendered, not "<Figure ...>" text
 
 
-def test_pipeline_stays_fast(run):
+def test_summary_says_where_things_are_and_how_well_it_did(run):
     result, *_ = run
-    assert result.wall < 300, f"tiny pipeline took {result.wall:.0f} s (budget ~3 min on a busy 2-core box)"
+    text = pipeline.summary(result)
+    ck = torch.load(result.checkpoint, weights_only=False)
+    lines = {ln.split()[0]: ln.split()[1] for ln in text.splitlines() if ln.startswith("  ") and ln.split()}
+    assert lines["i2a_R@1"] == f"{ck['metrics']['i2a_R@1']:.3f}"
+    assert lines["a2i_median_rank"] == f"{ck['metrics']['a2i_median_rank']:.3f}"
+    assert "mlflow ui --host 127.0.0.1" in text and "jupyter lab --ip 127.0.0.1" in text
+    assert str(pipeline._rel(result.wav_dir)) in text
 
 
 def test_failing_cell_is_surfaced(tmp_path):
