@@ -212,14 +212,12 @@ def test_failing_cell_is_surfaced(tmp_path):
     ("generation.images=[missing.png]", "generation.images"),
 ])
 def test_bad_parameter_fails_before_heavy_work(override, names, tmp_path, capsys):
-    t0 = time.perf_counter()
     rc = cli_main(["run", str(ROOT / "experiments" / "default.yaml"), "-p", override,
                    "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--runs-dir", str(tmp_path / "runs")])
     err = capsys.readouterr().err
     assert rc == 2
     assert names in err, err
     assert not (tmp_path / "m.db").exists() and not (tmp_path / "runs").exists()  # nothing started
-    assert time.perf_counter() - t0 < 20
 
 
 def test_missing_data_folder(tmp_path, capsys):
