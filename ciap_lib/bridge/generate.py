@@ -98,7 +98,7 @@ def generate(audioldm: FrozenAudioLDM, images: ImageInput = None, *, image_embed
         images: image paths / bytes, or an ImageNet-normalized (B, 3, S, S) tensor (needs ``cond_stage``).
         image_embeds: (B, 1, 512) or (B, 512) condition embeddings instead of images (re-normalized).
         duration: seconds, 2.5-10; the output is cropped to exactly ``round(duration * 16000)`` samples.
-        steps: solver steps (None: 10 for ``dpmpp``/``unipc``, 200 for ``ddim``).
+        steps: solver steps (None: 8 for ``dpmpp``, 10 for ``unipc``, 200 for ``ddim``).
         guidance_scale: classifier-free guidance against the CLAP text embedding of ``""``.
         seed: clip ``i`` candidate ``k`` uses seed ``seed + i * n_candidates + k``.
         n_candidates: generate this many per image and keep the one whose CLAP audio embedding is

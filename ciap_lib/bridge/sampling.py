@@ -6,7 +6,7 @@ buffers to CUDA unconditionally, so it is not used.
 
 * ``ddim``: ``DDIMScheduler`` eta 0, AudioLDM's DDIM timesteps (uniform, offset 1, final alpha =
   alphas_cumprod[0]); 200 steps is the reference.
-* ``dpmpp`` (default): ``DPMSolverMultistepScheduler``, DPM-Solver++ 2M with Karras sigmas, 10 steps.
+* ``dpmpp`` (default): ``DPMSolverMultistepScheduler``, DPM-Solver++ 2M with Karras sigmas, 8 steps.
 * ``unipc``: ``UniPCMultistepScheduler`` (bh2).
 
 Classifier-free guidance uses the CLAP text embedding of ``""`` as the unconditional vector:
@@ -28,7 +28,7 @@ SAMPLERS: tuple[str, ...] = ("dpmpp", "unipc", "ddim")
 DEFAULT_SAMPLER = "dpmpp"
 #: default step counts; the fast solvers' count is the one tests/bridge/test_sampling.py checks
 #: against 200-step DDIM.
-DEFAULT_STEPS: dict[str, int] = {"dpmpp": 10, "unipc": 10, "ddim": 200}
+DEFAULT_STEPS: dict[str, int] = {"dpmpp": 8, "unipc": 10, "ddim": 200}
 SAMPLE_RATE = 16000
 HOP = 160                      # mel hop at 16 kHz
 MEL_PER_LATENT = 4             # VAE time downsampling

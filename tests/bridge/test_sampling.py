@@ -55,7 +55,7 @@ def test_different_embeddings_give_different_latents(tiny_audioldm, unit_embeds)
 
 def test_fast_solver_agrees_with_200_step_ddim_at_shipped_steps(tiny_audioldm, unit_embeds):
     """DPM-Solver++ at its DEFAULT (shipped) step count vs DDIM eta 0 at 200 steps, same model, seed,
-    condition and guidance. Tolerance: relative L2 < 5%, and closer than 50-step DDIM (5x the steps) gets.
+    condition and guidance. Tolerance: relative L2 < 5%, and closer than 50-step DDIM (over 5x the steps) gets.
     DDIM-200 itself still carries a few % of discretisation error on this random UNet (DDIM-100 vs
     DDIM-200 measured 4.8%), which is the floor the fast solver converges to (3.0% at 8-20 steps)."""
     cond, noise = unit_embeds(1, 3), S.initial_noise(tiny_audioldm, 8, [7])
@@ -63,6 +63,6 @@ def test_fast_solver_agrees_with_200_step_ddim_at_shipped_steps(tiny_audioldm, u
     fast = S.sample_latents(tiny_audioldm, cond, noise, sampler=S.DEFAULT_SAMPLER)  # shipped default steps
     ddim50 = S.sample_latents(tiny_audioldm, cond, noise, sampler="ddim", steps=50)
     rel = lambda x: float((x - ref).norm() / ref.norm())  # noqa: E731
-    assert S.DEFAULT_STEPS[S.DEFAULT_SAMPLER] == 10
+    assert S.DEFAULT_STEPS[S.DEFAULT_SAMPLER] == 8
     assert rel(fast) < 0.05, rel(fast)
     assert rel(fast) < rel(ddim50), (rel(fast), rel(ddim50))
