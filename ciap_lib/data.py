@@ -31,7 +31,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -197,22 +196,28 @@ class Pair:
     label: str | None = None
 
 
-def _read_csv(split_dir: Path, csv_path: Path, skip_bad: bool,
-              skipped: list[tuple[Path, str]]) -> list[Pair]:
+def read_csv_rows(csv_path: Path, what: str = "manifest") -> tuple[list[str], list[dict[str, str]]]:
+    """The header and rows of a CSV (BOM-tolerant; keys and values stripped). An unreadable file is a
+    :class:`BadFileError` naming it and calling it ``what``."""
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             fields = [c.strip() for c in (reader.fieldnames or [])]
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise BadFileError(csv_path, f"cannot read the manifest ({type(e).__name__}: {e})") from None
+        raise BadFileError(csv_path, f"cannot read the {what} ({type(e).__name__}: {e})") from None
+    return fields, [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in rows]
+
+
+def _read_csv(split_dir: Path, csv_path: Path, skip_bad: bool,
+              skipped: list[tuple[Path, str]]) -> list[Pair]:
+    fields, rows = read_csv_rows(csv_path, "manifest")
     missing = [c for c in ("image", "audio") if c not in fields]
     if missing:
         raise BadFileError(csv_path, f"manifest lacks column(s) {missing}; it has {fields} "
                                      "(required: image,audio; optional: label)")
     pairs: list[Pair] = []
     for n, row in enumerate(rows, start=2):  # line 1 is the header
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
         img, aud = row.get("image", ""), row.get("audio", "")
         problem = None
         if not img or not aud:

@@ -39,6 +39,7 @@ import numpy as np
 
 from ciap_lib.atomic import atomic_path, atomic_write_text
 from ciap_lib.audio_io import BadFileError, resample, write_wav
+from ciap_lib.data import read_csv_rows
 
 __all__ = [
     "VIDEO_EXTS", "VideoError", "VideoInfo", "VideoItem", "ImportSummary", "probe_video", "read_frame",
@@ -363,19 +364,12 @@ def read_video_csv(csv_path: PathLike) -> list[VideoItem]:
     """Read a video list. Columns: ``video`` (or ``path``; relative to the CSV's folder or absolute),
     optional ``label``, ``split``, ``timestamps`` (seconds, ``;``-separated) and ``id``."""
     src = Path(csv_path)
-    try:
-        with open(src, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            fields = [c.strip() for c in (reader.fieldnames or [])]
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ValueError(f"{src}: cannot read the video list ({type(e).__name__}: {e})") from None
+    fields, rows = read_csv_rows(src, "video list")
     col = "video" if "video" in fields else "path" if "path" in fields else None
     if col is None:
         raise ValueError(f"{src}: the video list needs a 'video' (or 'path') column; it has {fields}")
     items = []
     for n, row in enumerate(rows, start=2):
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
         if not row.get(col):
             raise ValueError(f"{src}: line {n}: empty {col!r}")
         p = Path(row[col])
