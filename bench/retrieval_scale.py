@@ -115,7 +115,8 @@ def main() -> int:
     print("    " + fmt(m))
     print(f"    blocks settled by the bf16 screen: {stats['blocks_bf16']}, scored in float32: "
           f"{stats['blocks_float32']}; queries rescored in float32 inside screened blocks: "
-          f"{stats['rescored_queries']}; candidate scores computed in float64: {stats['float64_scores']:,}")
+          f"{stats['rescored_queries']}; candidates scored one by one: {stats['float32_scores']:,} in float32, "
+          f"{stats['float64_scores']:,} in float64")
     print(f"    target < 60 s and < 2 GB peak on 2 cores: wall {'MET' if secs < 60 else 'NOT MET'}, "
           f"CPU-s/{args.threads} {'MET' if cpu / args.threads < 60 else 'NOT MET'}, "
           f"memory {'MET' if rss_peak < 2048 else 'NOT MET'}")

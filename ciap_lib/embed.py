@@ -339,20 +339,22 @@ def pair_ranks_exact(image_emb: Any, audio_emb: Any, chunk_size: int = 4096, use
     :func:`ciap_lib.retrieval.pair_ranks` with ``ties="pessimistic"``, without its float32 rounding flips. How: each (chunk x chunk) block is scored once in
     bfloat16 (about twice the float32 speed on CPUs with AVX512-BF16) and used for both directions. A
     rigorous error bound (input rounding, float32 accumulation, bf16 output rounding) gives each query a
-    threshold below which a key is surely below the true score; the few keys above it (candidates) are
-    scored one by one in float64, or, for a query with many candidates in a block, the block row is
-    rescored in float32 and only keys within the float32 error bound are rescored in float64. When most queries of a block need rescoring (true pairs scoring inside the bulk,
-    e.g. an untrained model) the block is scored in float32 directly: the worst case is ~1.5 float32 passes.
+    threshold below which a key is surely below the true score. Two int16 max-reductions of the block find
+    the queries with any key above it; their few keys (candidates) are scored one by one in float32, and
+    the ones within the float32 error bound of the true score in float64. A query with many candidates in
+    a block has its block row rescored in float32 instead. When most queries of a block need that (true
+    pairs scoring inside the bulk, e.g. an untrained model) the block is scored in float32 directly: the
+    worst case is ~1.5 float32 passes.
 
     Args:
         image_emb, audio_emb: (N, D) tensors / arrays / memmaps (row i pairs with row i); held in memory
             as float32 plus a bfloat16 copy (~6 bytes per value).
-        chunk_size: block side (extra memory ~ 7 bytes * chunk_size**2).
+        chunk_size: block side (extra memory ~ 2-4 bytes * chunk_size**2).
         use_bf16: False scores every block in float32 (same counting).
         progress: tqdm bar over blocks.
         stats: if given, filled with counts: ``blocks_bf16`` (settled by the bf16 screen; there
             ``rescored_queries`` queries with many candidates were rescored in float32, the other candidates
-            one by one in float64), ``blocks_float32`` (scored in float32), ``float64_scores``.
+            one by one: ``float32_scores``), ``blocks_float32`` (scored in float32), ``float64_scores``.
 
     Returns:
         ``(rank_i2a, rank_a2i)`` float64 tensors (N,).
@@ -403,7 +405,7 @@ def pair_ranks_exact(image_emb: Any, audio_emb: Any, chunk_size: int = 4096, use
         hi_bf_row, hi_bf_col = sure_above(tau + E_row), sure_above(tau + E_col)
     cnt_i2a = torch.zeros(n, dtype=torch.long)
     cnt_a2i = torch.zeros(n, dtype=torch.long)
-    st = {"blocks_bf16": 0, "blocks_float32": 0, "rescored_queries": 0, "float64_scores": 0}
+    st = {"blocks_bf16": 0, "blocks_float32": 0, "rescored_queries": 0, "float32_scores": 0, "float64_scores": 0}
 
     def resolve(S32: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, axis: int) -> None:
         """Add #(exact score >= true score) per query from a float32 block S32 (rows x cols); queries are
@@ -437,48 +439,60 @@ def pair_ranks_exact(image_emb: Any, audio_emb: Any, chunk_size: int = 4096, use
 
     def exact_entries(gr: torch.Tensor, gc: torch.Tensor, vals: torch.Tensor, axis: int) -> None:
         """Add, per query, the candidate entries (image gr, audio gc; bf16 scores vals) whose exact score is
-        >= the true one: surely so when the bf16 score is high enough, else decided in float64."""
+        >= the true one: surely so when the bf16 score is high enough; else the pair is scored in float32,
+        and only scores inside the float32 error band around the true one are decided in float64."""
         q = gr if axis == 1 else gc
+        cnt = cnt_i2a if axis == 1 else cnt_a2i
+        hi, lo = (hi_row, lo_row) if axis == 1 else (hi_col, lo_col)
         sure = vals.double() > (hi_bf_row if axis == 1 else hi_bf_col)[q]
-        (cnt_i2a if axis == 1 else cnt_a2i).index_add_(0, q[sure], torch.ones_like(q[sure]))
+        cnt.index_add_(0, q[sure], torch.ones_like(q[sure]))
         gr, gc, q = gr[~sure], gc[~sure], q[~sure]
-        st["float64_scores"] += len(gr)
+        st["float32_scores"] += len(gr)
         for s in range(0, len(gr), 8192):
             r, c, qq = gr[s:s + 8192], gc[s:s + 8192], q[s:s + 8192]
-            s64 = torch.from_numpy(np.einsum("ij,ij->i", I.index_select(0, r).numpy().astype(np.float64),
-                                             A.index_select(0, c).numpy().astype(np.float64)))
+            Ir, Ac = I.index_select(0, r), A.index_select(0, c)
+            s32 = (Ir * Ac).sum(1)               # float32, within the bound F of the exact score
+            above = s32 > hi[qq]
+            cnt.index_add_(0, qq[above], torch.ones_like(qq[above]))
+            band = ~above & (s32 >= lo[qq])
+            if not bool(band.any()):
+                continue
+            r, c, qq = r[band], c[band], qq[band]
+            st["float64_scores"] += len(r)
+            s64 = torch.from_numpy(np.einsum("ij,ij->i", Ir[band].numpy().astype(np.float64),
+                                             Ac[band].numpy().astype(np.float64)))
             hit = s64 >= tau[qq] - G * (nI[r] * nA[c])
-            (cnt_i2a if axis == 1 else cnt_a2i).index_add_(0, qq[hit], torch.ones_like(qq[hit]))
+            cnt.index_add_(0, qq[hit], torch.ones_like(qq[hit]))
 
     heavy_at = 64   # a query with more candidates than this in a block is rescored in float32 there
     blocks = [(qs, ks) for qs in range(0, n, chunk_size) for ks in range(0, n, chunk_size)]
     bar = tqdm(blocks, desc="ranks", unit="block", mininterval=1.0, **({} if progress else {"disable": True}))
-    mask = torch.empty(min(chunk_size, n), min(chunk_size, n), dtype=torch.bool)
+    # one preallocated score buffer (a fresh 4096^2 block per step costs page faults: ~20% of the matmul),
+    # filled in slabs of rows (a slab's output stays in cache: ~5% faster again)
+    buf = torch.empty(min(chunk_size, n) ** 2, dtype=torch.bfloat16) if use_bf16 else None
+    slab = 512
     for qs, ks in bar:
         qe, ke = min(qs + chunk_size, n), min(ks + chunk_size, n)
         rows, cols = torch.arange(qs, qe), torch.arange(ks, ke)
         full = True
         if use_bf16:
-            Sb = Ib[qs:qe] @ Ab[ks:ke].T                        # (q, k) bfloat16
+            Sb = buf[: (qe - qs) * (ke - ks)].view(qe - qs, ke - ks)   # (q, k) bfloat16 scores
+            keys_t = Ab[ks:ke].T
+            for r in range(0, qe - qs, slab):
+                torch.mm(Ib[qs + r:min(qs + r + slab, qe)], keys_t, out=Sb[r:r + slab])
             if qs == ks:
                 Sb.diagonal().fill_(float("-inf"))
             Si = Sb.view(torch.int16)
-            m = mask[: qe - qs, : ke - ks]
-            mn = m.numpy()
-            # candidates: keys whose bf16 score reaches the query's threshold (all others are surely below)
-            torch.ge(Si, bits_row[qs:qe, None], out=m)
-            n_r = np.count_nonzero(mn, axis=1)
-            heavy_r = np.flatnonzero(n_r > heavy_at)
-            full = len(heavy_r) > 0.3 * (qe - qs)
-            if not full:
-                light_r = np.flatnonzero((n_r > 0) & (n_r <= heavy_at))
-                rr, cc = np.nonzero(mn[light_r])
-                lr, lc = torch.from_numpy(light_r[rr]), torch.from_numpy(cc)
-                cand_r = (rows[lr], cols[lc], Sb[lr, lc])
-                torch.ge(Si, bits_col[None, ks:ke], out=m)
-                n_c = np.count_nonzero(mn, axis=0)
-                heavy_c = np.flatnonzero(n_c > heavy_at)
-                full = len(heavy_c) > 0.3 * (ke - ks)
+            # a query has candidates here (keys whose bf16 score reaches its threshold; all others are surely
+            # below) only if the block's best key for it does: two int16 max-reductions settle most queries
+            br, bc = bits_row[qs:qe], bits_col[ks:ke]
+            hot_r = torch.nonzero(Si.amax(1) >= br).squeeze(1)
+            hot_c = torch.nonzero(Si.amax(0) >= bc).squeeze(1)
+            m_r = Si.index_select(0, hot_r) >= br[hot_r, None]      # (hot rows, k)
+            m_c = Si.index_select(1, hot_c) >= bc[None, hot_c]      # (q, hot cols)
+            n_r, n_c = m_r.sum(1), m_c.sum(0)
+            heavy_r, heavy_c = hot_r[n_r > heavy_at], hot_c[n_c > heavy_at]
+            full = len(heavy_r) > 0.3 * (qe - qs) or len(heavy_c) > 0.3 * (ke - ks)
         if full:
             st["blocks_float32"] += 1
             S32 = exclude_self(I[qs:qe] @ A[ks:ke].T, rows, cols)
@@ -486,17 +500,20 @@ def pair_ranks_exact(image_emb: Any, audio_emb: Any, chunk_size: int = 4096, use
             resolve(S32, rows, cols, 0)
             continue
         st["blocks_bf16"] += 1
-        light_c = np.flatnonzero((n_c > 0) & (n_c <= heavy_at))
-        rr, cc = np.nonzero(mn[:, light_c])
-        lr, lc = torch.from_numpy(rr), torch.from_numpy(light_c[cc])
-        exact_entries(*cand_r, axis=1)
+        light = n_r <= heavy_at
+        rr, lc = m_r[light].nonzero(as_tuple=True)
+        lr = hot_r[light][rr]
+        exact_entries(rows[lr], cols[lc], Sb[lr, lc], axis=1)
+        light = n_c <= heavy_at
+        lr, cc = m_c[:, light].nonzero(as_tuple=True)
+        lc = hot_c[light][cc]
         exact_entries(rows[lr], cols[lc], Sb[lr, lc], axis=0)
         st["rescored_queries"] += len(heavy_r) + len(heavy_c)
         if len(heavy_r):
-            r = rows[torch.from_numpy(heavy_r)]
+            r = rows[heavy_r]
             resolve(exclude_self(I[r] @ A[ks:ke].T, r, cols), r, cols, 1)
         if len(heavy_c):
-            c = cols[torch.from_numpy(heavy_c)]
+            c = cols[heavy_c]
             resolve(exclude_self(I[qs:qe] @ A[c].T, rows, c), rows, c, 0)
     if stats is not None:
         stats.update(st)
