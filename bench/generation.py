@@ -5,7 +5,7 @@
 
 Prints, per clip length: seconds per clip (end to end: sampling + VAE + HiFi-GAN, batch 1) for DDIM
 (``--ddim-steps``, AudioLDM's 200 by default) and the fast solver (DPM-Solver++ at its default steps),
-their ratio, the peak RSS during each run, and achieved GFLOP/s (FLOPs counted with torch's
+their ratio (fast-solver figures: the median of ``--repeats`` runs), the peak RSS during each run, and achieved GFLOP/s (FLOPs counted with torch's
 FlopCounterMode on one guided UNet step, the VAE decode and the vocoder) as a share of a bf16 matmul
 measured in the same run. ``--quick``: 5 s only, DDIM timed over ``--ddim-steps 10`` and extrapolated
 to 200 steps (marked "extrapolated"). The fingerprint check after generation (a full SHA-256 of the
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import threading
 import time
@@ -103,14 +104,17 @@ def count_flops(audioldm: FrozenAudioLDM, duration: float) -> dict[str, float]:
     return out
 
 
-def time_clip(audioldm, duration, sampler, steps, precision) -> tuple[float, int]:
+def time_clip(audioldm, duration, sampler, steps, precision, repeats: int = 1) -> tuple[float, int]:
+    """Seconds for one clip (the median of ``repeats`` runs: this VM's speed drifts by ~10%) and peak RSS."""
     emb = torch.nn.functional.normalize(torch.randn(1, 1, 512), dim=-1)
+    times = []
     with PeakRSS() as mem:
-        t0 = time.perf_counter()
-        generate(audioldm, image_embeds=emb, duration=duration, steps=steps, sampler=sampler,
-                 precision=precision, verify_frozen=False)
-        dt = time.perf_counter() - t0
-    return dt, mem.peak
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            generate(audioldm, image_embeds=emb, duration=duration, steps=steps, sampler=sampler,
+                     precision=precision, verify_frozen=False)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times), mem.peak
 
 
 def main(argv=None) -> int:
@@ -123,6 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--contiguous", action="store_true",
                     help="UNet/VAE weights in the plain (NCHW) layout instead of load_audioldm's channels_last")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--repeats", type=int, default=3, help="fast-solver timings are the median of this many runs")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args(argv)
     if args.quick:
@@ -143,6 +148,11 @@ def main(argv=None) -> int:
     t_fp = time.perf_counter() - t0
     peak_matmul = bf16_matmul_gflops()
     print(f"bf16 matmul peak: {peak_matmul:.0f} GFLOP/s; fingerprint check: {t_fp:.2f} s")
+    if args.precision == "bf16":
+        rss0, t0 = rss_bytes(), time.perf_counter()
+        audioldm.sampling_modules("bf16")     # made once, on first use; timed here rather than in a clip
+        print(f"bf16 weight copies (UNet, VAE decoder, vocoder): {time.perf_counter() - t0:.2f} s, "
+              f"+{(rss_bytes() - rss0) / 2**30:.2f} GB")
 
     results = []
     for duration in args.durations:
@@ -150,7 +160,8 @@ def main(argv=None) -> int:
         time_clip(audioldm, duration, "dpmpp", 1, args.precision)  # warm-up
         row = {"duration": duration, "gflop": {k: v / 1e9 for k, v in flops.items()}}
         for label, sampler, steps in (("fast", S.DEFAULT_SAMPLER, args.fast_steps), ("ddim", "ddim", args.ddim_steps)):
-            dt, peak = time_clip(audioldm, duration, sampler, steps, args.precision)
+            dt, peak = time_clip(audioldm, duration, sampler, steps, args.precision,
+                                 repeats=args.repeats if label == "fast" else 1)
             total = flops["unet_step"] * steps + flops["vae"] + flops["vocoder"]
             entry = {"sampler": sampler, "steps": steps, "seconds": dt, "peak_rss_gb": peak / 2**30,
                      "gflops_per_s": total / dt / 1e9, "share_of_bf16_matmul": total / dt / 1e9 / peak_matmul}
@@ -159,7 +170,7 @@ def main(argv=None) -> int:
                 entry["extrapolated_200_steps_seconds"] = decode_s + (dt - decode_s) / steps * 200
             if label == "fast":
                 # per-step cost from a second, shorter run: separates solver steps from decoding
-                dt1, _ = time_clip(audioldm, duration, sampler, 1, args.precision)
+                dt1, _ = time_clip(audioldm, duration, sampler, 1, args.precision, repeats=args.repeats)
                 entry["unet_step_s"] = (dt - dt1) / max(steps - 1, 1)
                 entry["decode_and_one_step_s"] = dt1
             row[label] = entry
@@ -178,6 +189,8 @@ def main(argv=None) -> int:
               f"{d['gflops_per_s']:6.0f} GFLOP/s = {100 * d['share_of_bf16_matmul']:.0f}% of bf16 matmul{extra}")
         print(f"  ratio DDIM-200 / fast: {row['ratio_ddim200_over_fast']:.1f}x   target 5 s clip <= 5 s: "
               f"{'n/a' if duration != 5 else 'met' if f['seconds'] <= 5 else 'NOT met'}")
+    peak_after = bf16_matmul_gflops()
+    print(f"\nbf16 matmul at the end: {peak_after:.0f} GFLOP/s (start {peak_matmul:.0f}): the shares above use the start")
     if args.json:
         Path(args.json).write_text(json.dumps({"bf16_matmul_gflops": peak_matmul, "fingerprint_check_s": t_fp,
                                                "threads": args.threads, "load_average": os.getloadavg(),

@@ -14,6 +14,7 @@ What differs from ``audioldm.pipeline.build_model``:
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import io
 import logging
@@ -287,16 +288,61 @@ def drop_stale_keys(sd: dict[str, torch.Tensor], model: torch.nn.Module) -> list
     return dropped
 
 
-def state_fingerprint(module: torch.nn.Module) -> str:
-    """SHA-256 over every state-dict entry (name, dtype, shape, bytes), in sorted order."""
+def tensor_digests(module: torch.nn.Module, prefixes: tuple[str, ...] | None = None) -> dict[str, str]:
+    """SHA-256 of every state-dict entry whose name starts with one of ``prefixes`` (default: all):
+    ``{name: hexdigest of (name, dtype, shape, bytes)}``. Tensors are hashed in threads (hashlib releases
+    the GIL), ~2x faster than one pass on 2 cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    items = [(k, v) for k, v in module.state_dict().items() if prefixes is None or k.startswith(prefixes)]
+
+    def digest(item: tuple[str, torch.Tensor]) -> tuple[str, str]:
+        name, t = item
+        t = t.detach().cpu().contiguous()
+        h = hashlib.sha256(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+        return name, h.hexdigest()
+
+    with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        return dict(pool.map(digest, items))
+
+
+def combine_digests(digests: dict[str, str]) -> str:
+    """One fingerprint from :func:`tensor_digests` (sorted by name)."""
     h = hashlib.sha256()
-    with torch.no_grad():
-        for name, t in sorted(module.state_dict().items()):
-            t = t.detach().cpu().contiguous()
-            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-            if t.numel():
-                h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    for name in sorted(digests):
+        h.update(f"{name}={digests[name]}\n".encode())
     return h.hexdigest()
+
+
+def state_fingerprint(module: torch.nn.Module) -> str:
+    """SHA-256 fingerprint of a whole state dict (every entry's name, dtype, shape and bytes)."""
+    return combine_digests(tensor_digests(module))
+
+
+#: layers whose weights bf16 autocast casts on every call (and so can be cast once, ahead of time)
+_AUTOCAST_BF16_LAYERS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.ConvTranspose1d, torch.nn.Linear)
+
+
+def bf16_weight_copy(module: torch.nn.Module, parts: tuple[torch.nn.Module, ...] | None = None) -> torch.nn.Module:
+    """A copy of a frozen ``module`` for bf16-autocast inference: the weights and biases of the
+    convolution and linear layers inside ``parts`` (default: all of ``module``) are cast to bfloat16 once;
+    every other parameter and buffer is shared with the original, not copied.
+
+    Under ``torch.autocast("cpu", torch.bfloat16)`` the copy computes exactly what the original computes
+    (autocast rounds those same weights to bfloat16 on every call; frozen weights have no autocast cache),
+    without ~600 weight casts per UNet step. Extra memory: half the cast layers' float32 size.
+    """
+    inside = {id(m) for part in (parts or (module,)) for m in part.modules()}
+    memo: dict[int, Any] = {}
+    for m in module.modules():
+        cast = id(m) in inside and isinstance(m, _AUTOCAST_BF16_LAYERS)
+        for p in m.parameters(recurse=False):
+            memo[id(p)] = torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False) if cast else p
+        for b in m.buffers(recurse=False):
+            memo[id(b)] = b
+    return copy.deepcopy(module, memo)
 
 
 def empty_text_tokens() -> dict[str, torch.Tensor]:
@@ -335,8 +381,26 @@ class FrozenAudioLDM:
         # of the fingerprint (it hashes contiguous copies), and the 1-D vocoder convs are unaffected.
         for module in (self.unet, self.vae):
             module.to(memory_format=torch.channels_last)
-        self._fingerprint = state_fingerprint(self.ldm)
+        self._digests = tensor_digests(self.ldm)
+        self._fingerprint = combine_digests(self._digests)
         self.uncond_embedding = self._uncond(cache_uncond)
+        self._bf16: tuple[torch.nn.Module, torch.nn.Module] | None = None
+
+    def sampling_modules(self, precision: str = "fp32") -> tuple[torch.nn.Module, torch.nn.Module]:
+        """``(unet, first_stage)`` to sample and decode with: audioldm's ``DiffusionWrapper`` and its
+        ``AutoencoderKL`` (which holds the vocoder). ``"fp32"``: the frozen modules themselves. ``"bf16"``:
+        :func:`bf16_weight_copy` of both (UNet, VAE decoder and vocoder layers cast once, on first use;
+        ~0.5 GB for s-full; ~8% faster per UNet step on 2 cores), for use under bf16 autocast. The copies
+        derive from the frozen weights, which :meth:`assert_unchanged` checks."""
+        if precision == "fp32":
+            return self.unet, self.vae
+        if precision != "bf16":
+            raise ValueError(f"precision: {precision!r} is not one of ('bf16', 'fp32')")
+        if self._bf16 is None:
+            vae = self.vae
+            self._bf16 = (bf16_weight_copy(self.unet),
+                          bf16_weight_copy(vae, (vae.post_quant_conv, vae.decoder, vae.vocoder)))
+        return self._bf16
 
     # -- frozen, provably ------------------------------------------------------------------------
     def _freeze(self) -> None:
@@ -354,21 +418,37 @@ class FrozenAudioLDM:
         return self._fingerprint
 
     def fingerprint(self) -> str:
-        """The state-dict fingerprint now (a full SHA-256 pass; ~1 s for audioldm-s-full)."""
+        """The state-dict fingerprint now (a full SHA-256 pass; ~0.6 s for audioldm-s-full on 2 cores)."""
         return state_fingerprint(self.ldm)
 
-    def assert_unchanged(self) -> None:
+    #: state-dict prefixes of the parts ``assert_unchanged(parts=...)`` can check on their own
+    PARTS: dict[str, str] = {"unet": "model.", "vae": "first_stage_model.", "clap": "cond_stage_model."}
+
+    def assert_unchanged(self, parts: tuple[str, ...] | None = None) -> None:
         """Raise ``RuntimeError`` unless every weight is frozen, the model is in eval mode and the
-        state dict still has the fingerprint taken at load."""
+        state dict still has the fingerprint taken at load. ``parts`` (keys of :attr:`PARTS`; default:
+        everything) restricts the hash to those components, e.g. the ones a generation ran
+        (``("unet", "vae")``: UNet, VAE and vocoder, 2/3 of audioldm-s-full's weights)."""
         trainable = [n for n, p in self.ldm.named_parameters() if p.requires_grad]
         if trainable:
             raise RuntimeError(f"frozen AudioLDM has trainable parameters: {trainable[:5]}")
         training = [n for n, m in self.ldm.named_modules() if m.training]
         if training:
             raise RuntimeError(f"frozen AudioLDM has modules in training mode: {training[:5]}")
-        now = self.fingerprint()
-        if now != self._fingerprint:
-            raise RuntimeError(f"frozen AudioLDM weights changed: fingerprint {now[:16]} != {self._fingerprint[:16]} at load")
+        if parts is None:
+            now = self.fingerprint()
+            if now != self._fingerprint:
+                raise RuntimeError(f"frozen AudioLDM weights changed: fingerprint {now[:16]} != {self._fingerprint[:16]} at load")
+            return
+        unknown = set(parts) - set(self.PARTS)
+        if unknown:
+            raise ValueError(f"parts: {sorted(unknown)} not among {sorted(self.PARTS)}")
+        prefixes = tuple(self.PARTS[p] for p in parts)
+        now = tensor_digests(self.ldm, prefixes)
+        then = {k: v for k, v in self._digests.items() if k.startswith(prefixes)}
+        if now != then:
+            changed = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+            raise RuntimeError(f"frozen AudioLDM weights changed since load: {changed[:5]}")
 
     @property
     def device(self) -> torch.device:
@@ -376,6 +456,7 @@ class FrozenAudioLDM:
 
     def to(self, device: str | torch.device) -> "FrozenAudioLDM":
         self.ldm.to(device)
+        self._bf16 = None
         self.uncond_embedding = self.uncond_embedding.to(device)
         return self
 

@@ -6,8 +6,13 @@ buffers to CUDA unconditionally, so it is not used.
 
 * ``ddim``: ``DDIMScheduler`` eta 0, AudioLDM's DDIM timesteps (uniform, offset 1, final alpha =
   alphas_cumprod[0]); 200 steps is the reference.
-* ``dpmpp`` (default): ``DPMSolverMultistepScheduler``, DPM-Solver++ 2M with Karras sigmas, 8 steps.
-* ``unipc``: ``UniPCMultistepScheduler`` (bh2).
+* ``dpmpp`` (default): ``DPMSolverMultistepScheduler``, DPM-Solver++ 2M with Karras sigmas, 6 steps.
+* ``unipc``: ``UniPCMultistepScheduler`` (bh2) with Karras sigmas, 6 steps.
+
+Step counts: on the tiny test model, against the converged solution of the sampling ODE (both fast
+solvers at 50 steps, which agree to < 0.5%), DPM-Solver++ is 3.8 / 1.9 / 1.2 / 0.7 % off at 4 / 5 / 6 / 8 steps,
+while AudioLDM's own 200-step DDIM is ~3 % off: it starts at t=996, not 999 (started at 999, it is 0.2 % off).
+``tests/bridge/test_sampling.py`` checks the shipped count against both.
 
 Classifier-free guidance uses the CLAP text embedding of ``""`` as the unconditional vector:
 ``eps = eps("") + g * (eps(cond) - eps(""))``, as AudioLDM's sampler does.
@@ -28,7 +33,7 @@ SAMPLERS: tuple[str, ...] = ("dpmpp", "unipc", "ddim")
 DEFAULT_SAMPLER = "dpmpp"
 #: default step counts; the fast solvers' count is the one tests/bridge/test_sampling.py checks
 #: against 200-step DDIM.
-DEFAULT_STEPS: dict[str, int] = {"dpmpp": 8, "unipc": 10, "ddim": 200}
+DEFAULT_STEPS: dict[str, int] = {"dpmpp": 6, "unipc": 6, "ddim": 200}
 SAMPLE_RATE = 16000
 HOP = 160                      # mel hop at 16 kHz
 MEL_PER_LATENT = 4             # VAE time downsampling
@@ -52,7 +57,7 @@ def make_scheduler(sampler: str = DEFAULT_SAMPLER, steps: int | None = None):
                                             lower_order_final=True, use_karras_sigmas=True)
     else:
         sched = UniPCMultistepScheduler(**AUDIOLDM_SCHEDULE, solver_order=2, solver_type="bh2",
-                                        lower_order_final=True, timestep_spacing="linspace")
+                                        lower_order_final=True, use_karras_sigmas=True)
     sched.set_timesteps(steps)
     return sched
 
@@ -81,8 +86,9 @@ def predict_noise(audioldm: FrozenAudioLDM, x: torch.Tensor, t: torch.Tensor, co
     else:
         x_in, c_in = x, cond
     ts = torch.full((x_in.shape[0],), int(t), dtype=torch.long, device=x.device)
+    unet, _ = audioldm.sampling_modules("bf16" if autocast else "fp32")
     with torch.autocast("cpu" if x.device.type == "cpu" else x.device.type, dtype=torch.bfloat16, enabled=autocast):
-        eps = audioldm.ldm.apply_model(x_in, ts, c_in)
+        eps = unet(x_in, ts, c_film=[c_in])      # what LatentDiffusion.apply_model does for film conditioning
     eps = eps.float()
     if guidance_scale != 1.0:
         eps_u, eps_c = eps.chunk(2)
@@ -122,6 +128,7 @@ def decode_latents(audioldm: FrozenAudioLDM, latents: torch.Tensor, autocast: bo
         z = latents
         if torch.max(torch.abs(z)) > 1e2:  # as audioldm's generate_sample
             z = torch.clip(z, min=-10, max=10)
-        mel = audioldm.ldm.decode_first_stage(z)                     # (N, 1, T*4, 64)
-        wave = audioldm.vocoder(mel.squeeze(1).permute(0, 2, 1))     # (N, 1, T*4*160)
+        _, vae = audioldm.sampling_modules("bf16" if autocast else "fp32")
+        mel = vae.decode(1.0 / audioldm.ldm.scale_factor * z)        # as LatentDiffusion.decode_first_stage: (N, 1, T*4, 64)
+        wave = vae.vocoder(mel.squeeze(1).permute(0, 2, 1))          # (N, 1, T*4*160)
     return wave.squeeze(1).float()

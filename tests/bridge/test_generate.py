@@ -54,6 +54,49 @@ def test_images_through_cond_stage_and_fingerprint_unchanged(tiny_audioldm, ciap
     assert tiny_audioldm.fingerprint() == before == tiny_audioldm.reference_fingerprint
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_weight_changed_during_generation_is_caught(tiny_audioldm_ckpt, unit_embeds, precision):
+    """The check after generate() hashes the parts it ran: a UNet weight nudged in place by a forward hook
+    (on the module the sampler actually runs, the bf16 copy shares no such weight) raises, naming it."""
+    from ciap_lib.bridge import load_audioldm
+
+    a = load_audioldm(tiny_audioldm_ckpt, cache_uncond=False)  # not the shared session model
+    target = a.unet.diffusion_model.out[0]                     # a GroupNorm: float32, shared by the bf16 copy
+    unet, _ = a.sampling_modules(precision)
+    run_module = unet.diffusion_model.out[0]
+    assert run_module.weight is target.weight
+
+    def nudge(module, inputs, output) -> None:
+        module.weight.data.add_(1e-3)
+
+    hook = run_module.register_forward_hook(nudge)
+    try:
+        with pytest.raises(RuntimeError, match=r"model\.diffusion_model\.out\.0\.weight"):
+            generate(a, image_embeds=unit_embeds(1), duration=2.5, steps=1, precision=precision)
+    finally:
+        hook.remove()
+    with pytest.raises(ValueError, match="parts"):
+        a.assert_unchanged(("vocoder",))
+
+
+def test_bf16_copies_compute_what_autocast_computes_on_the_frozen_modules(tiny_audioldm, unit_embeds):
+    a = tiny_audioldm
+    x, c = torch.randn(2, 8, 16, 16), unit_embeds(2)
+    ts = torch.full((2,), 500)
+    unet, vae = a.sampling_modules("bf16")
+    assert a.sampling_modules("bf16")[0] is unet                  # made once
+    assert a.sampling_modules("fp32") == (a.unet, a.vae)
+    assert unet.diffusion_model.input_blocks[0][0].weight.dtype == torch.bfloat16
+    assert a.unet.diffusion_model.input_blocks[0][0].weight.dtype == torch.float32
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(unet(x, ts, c_film=[c]), a.ldm.apply_model(x, ts, c))
+        mel = a.ldm.decode_first_stage(x)
+        assert torch.equal(vae.decode(1.0 / a.ldm.scale_factor * x), mel)
+        assert torch.equal(vae.vocoder(mel.squeeze(1).permute(0, 2, 1)), a.vocoder(mel.squeeze(1).permute(0, 2, 1)))
+    assert not any(p.requires_grad for p in list(unet.parameters()) + list(vae.parameters()))
+    a.assert_unchanged()
+
+
 def test_input_checks_are_clear(tiny_audioldm, unit_embeds, ciap_workspace, tmp_path):
     e = unit_embeds(1)
     with pytest.raises(ValueError, match="duration"):
