@@ -269,20 +269,23 @@ def load_embeddings(out_dir: PathLike) -> EmbeddingSet:
 
 
 def metrics_from_dir(out_dir: PathLike | EmbeddingSet, chunk_size: int = 2048, use_labels: bool = True,
-                     fast: bool = False, **kw: Any) -> dict[str, float]:
+                     fast: bool | None = None, **kw: Any) -> dict[str, float]:
     """Retrieval metrics over an embedding folder.
 
-    Default: :func:`ciap_lib.retrieval.retrieval_metrics` (class R@1 too when labelled); memory about
+    ``fast=False``: :func:`ciap_lib.retrieval.retrieval_metrics` (class R@1 too when labelled); memory about
     ``chunk_size**2`` float32 scores plus O(N) counters, the matrices stay on disk.
     ``fast=True``: :func:`retrieval_metrics_exact` (R@k and median rank only, same values with pessimistic
-    ties; several times faster when most true pairs score above the bulk; holds ~6 bytes per value in memory).
+    ties; ~3x faster when most true pairs score above the bulk; holds ~6 bytes per value in memory).
+    ``None`` (default): the fast one unless class R@1 is wanted (labels present and ``use_labels``).
     """
     from ciap_lib.retrieval import retrieval_metrics
 
     es = out_dir if isinstance(out_dir, EmbeddingSet) else load_embeddings(out_dir)
+    labels = es.labels if use_labels and (es.labels >= 0).any() else None
+    if fast is None:
+        fast = labels is None
     if fast:
         return retrieval_metrics_exact(es.image, es.audio, chunk_size=max(chunk_size, 1024), **kw)
-    labels = es.labels if use_labels and (es.labels >= 0).any() else None
     return retrieval_metrics(es.image, es.audio, labels, chunk_size=chunk_size, **kw)
 
 
