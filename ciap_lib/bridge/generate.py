@@ -107,7 +107,7 @@ def generate(audioldm: FrozenAudioLDM, images: ImageInput = None, *, image_embed
         batch_size: clips (images x candidates) sampled together.
         precision: ``"bf16"`` (autocast in UNet/VAE/vocoder, the fast default) or ``"fp32"``.
         verify_frozen: after generating, check that the weights of the AudioLDM parts this call ran still
-            hash as at load (~0.4 s for audioldm-s-full's UNet, VAE and vocoder on 2 cores).
+            hash as at load (~0.5 s for audioldm-s-full's UNet, VAE and vocoder on 2 cores).
         return_latents: also return the chosen clips' latents (B, 8, T, 16).
 
     Returns:

@@ -291,7 +291,7 @@ def drop_stale_keys(sd: dict[str, torch.Tensor], model: torch.nn.Module) -> list
 def tensor_digests(module: torch.nn.Module, prefixes: tuple[str, ...] | None = None) -> dict[str, str]:
     """SHA-256 of every state-dict entry whose name starts with one of ``prefixes`` (default: all):
     ``{name: hexdigest of (name, dtype, shape, bytes)}``. Tensors are hashed in threads (hashlib releases
-    the GIL), ~2x faster than one pass on 2 cores."""
+    the GIL): audioldm-s-full in 0.9 s on 2 cores, 1.2 s in one pass."""
     from concurrent.futures import ThreadPoolExecutor
 
     items = [(k, v) for k, v in module.state_dict().items() if prefixes is None or k.startswith(prefixes)]
@@ -418,7 +418,7 @@ class FrozenAudioLDM:
         return self._fingerprint
 
     def fingerprint(self) -> str:
-        """The state-dict fingerprint now (a full SHA-256 pass; ~0.6 s for audioldm-s-full on 2 cores)."""
+        """The state-dict fingerprint now (a full SHA-256 pass; ~0.9 s for audioldm-s-full on 2 cores)."""
         return state_fingerprint(self.ldm)
 
     #: state-dict prefixes of the parts ``assert_unchanged(parts=...)`` can check on their own
