@@ -39,6 +39,16 @@ class BadFileError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+def require_nonempty_file(path: PathLike, kind: str) -> Path:
+    """``Path(path)``, or :class:`BadFileError` ("<kind> file does not exist" / "... is empty (0 bytes)")."""
+    p = Path(path)
+    if not p.is_file():
+        raise BadFileError(p, f"{kind} file does not exist")
+    if p.stat().st_size == 0:
+        raise BadFileError(p, f"{kind} file is empty (0 bytes)")
+    return p
+
+
 @dataclass(frozen=True)
 class AudioInfo:
     """Header facts of an audio file (read without decoding the samples)."""
@@ -62,11 +72,7 @@ def audio_info(path: PathLike) -> AudioInfo:
     Checks: the file exists, is not empty, libsndfile recognises it, it has a positive sample rate,
     at least one channel and at least one frame.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise BadFileError(p, "audio file does not exist")
-    if p.stat().st_size == 0:
-        raise BadFileError(p, "audio file is empty (0 bytes)")
+    p = require_nonempty_file(path, "audio")
     try:
         info = sf.info(str(p))
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / TypeError

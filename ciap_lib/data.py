@@ -43,7 +43,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ciap_lib.audio_io import (AUDIO_EXTS, AudioInfo, BadFileError, audio_info, load_audio, load_audio_segment,
-                               resampled_length, seekable)
+                               require_nonempty_file, resampled_length, seekable)
 
 __all__ = [
     "AUDIO_EXTS", "IMAGE_EXTS", "IMAGENET_MEAN", "IMAGENET_STD", "BadFileError", "Pair", "ImageInfo",
@@ -79,11 +79,7 @@ def image_info(path: PathLike) -> ImageInfo:
 
     PNG files are also ``verify()``-ed (chunk CRCs), which catches most truncations cheaply.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise BadFileError(p, "image file does not exist")
-    if p.stat().st_size == 0:
-        raise BadFileError(p, "image file is empty (0 bytes)")
+    p = require_nonempty_file(path, "image")
     try:
         with Image.open(p) as im:
             info = ImageInfo(p, int(im.width), int(im.height), str(im.mode), str(im.format))
