@@ -1,24 +1,17 @@
-"""Paired image/audio datasets.
+"""The paired image/audio dataset and its loader.
 
-Two layouts are read (``pairs.csv`` wins when present):
+Pairs come from :func:`ciap_lib.pairs.scan_pairs`, images are decoded by :mod:`ciap_lib.images`, audio by
+:mod:`ciap_lib.audio_io`. Audio: wav/flac/ogg/mp3, any rate and channel count -> mono float32 at
+``sample_rate`` and cut into ``segment_seconds`` segments: a seeded random crop in training (reproducible per
+epoch), the centre crop in evaluation, zero padding at the end of short clips.
 
-* ``<split>/<stem>.<image ext>`` beside ``<split>/<stem>.<audio ext>`` (sub-folders allowed; the stem is
-  the path relative to the split folder without extension);
-* ``<split>/pairs.csv`` with columns ``image,audio`` and an optional ``label`` (other columns are kept
-  out of the way); paths are relative to the split folder (absolute paths also work).
-
-Images: any PIL-readable file (grayscale, palette, RGBA, 16-bit, CMYK, EXIF-rotated, tiny or huge) ->
-RGB, resized (shorter side to ``size``, centre crop), ImageNet-normalized (3, size, size) float32.
-Audio: wav/flac/ogg/mp3, any rate and channel count -> mono float32 at ``sample_rate`` and cut into
-``segment_seconds`` segments: a seeded random crop in training (reproducible per epoch), the centre crop in
-evaluation, zero padding at the end of short clips.
-
-Bad files raise :class:`BadFileError` naming the file and the problem. With ``skip_bad=True`` they are
-skipped and reported (``dataset.skipped``, ``dataset.report()``). Problems are found when the dataset is
-built: headers are always checked, and with the default ``cache="auto"`` datasets whose decoded size fits
-``cache_max_bytes`` are decoded completely at construction (which also fills the in-memory cache), so a bad
-file cannot surface mid-epoch. Larger datasets are checked by header only (a file whose header is intact but
-whose data is corrupt then raises a :class:`BadFileError` naming it when it is first read).
+Bad files raise :class:`~ciap_lib.audio_io.BadFileError` naming the file and the problem (all of a split's bad
+files at once: :class:`~ciap_lib.pairs.BadFilesError`). With ``skip_bad=True`` they are skipped and reported
+(``dataset.skipped``, ``dataset.report()``). Problems are found when the dataset is built: headers are always
+checked, and with the default ``cache="auto"`` datasets whose decoded size fits ``cache_max_bytes`` are decoded
+completely at construction (which also fills the in-memory cache), so a bad file cannot surface mid-epoch.
+Larger datasets are checked by header only (a file whose header is intact but whose data is corrupt then
+raises a :class:`BadFileError` naming it when it is first read).
 
 Speed (decoding must not be the training bottleneck): decoded uint8 images and 16 kHz mono clips are cached
 in memory; with DataLoader workers the cache built before the workers fork is shared copy-on-write. Without a
@@ -28,304 +21,23 @@ preloaded datasets: workers then only compete with the model for the two cores.
 """
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ciap_lib.audio_io import (AUDIO_EXTS, AudioInfo, BadFileError, audio_info, load_audio, load_audio_segment,
-                               require_nonempty_file, resampled_length, seekable)
+from ciap_lib.audio_io import (AudioInfo, BadFileError, audio_info, load_audio, load_audio_segment,
+                               resampled_length, seekable)
+from ciap_lib.images import load_image_uint8, normalize_image
+from ciap_lib.pairs import BadFilesError, Pair, scan_split
 
-__all__ = [
-    "AUDIO_EXTS", "IMAGE_EXTS", "IMAGENET_MEAN", "IMAGENET_STD", "BadFileError", "Pair", "ImageInfo",
-    "image_info", "load_image", "load_image_uint8", "normalize_image", "denormalize_image",
-    "scan_pairs", "PairDataset", "EpochSampler", "make_loader", "collate_pairs", "dataset_fingerprint", "crop_segment",
-]
+__all__ = ["PairDataset", "EpochSampler", "make_loader", "collate_pairs", "crop_segment"]
 
 PathLike = Union[str, os.PathLike]
-
-#: Image file extensions the datasets accept (lower case, with dot).
-IMAGE_EXTS: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"})
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-
-
-# --------------------------------------------------------------------------------------------- images
-@dataclass(frozen=True)
-class ImageInfo:
-    """Header facts of an image file (read without decoding the pixels)."""
-
-    path: Path
-    width: int
-    height: int
-    mode: str
-    format: str
-
-
-def image_info(path: PathLike) -> ImageInfo:
-    """Open an image lazily (header only) and check it. Raises :class:`BadFileError`.
-
-    PNG files are also ``verify()``-ed (chunk CRCs), which catches most truncations cheaply.
-    """
-    p = require_nonempty_file(path, "image")
-    try:
-        with Image.open(p) as im:
-            info = ImageInfo(p, int(im.width), int(im.height), str(im.mode), str(im.format))
-            if im.format == "PNG":
-                im.verify()
-    except UnidentifiedImageError:
-        raise BadFileError(p, "not a readable image (PIL cannot identify it)") from None
-    except Exception as e:
-        raise BadFileError(p, f"not a readable image ({type(e).__name__}: {e})") from None
-    if info.width <= 0 or info.height <= 0:
-        raise BadFileError(p, f"image has invalid size {info.width}x{info.height}")
-    return info
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB. High bit depths are scaled (not clipped); transparency goes onto white."""
-    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        a = np.asarray(im, dtype=np.float32)
-        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
-        if im.mode.startswith("I;16") or (im.mode == "I" and lo >= 0.0 and 255.0 < hi <= 65535.0):
-            a = a / 257.0                       # 16-bit samples (PIL may open 16-bit PNG as "I")
-        elif hi > 255.0 or lo < 0.0:            # other 32-bit int / float: the value range actually used
-            a = (a - lo) / max(hi - lo, 1e-12) * 255.0
-        elif im.mode == "F" and hi <= 1.0:
-            a = a * 255.0
-        im = Image.fromarray(np.clip(np.nan_to_num(a), 0, 255).astype(np.uint8), mode="L")
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        im = im.convert("RGBA")
-        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(bg, im)
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    return im
-
-
-def load_image_uint8(path_or_bytes: PathLike | bytes | memoryview, size: int) -> np.ndarray:
-    """Decode an image to RGB uint8 (size, size, 3): EXIF rotation applied, shorter side resized to
-    ``size`` (bicubic, antialiased), centre crop. Raises :class:`BadFileError`."""
-    if size <= 0:
-        raise ValueError(f"load_image: size must be positive, got {size}")
-    if isinstance(path_or_bytes, memoryview):  # e.g. ipywidgets FileUpload content
-        path_or_bytes = path_or_bytes.tobytes()
-    name: Any = "<bytes>" if isinstance(path_or_bytes, (bytes, bytearray)) else Path(path_or_bytes)
-    try:
-        src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) else name
-        with Image.open(src) as im:
-            if im.format == "JPEG":
-                im.draft("RGB", (size, size))  # decode huge JPEGs at reduced scale (>= size)
-            im = ImageOps.exif_transpose(im)
-            im = _to_rgb(im)
-            w, h = im.size
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            im = im.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0 if min(w, h) > 4 * size else None)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            im = im.crop((left, top, left + size, top + size))
-            arr = np.array(im, dtype=np.uint8)  # a writable copy
-    except BadFileError:
-        raise
-    except FileNotFoundError:
-        raise BadFileError(name, "image file does not exist") from None
-    except UnidentifiedImageError:
-        raise BadFileError(name, "not a readable image (PIL cannot identify it)") from None
-    except Exception as e:
-        raise BadFileError(name, f"image decoding failed ({type(e).__name__}: {e})") from None
-    return np.ascontiguousarray(arr)
-
-
-_SCALE = (1.0 / (255.0 * np.asarray(IMAGENET_STD))).astype(np.float32)
-_OFFSET = (-np.asarray(IMAGENET_MEAN) / np.asarray(IMAGENET_STD)).astype(np.float32)
-
-
-def normalize_image(arr: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) or (B, H, W, 3) -> ImageNet-normalized float32 (3, H, W) / (B, 3, H, W).
-
-    Done in numpy, single-threaded: torch's intra-op threads in a DataLoader on a busy 2-core machine
-    turned this 0.1 ms step into 10+ ms stalls.
-    """
-    a = arr.numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
-    if a.dtype != np.uint8 or a.ndim not in (3, 4) or a.shape[-1] != 3:
-        raise ValueError(f"normalize_image: expected uint8 (..., H, W, 3), got {a.dtype} {tuple(a.shape)}")
-    out = np.empty(a.shape[:-3] + (3,) + a.shape[-3:-1], dtype=np.float32)
-    for c in range(3):
-        oc = out[..., c, :, :]
-        np.multiply(a[..., c], _SCALE[c], out=oc, casting="unsafe")
-        oc += _OFFSET[c]
-    return torch.from_numpy(out)
-
-
-def load_image(path_or_bytes: PathLike | bytes | memoryview, size: int) -> torch.Tensor:
-    """Decode any PIL-readable image into an ImageNet-normalized float32 tensor (3, size, size)."""
-    return normalize_image(load_image_uint8(path_or_bytes, size))
-
-
-def denormalize_image(t: torch.Tensor) -> torch.Tensor:
-    """Inverse of the ImageNet normalization, for display: (3,H,W) or (B,3,H,W) -> values in [0, 1]."""
-    mean, std = _MEAN.to(t.device), _STD.to(t.device)
-    return (t * std + mean).clamp(0.0, 1.0)
-
-
-# --------------------------------------------------------------------------------------------- pairs
-@dataclass(frozen=True)
-class Pair:
-    """One image/audio pair of a split."""
-
-    image: Path
-    audio: Path
-    label: str | None = None
-
-
-def read_csv_rows(csv_path: Path, what: str = "manifest") -> tuple[list[str], list[dict[str, str]]]:
-    """The header and rows of a CSV (BOM-tolerant; keys and values stripped). An unreadable file is a
-    :class:`BadFileError` naming it and calling it ``what``."""
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            fields = [c.strip() for c in (reader.fieldnames or [])]
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise BadFileError(csv_path, f"cannot read the {what} ({type(e).__name__}: {e})") from None
-    return fields, [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in rows]
-
-
-def _read_csv(split_dir: Path, csv_path: Path, skip_bad: bool,
-              skipped: list[tuple[Path, str]]) -> list[Pair]:
-    fields, rows = read_csv_rows(csv_path, "manifest")
-    missing = [c for c in ("image", "audio") if c not in fields]
-    if missing:
-        raise BadFileError(csv_path, f"manifest lacks column(s) {missing}; it has {fields} "
-                                     "(required: image,audio; optional: label)")
-    pairs: list[Pair] = []
-    for n, row in enumerate(rows, start=2):  # line 1 is the header
-        img, aud = row.get("image", ""), row.get("audio", "")
-        problem = None
-        if not img or not aud:
-            problem = f"line {n}: empty image or audio path"
-        if problem is None:
-            ip, ap = split_dir / img, split_dir / aud
-            if not ip.is_file():
-                problem = f"line {n}: image file {ip} does not exist"
-            elif not ap.is_file():
-                problem = f"line {n}: audio file {ap} does not exist"
-        if problem is not None:
-            if not skip_bad:
-                raise BadFileError(csv_path, problem)
-            skipped.append((csv_path, problem))
-            continue
-        label = row.get("label") or None
-        pairs.append(Pair(ip, ap, label))
-    return pairs
-
-
-def _scan_folder(split_dir: Path, skip_bad: bool, skipped: list[tuple[Path, str]]) -> list[Pair]:
-    images: dict[str, list[Path]] = {}
-    audios: dict[str, list[Path]] = {}
-    for p in sorted(split_dir.rglob("*")):
-        rel = p.relative_to(split_dir)
-        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
-            continue
-        ext = p.suffix.lower()
-        stem = str(rel.with_suffix(""))
-        if ext in IMAGE_EXTS:
-            images.setdefault(stem, []).append(p)
-        elif ext in AUDIO_EXTS:
-            audios.setdefault(stem, []).append(p)
-    pairs: list[Pair] = []
-    for stem in sorted(set(images) | set(audios)):
-        ims, auds = images.get(stem, []), audios.get(stem, [])
-        problem, where = None, (ims or auds)[0]
-        if not auds:
-            problem = f"image without an audio partner (no {stem}.<{'|'.join(sorted(AUDIO_EXTS))}>)"
-        elif not ims:
-            problem = f"audio without an image partner (no {stem}.<image ext>)"
-        elif len(ims) > 1 or len(auds) > 1:
-            problem = f"ambiguous pair: several files share the stem {stem!r}: " + \
-                ", ".join(q.name for q in ims + auds)
-        if problem is not None:
-            if not skip_bad:
-                raise BadFileError(where, problem)
-            skipped.append((where, problem))
-            continue
-        pairs.append(Pair(ims[0], auds[0], None))
-    return pairs
-
-
-def _check_pair(pair: Pair) -> tuple[ImageInfo, AudioInfo]:
-    return image_info(pair.image), audio_info(pair.audio)
-
-
-def _scan(split_dir: PathLike, skip_bad: bool, validate: bool,
-          ) -> tuple[list[Pair], list[tuple[Path, str]], list[AudioInfo | None]]:
-    d = Path(split_dir)
-    if not d.is_dir():
-        raise FileNotFoundError(f"split folder {d} does not exist")
-    skipped: list[tuple[Path, str]] = []
-    csv_path = d / "pairs.csv"
-    pairs = (_read_csv(d, csv_path, skip_bad, skipped) if csv_path.is_file()
-             else _scan_folder(d, skip_bad, skipped))
-    if not validate or not pairs:
-        return pairs, skipped, [None] * len(pairs)
-
-    def check(p: Pair) -> BadFileError | AudioInfo:
-        try:
-            return _check_pair(p)[1]
-        except BadFileError as e:
-            return e
-
-    workers = min(8, (os.cpu_count() or 1) * 2) if len(pairs) > 64 else 1
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as ex:
-            results = list(ex.map(check, pairs))
-    else:
-        results = [check(p) for p in pairs]
-    good, infos = [], []
-    for p, r in zip(pairs, results):
-        if isinstance(r, BadFileError):
-            if not skip_bad:
-                raise r
-            skipped.append((r.path, r.reason))
-        else:
-            good.append(p)
-            infos.append(r)
-    return good, skipped, infos
-
-
-def scan_pairs(split_dir: PathLike, skip_bad: bool = False, validate: bool = True,
-               ) -> tuple[list[Pair], list[tuple[Path, str]]]:
-    """List the pairs of one split folder (``pairs.csv`` wins over the folder layout).
-
-    Args:
-        split_dir: the split folder.
-        skip_bad: skip (and report) bad or unpaired files instead of raising.
-        validate: also check each image/audio header (cheap; no full decode; threads for > 64 pairs).
-
-    Returns:
-        ``(pairs, skipped)`` where ``skipped`` is a list of ``(path, reason)``.
-
-    Raises:
-        FileNotFoundError: the split folder does not exist.
-        BadFileError: the first bad file (when ``skip_bad`` is False), or a manifest without the required
-            columns (always).
-    """
-    pairs, skipped, _ = _scan(split_dir, skip_bad, validate)
-    return pairs, skipped
 
 
 def crop_segment(wave: np.ndarray, length: int, rng: np.random.Generator | None) -> np.ndarray:
@@ -339,24 +51,6 @@ def crop_segment(wave: np.ndarray, length: int, rng: np.random.Generator | None)
     out[:t] = wave
     return out
 
-
-def _file_key(p: Path) -> str:
-    st = p.stat()
-    return f"{p.name}:{st.st_size}:{st.st_mtime_ns}"
-
-
-def dataset_fingerprint(root_or_split: PathLike) -> str:
-    """SHA-256 (hex, 16 chars) over relative file names, sizes and mtimes below a folder."""
-    root = Path(root_or_split)
-    if not root.exists():
-        raise FileNotFoundError(f"dataset_fingerprint: {root} does not exist")
-    h = hashlib.sha256()
-    files = [root] if root.is_file() else sorted(q for q in root.rglob("*") if q.is_file())
-    for q in files:
-        st = q.stat()
-        rel = q.name if root.is_file() else q.relative_to(root).as_posix()
-        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------- dataset
@@ -411,23 +105,24 @@ class PairDataset(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.cache_max_bytes = int(cache_max_bytes)
-        pairs, skipped, infos = _scan(self.split_dir, skip_bad=skip_bad, validate=True)
+        pairs, skipped, infos = scan_split(self.split_dir, skip_bad=skip_bad, validate=True)
         self.skipped: list[tuple[Path, str]] = list(skipped)
         self._ainfo: dict[Path, AudioInfo] = {p.audio: inf for p, inf in zip(pairs, infos) if inf is not None}
         self.audio_features: dict[str, torch.Tensor] | None = None
         if audio_features is not None:
             feats: dict[str, torch.Tensor] = {}
             keep = []
+            missing = []
             for p in pairs:
                 key = str(p.audio.resolve())
                 if key not in audio_features:
-                    reason = "no precomputed audio feature for this file (audio_features key missing)"
-                    if not skip_bad:
-                        raise BadFileError(p.audio, reason)
-                    self.skipped.append((p.audio, reason))
+                    missing.append((p.audio, "no precomputed audio feature for this file (audio_features key missing)"))
                     continue
                 feats[key] = torch.as_tensor(audio_features[key]).float()
                 keep.append(p)
+            if missing and not skip_bad:
+                raise BadFilesError(self.split_dir, missing)
+            self.skipped += missing
             pairs, self.audio_features = keep, feats
         self.pairs: list[Pair] = pairs
         self.classes: list[str] = sorted({p.label for p in pairs if p.label is not None})
@@ -548,15 +243,16 @@ class PairDataset(Dataset):
         with ThreadPoolExecutor(workers) as ex:
             results = list(ex.map(work, range(n)))
         keep_pairs: list[Pair] = []
-        decoded = []
+        decoded, bad = [], []
         for p, r in zip(self.pairs, results):
             if isinstance(r, BadFileError):
-                if not self.skip_bad:
-                    raise r
-                self.skipped.append((r.path, r.reason))
+                bad.append((r.path, r.reason))
                 continue
             keep_pairs.append(p)
             decoded.append(r)
+        if bad and not self.skip_bad:
+            raise BadFilesError(self.split_dir, bad)
+        self.skipped += bad
         if len(keep_pairs) != n:  # indices shift: rebuild labels after skipping
             self.pairs = keep_pairs
             self.classes = sorted({p.label for p in keep_pairs if p.label is not None})

@@ -12,7 +12,9 @@ from typing import Sequence, Union
 import pandas as pd
 
 from ciap_lib.audio_io import audio_info
-from ciap_lib.data import BadFileError, image_info, scan_pairs
+from ciap_lib.audio_io import BadFileError
+from ciap_lib.images import image_info
+from ciap_lib.pairs import scan_pairs
 
 __all__ = ["split_names", "file_stats", "split_counts", "label_counts", "bad_files", "summary"]
 

@@ -484,7 +484,8 @@ def embed_split(checkpoint: str | Path, data_root: str | Path, split: str = "val
     ``workflows.evaluate_checkpoint`` does.
     """
     from ciap_lib.checkpoint import load_ciap
-    from ciap_lib.data import PairDataset, scan_pairs
+    from ciap_lib.data import PairDataset
+    from ciap_lib.pairs import scan_pairs
     from ciap_lib.train import embed_dataset
 
     ckpt = Path(checkpoint)

@@ -339,7 +339,7 @@ def log_dataset(root: str | Path, split: str, pairs: Sequence[Any] | None = None
     """
     import pandas as pd
 
-    from ciap_lib.data import dataset_fingerprint, scan_pairs
+    from ciap_lib.pairs import dataset_fingerprint, scan_pairs
 
     split_dir = Path(root) / split
     if pairs is None:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ciap_lib import distributed as D
 from ciap_lib.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from ciap_lib.config import TrainConfig, save_config
-from ciap_lib.data import PairDataset, make_loader
+from ciap_lib.data import make_loader, PairDataset
 from ciap_lib.losses import create_loss
 from ciap_lib.models import CIAP, create_model
 from ciap_lib.retrieval import retrieval_metrics

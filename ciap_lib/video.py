@@ -39,7 +39,7 @@ import numpy as np
 
 from ciap_lib.atomic import atomic_path, atomic_write_text
 from ciap_lib.audio_io import BadFileError, resample, write_wav
-from ciap_lib.data import read_csv_rows
+from ciap_lib.pairs import read_csv_rows
 
 __all__ = [
     "VIDEO_EXTS", "VideoError", "VideoInfo", "VideoItem", "ImportSummary", "probe_video", "read_frame",

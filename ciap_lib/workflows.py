@@ -65,7 +65,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
     ``bridge_kw`` goes to ``ciap_lib.bridge.clap_audio_features``.
     """
     from ciap_lib.checkpoint import load_ciap
-    from ciap_lib.data import PairDataset, scan_pairs
+    from ciap_lib.data import PairDataset
+    from ciap_lib.pairs import scan_pairs
     from ciap_lib.distributed import resolve_device
 
     model, cfg = load_ciap(checkpoint, map_location=resolve_device(device))

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from ciap_lib.audio_io import load_audio
-from ciap_lib.data import PairDataset, load_image
+from ciap_lib.data import PairDataset
+from ciap_lib.images import load_image
 from ciap_lib.fallback import (MAX_DURATION, MIN_DURATION, NearestNeighbourGenerator, check_duration,
                                fit_length)
 from ciap_lib.models import create_model

@@ -120,7 +120,7 @@ def test_artifacts(run):
 
 
 def test_dataset_inputs_carry_the_fingerprint(run):
-    from ciap_lib.data import dataset_fingerprint
+    from ciap_lib.pairs import dataset_fingerprint
 
     result, uri, client, children, tmp = run
     fp = dataset_fingerprint(tmp / "syn" / "train")

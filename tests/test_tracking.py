@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from ciap_lib import tracking
 from ciap_lib.config import TrainConfig
-from ciap_lib.data import dataset_fingerprint
+from ciap_lib.pairs import dataset_fingerprint
 from ciap_lib.synthetic import make_synthetic_dataset
 from ciap_lib.train import train
 

@@ -6,7 +6,8 @@ import torch
 
 from ciap_lib.checkpoint import load_checkpoint, load_ciap
 from ciap_lib.config import load_config
-from ciap_lib.data import PairDataset, scan_pairs
+from ciap_lib.data import PairDataset
+from ciap_lib.pairs import scan_pairs
 from ciap_lib.synthetic import make_synthetic_dataset
 from ciap_lib.train import Callback, evaluate, train
 

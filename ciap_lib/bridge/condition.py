@@ -46,7 +46,7 @@ class CIAPCondStage(nn.Module):
 
     def load_images(self, images: Sequence[str | os.PathLike | bytes]) -> torch.Tensor:
         """Image files (or bytes) -> (B, 3, S, S) at this model's image size (``ciap_lib.data.load_image``)."""
-        from ciap_lib.data import load_image
+        from ciap_lib.images import load_image
 
         return torch.stack([load_image(im, self.image_size) for im in images])
 

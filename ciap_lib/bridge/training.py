@@ -17,7 +17,7 @@ def train_clap_aligned(cfg, callbacks: Sequence = ()):
     """Load the frozen AudioLDM named by ``cfg.audioldm``, compute/cache CLAP features of the train and
     val audio, run core ``ciap_lib.train.train(cfg, callbacks, audio_features=...)`` and check the
     AudioLDM fingerprint is unchanged afterwards. Returns the core ``TrainResult``."""
-    from ciap_lib.data import scan_pairs
+    from ciap_lib.pairs import scan_pairs
     from ciap_lib.train import train
 
     audioldm = load_audioldm(cfg.audioldm)

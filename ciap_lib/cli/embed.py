@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ciap_lib.audio_io import BadFileError
     from ciap_lib.checkpoint import load_ciap
-    from ciap_lib.data import PairDataset, dataset_fingerprint, scan_pairs
+    from ciap_lib.data import PairDataset
+    from ciap_lib.pairs import dataset_fingerprint, scan_pairs
     from ciap_lib.distributed import resolve_device
     from ciap_lib.embed import embed_to_dir, metrics_from_dir
     from ciap_lib.workflows import resolve_split

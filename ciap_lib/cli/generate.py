@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _images(items: list[str]) -> list[Path]:
-    from ciap_lib.data import IMAGE_EXTS
+    from ciap_lib.images import IMAGE_EXTS
 
     out: list[Path] = []
     for item in items:

@@ -181,7 +181,7 @@ def resolve_checkpoint(checkpoint: str | Path, ckpt_dir: str | Path = "ckpt") ->
 
 def default_images(data_root: str | Path, n: int, split: str = "val") -> list[Path]:
     """The images of the first ``n`` pairs of ``<data_root>/<split>`` (the batch default)."""
-    from ciap_lib.data import scan_pairs
+    from ciap_lib.pairs import scan_pairs
 
     split_dir = Path(data_root) / split
     if not split_dir.is_dir():
@@ -321,7 +321,7 @@ class GenerationUI(widgets.VBox):
 
     def set_image(self, data: bytes, name: str = "upload.png") -> None:
         """Use ``data`` (encoded image bytes) as the query image, as the upload does; shows a preview."""
-        from ciap_lib.data import load_image_uint8
+        from ciap_lib.images import load_image_uint8
 
         self.image_bytes, self.image_name = bytes(data), name or "upload.png"
         try:
@@ -356,7 +356,7 @@ class GenerationUI(widgets.VBox):
 
         Returns the (T,) waveform, or None after an error (shown in ``message`` and kept in ``error``).
         """
-        from ciap_lib.data import load_image
+        from ciap_lib.images import load_image
 
         if self.image_bytes is None:
             self._fail("upload an image first")
@@ -413,7 +413,7 @@ def generate_files(generator: Generator, image_paths: Sequence[str | Path], out_
     between the condition and the clip, see :meth:`DiffusionGenerator.clap_score`).
     """
     from ciap_lib.audio_io import write_wav
-    from ciap_lib.data import load_image
+    from ciap_lib.images import load_image
 
     duration = check_duration(duration)
     paths = [Path(p) for p in image_paths]
