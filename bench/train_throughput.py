@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ciap_lib.data import make_loader, PairDataset
+from ciap_lib.data import PairDataset, make_loader
 from ciap_lib.distributed import resolve_device  # noqa: E402
 from ciap_lib.losses import ClipLoss  # noqa: E402
 from ciap_lib.models import create_model  # noqa: E402

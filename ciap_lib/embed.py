@@ -102,7 +102,7 @@ def embed_to_dir(model: torch.nn.Module, dataset: Dataset, out_dir: PathLike, *,
         overwrite: discard a folder that holds a different job.
         progress: tqdm bar over shards (``TQDM_DISABLE=1`` silences it).
         embed_fn: ``(model, dataset, batch_size, num_workers) -> (image (n,D), audio (n,D), labels (n,))``;
-            default :func:`ciap_lib.train.embed_dataset`.
+            default :func:`ciap_lib.embedding.embed_dataset`.
 
     Returns:
         ``out_dir`` as a Path.
@@ -114,7 +114,7 @@ def embed_to_dir(model: torch.nn.Module, dataset: Dataset, out_dir: PathLike, *,
     if shard_size <= 0:
         raise ValueError(f"shard_size must be positive, got {shard_size}")
     if embed_fn is None:
-        from ciap_lib.train import embed_dataset as embed_fn  # type: ignore[no-redef]
+        from ciap_lib.embedding import embed_dataset as embed_fn  # type: ignore[no-redef]
     out = Path(out_dir)
     n = len(dataset)  # type: ignore[arg-type]
     if n == 0:

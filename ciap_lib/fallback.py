@@ -110,8 +110,8 @@ class NearestNeighbourGenerator:
 
         ``match="auto"`` picks ``"image"`` for a ``clap`` audio encoder, else ``"audio"``.
         """
-        from ciap_lib.data import make_loader, PairDataset
-        from ciap_lib.train import embed_dataset
+        from ciap_lib.data import PairDataset, make_loader
+        from ciap_lib.embedding import embed_dataset
 
         mc = model.config
         if match == "auto":

@@ -486,7 +486,7 @@ def embed_split(checkpoint: str | Path, data_root: str | Path, split: str = "val
     from ciap_lib.checkpoint import load_ciap
     from ciap_lib.data import PairDataset
     from ciap_lib.pairs import scan_pairs
-    from ciap_lib.train import embed_dataset
+    from ciap_lib.embedding import embed_dataset
 
     ckpt = Path(checkpoint)
     if not ckpt.is_file():

@@ -6,7 +6,7 @@
 * One parent run per pipeline (:func:`start_pipeline_run`), one nested run per notebook
   (:func:`start_notebook_run` / :func:`notebook_run`), found again by the tags
   ``mlflow.parentRunId`` + ``ciap.notebook`` (:func:`find_notebook_run`).
-* Training reaches MLflow only through :class:`MLflowCallback` (a ``ciap_lib.train.Callback``).
+* Training reaches MLflow only through :class:`MLflowCallback` (a ``ciap_lib.callbacks.Callback``).
 
 Every logging helper takes an optional ``run_id``; without it the active run is used.
 """
@@ -26,7 +26,7 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from ciap_lib.train import Callback
+from ciap_lib.callbacks import Callback
 
 #: tag naming the notebook of a nested run
 NOTEBOOK_TAG = "ciap.notebook"

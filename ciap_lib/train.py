@@ -6,7 +6,6 @@ Checkpoints go to ``<ckpt_dir>/<run_name>/last.pt`` (overwritten atomically ever
 from __future__ import annotations
 
 import math
-import os
 import random
 import sys
 import time
@@ -17,28 +16,17 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ciap_lib import distributed as D
 from ciap_lib.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from ciap_lib.config import TrainConfig, save_config
-from ciap_lib.data import make_loader, PairDataset
+from ciap_lib.callbacks import Callback
+from ciap_lib.data import PairDataset, make_loader
+from ciap_lib.embedding import embed_dataset
 from ciap_lib.losses import create_loss
 from ciap_lib.models import CIAP, create_model
+from ciap_lib.progress import progress
 from ciap_lib.retrieval import retrieval_metrics
-
-
-class Callback:
-    """Training hook; every method is a no-op by default. Only rank 0 calls callbacks."""
-
-    def on_train_start(self, cfg: TrainConfig, model: CIAP) -> None:
-        """Before the first (or resumed) epoch; ``model`` is the unwrapped CIAP."""
-
-    def on_epoch_end(self, epoch: int, metrics: dict[str, float], checkpoint: Path) -> None:
-        """After epoch ``epoch`` (1-based count of completed epochs) was validated and checkpointed."""
-
-    def on_train_end(self, result: "TrainResult") -> None:
-        """After the last epoch."""
 
 
 @dataclass
@@ -59,12 +47,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _progress(iterable, total: int, desc: str, enabled: bool):
-    disable = (not enabled) or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
-    return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, dynamic_ncols=True,
-                mininterval=float(os.environ.get("TQDM_MININTERVAL", "1.0")), file=sys.stderr)
-
-
 def compute_loss(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, audio: torch.Tensor,
                  info: D.DistInfo = D.DistInfo()) -> dict[str, torch.Tensor]:
     """Forward one (local) batch and the loss over the global batch.
@@ -78,28 +60,6 @@ def compute_loss(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, aud
     out = model(images, audio)
     img, aud = D.gather_features(out["image_features"], out["audio_features"], info)
     return loss_fn(img, aud, out["logit_scale"])
-
-
-@torch.no_grad()
-def embed_dataset(model: CIAP, dataset: torch.utils.data.Dataset, batch_size: int = 128, num_workers: int = 0,
-                  device: str | torch.device | None = None, progress: bool = False,
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Embed every pair in order.
-
-    Returns:
-        image_emb (N,D) float32 unit-norm, audio_emb (N,D) float32 unit-norm, labels (N,) long (-1 if none).
-    """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    loader = make_loader(dataset, batch_size, shuffle=False, num_workers=num_workers, persistent_workers=False)
-    ims, auds, labels = [], [], []
-    for batch in _progress(loader, len(loader), "embed", progress):
-        ims.append(model.encode_image(batch["image"].to(device)).float().cpu())
-        auds.append(model.encode_audio(batch["audio"].to(device)).float().cpu())
-        labels.append(batch["label"].long())
-    model.train(was_training)
-    return torch.cat(ims), torch.cat(auds), torch.cat(labels)
 
 
 @torch.no_grad()
@@ -248,7 +208,7 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
         sampler.set_epoch(epoch)
         net.train()
         total, count = 0.0, 0
-        bar = _progress(loader, len(loader), f"epoch {epoch + 1}/{cfg.epochs}", info.is_main)
+        bar = progress(loader, len(loader), f"epoch {epoch + 1}/{cfg.epochs}", info.is_main)
         for batch in bar:
             images = batch["image"].to(info.device, non_blocking=True)
             audio = batch["audio"].to(info.device, non_blocking=True)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ciap_lib.train import Callback
+from ciap_lib.callbacks import Callback
 
 ArrayLike = Any  # np.ndarray | torch.Tensor
 

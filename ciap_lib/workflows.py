@@ -11,7 +11,8 @@ from typing import Any, Sequence
 
 from ciap_lib.config import TrainConfig
 from ciap_lib.models import get_model_config
-from ciap_lib.train import Callback, TrainResult, evaluate, train
+from ciap_lib.callbacks import Callback
+from ciap_lib.train import TrainResult, evaluate, train
 
 
 def resolved_audio_encoder(cfg: TrainConfig) -> str:

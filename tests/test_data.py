@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 
 from ciap_lib.audio_io import BadFileError
-from ciap_lib.data import EpochSampler, make_loader, PairDataset
+from ciap_lib.data import EpochSampler, PairDataset, make_loader
 from ciap_lib.pairs import scan_pairs
 from fixtures.odd_files import BAD_CASES, good_pair, make_bad_case, odd_audio, odd_images, rgb_image, write_audio
 

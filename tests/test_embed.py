@@ -17,7 +17,7 @@ from ciap_lib.embed import (embed_to_dir, load_embeddings, metrics_from_dir, sha
 from ciap_lib.models import create_model
 from ciap_lib.retrieval import retrieval_metrics, topk
 from ciap_lib.synthetic import make_synthetic_dataset
-from ciap_lib.train import embed_dataset
+from ciap_lib.embedding import embed_dataset
 
 N_VAL = 23
 

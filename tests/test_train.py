@@ -9,7 +9,8 @@ from ciap_lib.config import load_config
 from ciap_lib.data import PairDataset
 from ciap_lib.pairs import scan_pairs
 from ciap_lib.synthetic import make_synthetic_dataset
-from ciap_lib.train import Callback, evaluate, train
+from ciap_lib.callbacks import Callback
+from ciap_lib.train import evaluate, train
 
 
 @pytest.fixture(scope="module")
