@@ -14,6 +14,7 @@ import soundfile as sf
 
 from ciap_lib.checkpoint import load_ciap
 from ciap_lib.fallback import NearestNeighbourGenerator
+from ciap_lib.ui import batch, generators as gens
 from ciap_lib.ui import generation as G
 from fixtures.generation import make_workspace, upload_value
 
@@ -95,53 +96,53 @@ def test_ui_controls_and_defaults(fallback):
 
 
 def test_generator_signatures_match():
-    d = inspect.signature(G.DiffusionGenerator.generate).parameters
+    d = inspect.signature(gens.DiffusionGenerator.generate).parameters
     n = inspect.signature(NearestNeighbourGenerator.generate).parameters
     assert list(d) == list(n)
     assert all(d[k].default == n[k].default for k in d)
 
 
 def test_batch_files_are_labelled_and_exact(ws, fallback, tmp_path):
-    images = G.default_images(ws["data"], 2)
-    recs = G.generate_files(fallback, images, tmp_path / "wavs", duration=2.5)
+    images = batch.default_images(ws["data"], 2)
+    recs = batch.generate_files(fallback, images, tmp_path / "wavs", duration=2.5)
     assert [r["wav"].name for r in recs] == [f"{p.stem}.nn-retrieval.wav" for p in images]
     for r in recs:
         data, sr = sf.read(r["wav"])
         assert sr == SR and data.shape == (40000,) and r["kind"] == "retrieval"
         assert "retrieved training clip" in r["note"]
     with pytest.raises(ValueError, match="generation.images"):
-        G.generate_files(fallback, [tmp_path / "missing.png"], tmp_path / "wavs")
+        batch.generate_files(fallback, [tmp_path / "missing.png"], tmp_path / "wavs")
 
 
 def test_load_generator_without_checkpoint_falls_back_with_clear_notice(ciap, ws, tmp_path):
-    gen, notice = G.load_generator(ciap, audioldm=str(tmp_path / "nope.ckpt"), ckpt_dir=tmp_path, data=ws["data"])
+    gen, notice = gens.load_generator(ciap, audioldm=str(tmp_path / "nope.ckpt"), ckpt_dir=tmp_path, data=ws["data"])
     assert isinstance(gen, NearestNeighbourGenerator)
     assert "python -m ciap_lib download" in notice and "NOT diffusion" in notice
-    md = G.generator_markdown(gen, notice)
+    md = gens.generator_markdown(gen, notice)
     assert "RETRIEVAL fallback (not diffusion)" in md
 
 
 def test_resolve_checkpoint(ws, tmp_path):
-    assert G.resolve_checkpoint(ws["checkpoint"]) == (ws["checkpoint"], "")
-    path, note = G.resolve_checkpoint(tmp_path / "missing.pt", ckpt_dir=ws["checkpoint"].parent.parent)
+    assert batch.resolve_checkpoint(ws["checkpoint"]) == (ws["checkpoint"], "")
+    path, note = batch.resolve_checkpoint(tmp_path / "missing.pt", ckpt_dir=ws["checkpoint"].parent.parent)
     assert path == ws["checkpoint"] and "newest" in note
     with pytest.raises(ValueError, match="checkpoint"):
-        G.resolve_checkpoint(tmp_path / "missing.pt", ckpt_dir=tmp_path)
+        batch.resolve_checkpoint(tmp_path / "missing.pt", ckpt_dir=tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------- tiny AudioLDM
 @pytest.fixture(scope="module")
 def diffusion(ciap, ws, tiny_audioldm_ckpt):
     """The tiny AudioLDM (original checkpoint format) through the notebook's own loading path."""
-    gen, notice = G.load_generator(ciap, audioldm=str(tiny_audioldm_ckpt), data=ws["data"])
+    gen, notice = gens.load_generator(ciap, audioldm=str(tiny_audioldm_ckpt), data=ws["data"])
     assert notice == ""
     return gen
 
 
 def test_load_generator_picks_diffusion_when_the_checkpoint_loads(diffusion):
-    assert isinstance(diffusion, G.DiffusionGenerator)
+    assert isinstance(diffusion, gens.DiffusionGenerator)
     assert diffusion.is_diffusion and diffusion.kind == "diffusion"
-    md = G.generator_markdown(diffusion)
+    md = gens.generator_markdown(diffusion)
     assert md.startswith("**Generator: diffusion.**") and "not CLAP's" in md  # a logmel_cnn checkpoint
     assert set(diffusion.samplers) >= {"dpmpp", "ddim"}
 
@@ -179,7 +180,7 @@ def test_diffusion_ui_controls_reach_the_sampler(ws, diffusion):
 
 
 def test_batch_files_with_diffusion(ws, diffusion, tmp_path):
-    [rec] = G.generate_files(diffusion, G.default_images(ws["data"], 1), tmp_path / "wavs", duration=2.5, steps=1)
+    [rec] = batch.generate_files(diffusion, batch.default_images(ws["data"], 1), tmp_path / "wavs", duration=2.5, steps=1)
     assert rec["wav"].name == "val_00000.wav" and rec["kind"] == "diffusion"
     info = sf.info(rec["wav"])
     assert info.samplerate == SR and info.frames == 40000

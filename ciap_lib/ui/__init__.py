@@ -1,7 +1,9 @@
 """ipywidgets UIs for the notebooks.
 
 * :mod:`ciap_lib.ui.explorer` — cross-modal neighbour explorer (notebook 03).
-* :mod:`ciap_lib.ui.generation` — image-to-audio generation UI (notebook 04).
+* :mod:`ciap_lib.ui.generation` — image-to-audio generation UI (notebook 04);
+  :mod:`ciap_lib.ui.generators` — the generators it drives (diffusion, or the labelled retrieval fallback);
+  :mod:`ciap_lib.ui.batch` — notebook 04's batch path (images -> WAVs, one record per image).
 
 Build functions take data and return the widget; their callbacks are plain methods, so tests drive them
 headlessly. Widget callbacks never fire under papermill: the notebooks also have a batch path.

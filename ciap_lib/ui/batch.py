@@ -1,0 +1,93 @@
+"""Notebook 04's batch path: which checkpoint and images, where the WAVs go, one record per image."""
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ciap_lib.fallback import SAMPLE_RATE, check_duration
+from ciap_lib.ui.generators import Generator
+
+
+def find_latest_checkpoint(ckpt_dir: str | Path = "ckpt", name: str = "last.pt") -> Path | None:
+    """The newest ``<ckpt_dir>/*/<name>`` (a run's CIAP checkpoint), or None."""
+    found = sorted(Path(ckpt_dir).glob(f"*/{name}"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def resolve_checkpoint(checkpoint: str | Path, ckpt_dir: str | Path = "ckpt") -> tuple[Path, str]:
+    """``checkpoint`` when it exists; else (a notebook opened by hand) the newest ``<ckpt_dir>/*/last.pt``.
+
+    Returns ``(path, note)``; ``note`` says when another checkpoint than the requested one is used.
+    ``ValueError`` naming ``checkpoint`` when there is none at all.
+    """
+    if checkpoint and Path(checkpoint).is_file():
+        return Path(checkpoint), ""
+    latest = find_latest_checkpoint(ckpt_dir)
+    if latest is None:
+        raise ValueError(f"checkpoint {str(checkpoint)!r} not found and no {ckpt_dir}/*/last.pt exists: train a CIAP "
+                         "model first (notebooks/02_training.ipynb or `python -m ciap_lib train`) or set "
+                         "the `checkpoint` parameter")
+    return latest, f"checkpoint {str(checkpoint)!r} not found; using the newest one, {latest}"
+
+
+def default_images(data_root: str | Path, n: int, split: str = "val") -> list[Path]:
+    """The images of the first ``n`` pairs of ``<data_root>/<split>`` (the batch default)."""
+    from ciap_lib.pairs import scan_pairs
+
+    split_dir = Path(data_root) / split
+    if not split_dir.is_dir():
+        raise ValueError(f"generation.images is empty and the data folder {str(split_dir)!r} does not exist: "
+                         "pass image paths in generation.images")
+    pairs, _ = scan_pairs(split_dir, skip_bad=True)
+    return [p.image for p in pairs[:max(int(n), 0)]]
+
+
+def safe_stem(name: str) -> str:
+    """A file-name-safe stem of ``name`` (for WAV file names)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem).strip("._") or "image"
+
+
+def output_name(image_name: str, generator: Any) -> str:
+    """WAV file name for ``image_name``: ``<stem>.wav`` for diffusion, ``<stem>.nn-retrieval.wav`` for the fallback."""
+    return f"{safe_stem(image_name)}{'' if generator.is_diffusion else '.nn-retrieval'}.wav"
+
+
+def generate_files(generator: Generator, image_paths: Sequence[str | Path], out_dir: str | Path,
+                   duration: float = 5.0, steps: int | None = None, guidance_scale: float = 2.5, seed: int = 0,
+                   sampler: str = "dpmpp", n_candidates: int = 1, clap_score: bool = True) -> list[dict[str, Any]]:
+    """Batch path: render each image to ``<out_dir>/<name>`` (see :func:`output_name`), one at a time.
+
+    Returns one record per image: ``image``, ``wav`` (Path), ``waveform`` ((T,) float32), ``seconds``
+    (generation + WAV writing), ``kind`` ("diffusion" / "retrieval"), ``note`` (for the fallback: which
+    training clip was returned) and, for diffusion with ``clap_score``, ``clap_score`` (CLAP-space cosine
+    between the condition and the clip, see :meth:`DiffusionGenerator.clap_score`).
+    """
+    from ciap_lib.audio_io import write_wav
+    from ciap_lib.images import load_image
+
+    duration = check_duration(duration)
+    paths = [Path(p) for p in image_paths]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError(f"generation.images: file(s) not found: {missing}")
+    out_dir = Path(out_dir)
+    records = []
+    for p in paths:
+        t0 = time.perf_counter()
+        img = load_image(p, generator.image_size)[None]
+        wave = generator.generate(images=img, duration=duration, steps=steps, guidance_scale=guidance_scale,
+                                  seed=seed, sampler=sampler, n_candidates=n_candidates)[0]
+        wav = write_wav(out_dir / output_name(p.name, generator), wave, SAMPLE_RATE)
+        seconds = time.perf_counter() - t0
+        note = "; ".join(generator.describe()) if not generator.is_diffusion and hasattr(generator, "describe") else ""
+        rec = {"image": p, "wav": wav, "waveform": np.asarray(wave, dtype=np.float32), "seconds": seconds,
+               "kind": generator.kind, "note": note}
+        if clap_score and hasattr(generator, "clap_score"):
+            rec["clap_score"] = float(generator.clap_score(wave[None], img)[0])
+            rec["note"] = f"CLAP score {rec['clap_score']:.3f}"
+        records.append(rec)
+    return records
