@@ -2,7 +2,7 @@
 
 This is **retrieval, not diffusion**. For each query image it returns the closest *training* clip by
 CIAP embedding similarity, cropped or zero-padded to the requested duration. It has the same
-``generate(...)`` signature as the diffusion wrapper (``ciap_lib.ui.generation.DiffusionGenerator``),
+``generate(...)`` signature as the diffusion wrapper (``ciap_lib.ui.generators.DiffusionGenerator``),
 so the generation UI and notebook 04 work with either; ``kind`` / ``label`` say which one is in use.
 
 Two ways of matching (``match``):
