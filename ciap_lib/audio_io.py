@@ -20,6 +20,7 @@ import soundfile as sf
 import torch
 
 from ciap_lib.atomic import atomic_path
+from ciap_lib.constants import SAMPLE_RATE
 
 PathLike = Union[str, os.PathLike]
 
@@ -118,7 +119,7 @@ def resampled_length(frames: int, orig_sr: int, new_sr: int) -> int:
     return int(math.ceil(n * frames / o))
 
 
-def load_audio(path: PathLike, sample_rate: int = 16000, *, mono: bool = True) -> np.ndarray:
+def load_audio(path: PathLike, sample_rate: int = SAMPLE_RATE, *, mono: bool = True) -> np.ndarray:
     """Decode an audio file (wav/flac/ogg/mp3, any rate, any channel count) to float32.
 
     Args:
@@ -158,7 +159,7 @@ def seekable(info: AudioInfo) -> bool:
     return info.format in SEEKABLE_FORMATS
 
 
-def load_audio_segment(path: PathLike, start: int, length: int, sample_rate: int = 16000,
+def load_audio_segment(path: PathLike, start: int, length: int, sample_rate: int = SAMPLE_RATE,
                        info: AudioInfo | None = None) -> np.ndarray:
     """Decode only samples ``[start, start + length)`` (counted at ``sample_rate``) of a file, mono.
 
@@ -204,7 +205,7 @@ def load_audio_segment(path: PathLike, start: int, length: int, sample_rate: int
     return out
 
 
-def write_wav(path: PathLike, waveform: np.ndarray | torch.Tensor, sample_rate: int = 16000,
+def write_wav(path: PathLike, waveform: np.ndarray | torch.Tensor, sample_rate: int = SAMPLE_RATE,
               subtype: str = "PCM_16") -> Path:
     """Write a WAV file atomically (temp file in the same folder, then ``os.replace``).
 

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ciap_lib.audio_io import (AudioInfo, BadFileError, audio_info, load_audio, load_audio_segment,
                                resampled_length, seekable)
+from ciap_lib.constants import SAMPLE_RATE
 from ciap_lib.images import load_image_uint8, normalize_image
 from ciap_lib.pairs import BadFilesError, Pair, scan_split
 
@@ -80,7 +81,7 @@ class PairDataset(Dataset):
     """
 
     def __init__(self, root: PathLike, split: str | None, image_size: int, train: bool,
-                 sample_rate: int = 16000, segment_seconds: float = 1.0, skip_bad: bool = False,
+                 sample_rate: int = SAMPLE_RATE, segment_seconds: float = 1.0, skip_bad: bool = False,
                  audio_features: Mapping[str, torch.Tensor] | None = None, seed: int = 0,
                  cache: str = "auto", cache_max_bytes: int = 2 * 1024 ** 3):
         if image_size <= 0:

@@ -16,7 +16,6 @@ Core layer: imports neither audioldm, diffusers nor mlflow.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,21 +23,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-#: generation durations accepted everywhere (seconds), as for AudioLDM
-MIN_DURATION, MAX_DURATION = 2.5, 10.0
-SAMPLE_RATE = 16000
+from ciap_lib.constants import SAMPLE_RATE, check_duration
+
 MATCHES = ("audio", "image")
-
-
-def check_duration(duration: float, name: str = "duration") -> float:
-    """``duration`` as float, or ``ValueError`` unless MIN_DURATION <= duration <= MAX_DURATION."""
-    try:
-        d = float(duration)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number of seconds, got {duration!r}") from None
-    if not math.isfinite(d) or not MIN_DURATION <= d <= MAX_DURATION:
-        raise ValueError(f"{name} must be between {MIN_DURATION} and {MAX_DURATION} s, got {duration!r}")
-    return d
 
 
 def fit_length(wave: np.ndarray, n_samples: int) -> np.ndarray:

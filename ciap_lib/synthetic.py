@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ciap_lib.audio_io import write_wav
+from ciap_lib.constants import SAMPLE_RATE
 
 __all__ = ["SHAPES", "COLOURS", "COUNTS", "TIMBRES", "PITCHES_HZ", "PULSE_RATES_HZ", "combo_name",
            "is_held_out", "render_image", "render_audio", "make_synthetic_dataset", "MANIFEST"]
@@ -177,7 +178,7 @@ def _read_manifest(root: Path) -> dict | None:
 
 def make_synthetic_dataset(root: PathLike = "data/synthetic", n_train: int = 384, n_val: int = 96,
                            seed: int = 0, image_size: int = 96, seconds: float = 1.5,
-                           sample_rate: int = 16000, overwrite: bool = False) -> Path:
+                           sample_rate: int = SAMPLE_RATE, overwrite: bool = False) -> Path:
     """Write the synthetic dataset to ``root/{train,val}`` (unless an identical one is already there).
 
     Args:

@@ -39,6 +39,7 @@ import numpy as np
 
 from ciap_lib.atomic import atomic_path, atomic_write_text
 from ciap_lib.audio_io import BadFileError, resample, write_wav
+from ciap_lib.constants import SAMPLE_RATE
 from ciap_lib.pairs import read_csv_rows
 
 __all__ = [
@@ -261,7 +262,7 @@ def audio_window(t: float, window: float, duration: float) -> tuple[float, float
     return start, start + window
 
 
-def read_audio_window(path: PathLike, start: float, window: float, sample_rate: int = 16000,
+def read_audio_window(path: PathLike, start: float, window: float, sample_rate: int = SAMPLE_RATE,
                       container=None) -> np.ndarray:
     """Audio of [start, start + window) seconds, mono, resampled to ``sample_rate``.
 
@@ -400,7 +401,7 @@ def _pair_stem(video_id: str, t: float) -> str:
 
 
 def extract_pairs(item: VideoItem, out_split_dir: PathLike, window: float = 1.0, frames_per_clip: int = 1,
-                  sample_rate: int = 16000, image_format: str = "jpg") -> list[dict[str, Any]]:
+                  sample_rate: int = SAMPLE_RATE, image_format: str = "jpg") -> list[dict[str, Any]]:
     """Write the pairs of one video into ``out_split_dir``; returns one row per pair
     (``image``, ``audio`` relative to the split folder, ``label``, ``video``, ``timestamp``).
 
@@ -539,7 +540,7 @@ def _write_pairs_csv(split_dir: Path, rows: list[dict[str, Any]]) -> None:
 
 def import_videos(source: PathLike | Sequence[VideoItem], out_dir: PathLike, *,
                   timestamps: Sequence[float] | None = None, frames_per_clip: int = 1, window: float = 1.0,
-                  sample_rate: int = 16000, image_format: str = "jpg", workers: int = 1,
+                  sample_rate: int = SAMPLE_RATE, image_format: str = "jpg", workers: int = 1,
                   retry_failed: bool = False, progress: bool = True) -> ImportSummary:
     """Build a pairs dataset from videos (see the module doc for the layout and the resume rules).
 

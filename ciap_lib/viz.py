@@ -14,6 +14,7 @@ import torch
 from matplotlib.figure import Figure
 
 from ciap_lib.callbacks import Callback
+from ciap_lib.constants import SAMPLE_RATE
 
 ArrayLike = Any  # np.ndarray | torch.Tensor
 
@@ -140,7 +141,7 @@ def projection_2d(image_emb: ArrayLike, audio_emb: ArrayLike, labels: ArrayLike 
     return fig
 
 
-def log_mel(waveform: ArrayLike, sample_rate: int = 16000, n_mels: int = 64) -> np.ndarray:
+def log_mel(waveform: ArrayLike, sample_rate: int = SAMPLE_RATE, n_mels: int = 64) -> np.ndarray:
     """(T,) waveform -> (n_mels, frames) log-mel spectrogram in dB (torchaudio, hop 10 ms)."""
     import torchaudio
 
@@ -162,7 +163,7 @@ def _draw_spec(ax, waveform: ArrayLike, sample_rate: int, title: str = "") -> No
         ax.set_title(title, fontsize=9)
 
 
-def spectrogram(waveform: ArrayLike, sample_rate: int = 16000, title: str = "") -> Figure:
+def spectrogram(waveform: ArrayLike, sample_rate: int = SAMPLE_RATE, title: str = "") -> Figure:
     """Log-mel spectrogram of a (T,) waveform."""
     fig = Figure(figsize=(6, 2.6), layout="constrained")
     _draw_spec(fig.subplots(), waveform, sample_rate, title)
@@ -179,7 +180,7 @@ def _as_image(img: ArrayLike) -> np.ndarray:
     return x
 
 
-def sample_pair_grid(images: Sequence[ArrayLike], waveforms: Sequence[ArrayLike], sample_rate: int = 16000,
+def sample_pair_grid(images: Sequence[ArrayLike], waveforms: Sequence[ArrayLike], sample_rate: int = SAMPLE_RATE,
                      titles: Sequence[str] | None = None, ncols: int = 2) -> Figure:
     """A grid of pairs: each image next to the spectrogram of its sound.
 

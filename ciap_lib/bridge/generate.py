@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from ciap_lib.bridge.condition import AUDIOLDM_EMBED_DIM, CIAPCondStage
 from ciap_lib.bridge.loading import FrozenAudioLDM
 from ciap_lib.bridge.sampling import (
-    DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLE_RATE, SAMPLERS, decode_latents, initial_noise, latent_frames, sample_latents,
+    DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, decode_latents, initial_noise, latent_frames, sample_latents,
 )
+from ciap_lib.constants import SAMPLE_RATE, check_duration
 
-MIN_DURATION, MAX_DURATION = 2.5, 10.0
 PRECISIONS = ("bf16", "fp32")
 
 ImageInput = torch.Tensor | Sequence[str | os.PathLike | bytes] | str | os.PathLike | None
@@ -33,8 +33,7 @@ def check_inputs(duration: float = 5.0, steps: int | None = None, guidance_scale
                  cond_stage: CIAPCondStage | None = None, require_cond_stage: bool = True) -> None:
     """Raise a clear ``ValueError`` for any bad argument, before any heavy work.
     (``require_cond_stage=False``: check image paths before the CIAP checkpoint is loaded.)"""
-    if not isinstance(duration, (int, float)) or not (MIN_DURATION <= float(duration) <= MAX_DURATION):
-        raise ValueError(f"duration: must be between {MIN_DURATION} and {MAX_DURATION} seconds, got {duration!r}")
+    check_duration(duration)
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps: must be an integer >= 1 (or None for the sampler's default), got {steps!r}")
     if sampler not in SAMPLERS:

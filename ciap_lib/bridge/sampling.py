@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 
 from ciap_lib.bridge.loading import FrozenAudioLDM
+from ciap_lib.constants import SAMPLE_RATE
 
 #: AudioLDM's training schedule in diffusers' terms.
 AUDIOLDM_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195,
@@ -34,7 +35,6 @@ DEFAULT_SAMPLER = "dpmpp"
 #: default step counts; the fast solvers' count is the one tests/bridge/test_sampling.py checks
 #: against 200-step DDIM.
 DEFAULT_STEPS: dict[str, int] = {"dpmpp": 6, "unipc": 6, "ddim": 200}
-SAMPLE_RATE = 16000
 HOP = 160                      # mel hop at 16 kHz
 MEL_PER_LATENT = 4             # VAE time downsampling
 LATENT_MULTIPLE = 8            # UNet downsamples 3 times

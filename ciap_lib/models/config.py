@@ -5,6 +5,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ciap_lib.constants import SAMPLE_RATE
+
 
 @dataclass
 class ModelConfig:
@@ -35,7 +37,7 @@ class ModelConfig:
     freeze_backbone: bool = False
     image_size: int = 224
     audio_encoder: str = "logmel_cnn"
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     segment_seconds: float = 1.0
     mlp_hidden: int = 1024
     n_mels: int = 64

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ciap_lib.fallback import SAMPLE_RATE, check_duration
+from ciap_lib.constants import SAMPLE_RATE, check_duration
 from ciap_lib.ui.generators import Generator
 
 

@@ -19,6 +19,7 @@ import ipywidgets as widgets
 import numpy as np
 import torch
 
+from ciap_lib.constants import SAMPLE_RATE
 from ciap_lib.retrieval import topk
 
 DIRECTIONS = {"i2a": "image → audio", "a2i": "audio → image"}
@@ -41,7 +42,7 @@ def image_html(path_or_array: Any, size: int = 96, title: str = "") -> str:
     return f'<img src="data:image/png;base64,{b64}" width="{size}" height="{size}"{t} style="object-fit:contain"/>'
 
 
-def audio_html(waveform: np.ndarray, sample_rate: int = 16000) -> str:
+def audio_html(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE) -> str:
     """An ``<audio controls>`` player (``IPython.display.Audio``, embedded WAV, no autoplay)."""
     from IPython.display import Audio
 
@@ -59,7 +60,7 @@ class Explorer(widgets.VBox):
     """
 
     def __init__(self, image_emb: torch.Tensor, audio_emb: torch.Tensor, image_paths: Sequence[Any],
-                 audio_paths: Sequence[Any], labels: Sequence[str] | None = None, sample_rate: int = 16000,
+                 audio_paths: Sequence[Any], labels: Sequence[str] | None = None, sample_rate: int = SAMPLE_RATE,
                  k: int = 5, max_audio_seconds: float = 5.0,
                  load_audio: Callable[[Any, int], np.ndarray] | None = None) -> None:
         self.image_emb = torch.as_tensor(image_emb, dtype=torch.float32)
@@ -160,7 +161,7 @@ class Explorer(widgets.VBox):
 
 
 def build_explorer(image_emb: torch.Tensor, audio_emb: torch.Tensor, image_paths: Sequence[Any],
-                   audio_paths: Sequence[Any], labels: Sequence[str] | None = None, sample_rate: int = 16000,
+                   audio_paths: Sequence[Any], labels: Sequence[str] | None = None, sample_rate: int = SAMPLE_RATE,
                    k: int = 5, max_audio_seconds: float = 5.0,
                    load_audio: Callable[[Any, int], np.ndarray] | None = None) -> Explorer:
     """The explorer widget over N pairs.

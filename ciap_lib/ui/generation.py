@@ -22,7 +22,7 @@ from typing import Any
 import ipywidgets as widgets
 import numpy as np
 
-from ciap_lib.fallback import MAX_DURATION, MIN_DURATION, SAMPLE_RATE, check_duration
+from ciap_lib.constants import MAX_DURATION, MIN_DURATION, SAMPLE_RATE, check_duration
 from ciap_lib.ui.generators import Generator
 
 
