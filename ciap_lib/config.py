@@ -1,10 +1,16 @@
 """Training configuration: one flat dataclass of plain values (nanoGPT style), logged whole.
 
-``load_config(path, overrides)`` reads YAML and applies ``key=value`` strings; an unknown key
-or a value of the wrong type is a ``ValueError`` naming the key.
+``load_config(path, overrides)`` reads YAML and applies ``key=value`` strings; an unknown key or a value of the
+wrong type is a ``ValueError`` naming the key. :meth:`TrainConfig.check` validates the values themselves
+(positive counts, names found in the registries ``MODEL_CONFIGS``, ``LOSSES``, ``OPTIMIZERS``, ``SCHEDULERS``,
+optionally the data folder and pretrained weights on disk) before anything heavy starts.
+
+:func:`parse_value` is the one parser of command-line values (``train --set``, ``run -p`` and the flags): it is
+driven by the type the key expects, so ``run_name=007`` stays the string ``"007"`` and ``lr=1e-3`` is a float.
 """
 from __future__ import annotations
 
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, fields
@@ -38,14 +44,16 @@ class TrainConfig:
     freeze_backbone: bool | None = None
     audio_encoder: str | None = None      # 'mlp' | 'logmel_cnn' | 'clap'
     # optimisation (original design: batch 32, Adam, lr 1e-3, StepLR every 10 epochs)
-    loss: str = "infonce"                 # 'infonce' | 'cosine'
+    loss: str = "infonce"                 # a key of ciap_lib.losses.LOSSES: 'infonce' | 'cosine'
     batch_size: int = 32                  # global batch (split across ranks in distributed runs)
     epochs: int = 10
     lr: float = 1e-3
     weight_decay: float = 0.0
-    optimizer: str = "adam"               # 'adam' | 'adamw'
-    lr_step_size: int = 10
-    lr_gamma: float = 0.1
+    optimizer: str = "adam"               # a key of ciap_lib.optim.OPTIMIZERS: 'adam' | 'adamw'
+    lr_schedule: str = "step"             # a key of ciap_lib.optim.SCHEDULERS: 'step' | 'cosine' | 'constant'
+    lr_step_size: int = 10                # 'step': epochs between lr drops
+    lr_gamma: float = 0.1                 # 'step': lr factor per drop
+    warmup_epochs: int = 0                # 'cosine': linear warmup epochs before the decay
     grad_clip: float | None = None
     seed: int = 0
     device: str = "cpu"                   # 'cpu' | 'cuda' | 'cuda:N' | 'auto'
@@ -63,17 +71,38 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        """Build from a mapping, type-checking every value (``ValueError`` names the key)."""
+    def from_dict(cls, d: Mapping[str, Any], prefix: str = "") -> "TrainConfig":
+        """Build from a mapping, type-checking every value (``ValueError`` names the key, as ``prefix`` + key
+        when a prefix such as ``"train."`` is given)."""
         if not isinstance(d, Mapping):
             raise ValueError(f"config must be a mapping of key: value, got {type(d).__name__}")
         hints = _hints()
         kw = {}
         for key, value in d.items():
             if key not in hints:
-                raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(sorted(hints))}")
-            kw[key] = _check_type(key, value, hints[key])
+                what = f"unknown parameter {prefix}{key}" if prefix else f"unknown config key {key!r}"
+                raise ValueError(f"{what}; known keys: {', '.join(sorted(hints))}")
+            kw[key] = check_type(_key(prefix, key), value, hints[key])
         return cls(**kw)
+
+    def check(self, prefix: str = "", check_paths: bool = False, check_weights: bool | None = None) -> "TrainConfig":
+        """Validate the values (the types were checked when it was built); returns ``self``.
+
+        Raises one ``ValueError`` listing every problem, each naming the key (``prefix`` + key, e.g.
+        ``train.epochs``), the rejected value and what is allowed. ``check_paths``: the data folder and its
+        split folders must exist; ``check_weights`` (default: ``check_paths``): pretrained weights asked for must
+        be on disk. Nothing is loaded or built.
+        """
+        problems = _value_problems(self, check_paths, check_paths if check_weights is None else check_weights)
+        if problems:
+            lines = [f"{_key(prefix, key)}: {msg}" for key, msg in problems]
+            raise ValueError("\n".join(lines) if len(lines) > 1 else lines[0])
+        return self
+
+    @staticmethod
+    def hints() -> dict[str, Any]:
+        """``{key: type}`` of every field (what :func:`parse_value` parses command-line values as)."""
+        return _hints()
 
     def model_overrides(self) -> dict[str, Any]:
         """The non-None model overrides, as kwargs for ``create_model``."""
@@ -82,6 +111,67 @@ class TrainConfig:
     @property
     def checkpoint_dir(self) -> Path:
         return Path(self.ckpt_dir) / self.run_name
+
+
+#: keys that must be > 0, and keys that must be >= 0
+_POSITIVE = ("batch_size", "epochs", "lr_step_size", "eval_batch_size", "eval_chunk_size")
+_NON_NEGATIVE = ("num_workers", "warmup_epochs", "weight_decay")
+_RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_DEVICE = re.compile(r"cpu|auto|cuda(:\d+)?")
+
+
+def _key(prefix: str, key: str) -> str:
+    return f"{prefix}{key}" if prefix else f"config key {key!r}"
+
+
+def _value_problems(cfg: "TrainConfig", check_paths: bool, check_weights: bool) -> list[tuple[str, str]]:
+    """``[(key, problem), ...]`` for :meth:`TrainConfig.check`."""
+    from ciap_lib.losses import LOSSES
+    from ciap_lib.models import MODEL_CONFIGS, check_model_config, get_model_config
+    from ciap_lib.optim import OPTIMIZERS, SCHEDULERS
+
+    out: list[tuple[str, str]] = []
+    for key in _POSITIVE:
+        if getattr(cfg, key) <= 0:
+            out.append((key, f"must be a positive integer, got {getattr(cfg, key)!r}"))
+    for key in _NON_NEGATIVE:
+        if getattr(cfg, key) < 0:
+            out.append((key, f"must be >= 0, got {getattr(cfg, key)!r}"))
+    if not cfg.lr > 0 or cfg.lr != cfg.lr:
+        out.append(("lr", f"must be a positive number, got {cfg.lr!r}"))
+    if not 0 < cfg.lr_gamma <= 1:
+        out.append(("lr_gamma", f"must be in (0, 1], got {cfg.lr_gamma!r}"))
+    if cfg.grad_clip is not None and not cfg.grad_clip > 0:
+        out.append(("grad_clip", f"must be a positive number or null, got {cfg.grad_clip!r}"))
+    if cfg.warmup_epochs >= cfg.epochs > 0 and cfg.lr_schedule == "cosine":
+        out.append(("warmup_epochs", f"must be fewer than epochs ({cfg.epochs}), got {cfg.warmup_epochs}"))
+    for key, registry, what in (("loss", LOSSES, "a loss"), ("optimizer", OPTIMIZERS, "an optimizer"),
+                                ("lr_schedule", SCHEDULERS, "a learning-rate schedule")):
+        if getattr(cfg, key) not in registry:
+            out.append((key, f"{getattr(cfg, key)!r} is not {what}; choose from {sorted(registry)}"))
+    if not _DEVICE.fullmatch(cfg.device):
+        out.append(("device", f"{cfg.device!r} is not a device; use cpu, cuda, cuda:N or auto"))
+    if not _RUN_NAME.fullmatch(cfg.run_name):
+        out.append(("run_name", f"{cfg.run_name!r} may only hold letters, digits, '.', '_' and '-'"))
+    if cfg.model not in MODEL_CONFIGS:
+        out.append(("model", f"{cfg.model!r} is not a model config; choose from {sorted(MODEL_CONFIGS)}"))
+    else:
+        mc = get_model_config(cfg.model, **cfg.model_overrides())
+        for problem in check_model_config(mc, check_weights=check_weights):
+            key, _, msg = problem.partition(": ")
+            out.append((key, msg))
+        if cfg.loss == "cosine" and mc.audio_encoder != "clap":
+            out.append(("loss", "'cosine' regresses onto a frozen audio tower; use it with audio_encoder 'clap' "
+                                f"(this model's audio encoder is {mc.audio_encoder!r})"))
+    if check_paths:
+        root = Path(cfg.data)
+        if not root.is_dir() and root != Path(TrainConfig.data):  # the embedded set is built on first use
+            out.append(("data", f"folder {cfg.data!r} does not exist"))
+        elif root.is_dir():
+            for key in ("train_split", "val_split"):
+                if not (root / getattr(cfg, key)).is_dir():
+                    out.append((key, f"split folder {str(root / getattr(cfg, key))!r} does not exist"))
+    return out
 
 
 def _hints() -> dict[str, Any]:
@@ -93,15 +183,15 @@ def _type_name(tp: Any) -> str:
     args = typing.get_args(tp)
     if args:
         return " or ".join(_type_name(a) for a in args)
-    return "null" if tp is type(None) else tp.__name__
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
-def _check_type(key: str, value: Any, tp: Any) -> Any:
-    allowed = typing.get_args(tp) if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union \
-        else (tp,)
-    if value is None and type(None) in allowed:
-        return None
-    for t in allowed:
+def check_type(name: str, value: Any, tp: Any) -> Any:
+    """``value`` as the type ``tp`` expects (``bool``, ``int``, ``float`` (ints pass), ``str``, ``list``, ``Any``, or
+    a union with ``None``), or a ``ValueError`` saying that ``name`` expects that type."""
+    for t in _allowed(tp):
+        if t is Any or (t is type(None) and value is None):
+            return value
         if t is bool and isinstance(value, bool):
             return value
         if t is int and isinstance(value, int) and not isinstance(value, bool):
@@ -110,12 +200,72 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
             return float(value)
         if t is str and isinstance(value, str):
             return value
-    raise ValueError(f"config key {key!r} expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+        if (t is list or typing.get_origin(t) is list) and isinstance(value, (list, tuple)):
+            return list(value)
+    raise ValueError(f"{name} expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _allowed(tp: Any) -> tuple[Any, ...]:
+    """The members of a union type (``int | None`` -> ``(int, NoneType)``), else ``(tp,)``."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return typing.get_args(tp)
+    return (tp,)
+
+
+def parse_value(text: str, tp: Any = Any, name: str = "value") -> Any:
+    """A command-line value parsed as the type ``tp`` expects (``int``, ``float``, ``str``, ``bool``, ``list``,
+    a union with ``None``, or ``Any``); ``ValueError`` naming ``name`` when it is not one.
+
+    ``null`` / ``none`` / ``~`` give None where None is allowed; a ``str`` key keeps the text as typed
+    (``007`` stays ``"007"``); numbers accept ``1e-3``; booleans ``true``/``false``/``yes``/``no``/``1``/``0``;
+    lists a YAML list (``[a, b]``) or one item. ``Any``: a YAML scalar or list, ``1e-3`` as a float.
+    """
+    raw = text.strip()
+    allowed = _allowed(tp)
+    if raw.lower() in ("null", "none", "~") and (type(None) in allowed or tp is Any):
+        return None
+    concrete = [t for t in allowed if t is not type(None)]
+    if str in concrete:
+        return text
+    for t in concrete:
+        try:
+            if t is bool:
+                low = raw.lower()
+                if low in ("true", "yes", "on", "1"):
+                    return True
+                if low in ("false", "no", "off", "0"):
+                    return False
+            elif t is int:
+                v = yaml.safe_load(raw)
+                if isinstance(v, int) and not isinstance(v, bool):
+                    return v
+            elif t is float:
+                return float(raw)
+            elif t is list or typing.get_origin(t) is list:
+                v = yaml.safe_load(raw) if raw else []
+                return list(v) if isinstance(v, (list, tuple)) else [v]
+            elif t is Any:
+                return _yaml_scalar(raw)
+        except (ValueError, yaml.YAMLError):
+            continue
+    raise ValueError(f"{name}: expects {_type_name(tp)}, got {text!r}")
+
+
+def _yaml_scalar(raw: str) -> Any:
+    try:
+        v = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as e:
+        raise ValueError(f"cannot parse {raw!r} ({e})") from e
+    if isinstance(v, str):
+        try:
+            return float(v)  # YAML 1.1 reads 1e-3 as a string
+        except ValueError:
+            pass
+    return v
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """``"key=value"`` -> (key, typed value). Values are parsed as YAML scalars, except that
-    string keys keep the raw text (so ``run_name=123`` stays a string)."""
+    """``"key=value"`` for a TrainConfig key -> (key, typed value) (:func:`parse_value` with the key's type)."""
     if "=" not in item:
         raise ValueError(f"override {item!r} must look like key=value")
     key, raw = item.split("=", 1)
@@ -123,17 +273,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     hints = _hints()
     if key not in hints:
         raise ValueError(f"unknown config key {key!r} in override {item!r}; known keys: {', '.join(sorted(hints))}")
-    tp = hints[key]
-    allowed = typing.get_args(tp) or (tp,)
-    if raw.strip().lower() in ("null", "none", "~") and type(None) in allowed:
-        return key, None
-    if str in allowed:
-        return key, raw
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        raise ValueError(f"config key {key!r}: cannot parse value {raw!r} ({e})") from e
-    return key, _check_type(key, value, tp)
+    return key, parse_value(raw, hints[key], f"config key {key!r}")
 
 
 def train_section(loaded: dict[str, Any]) -> dict[str, Any]:

@@ -29,14 +29,14 @@ KERNEL_NAME = "ciap"
 TOP_LEVEL = {"name": "default", "experiment_name": "ciap", "run_name": ""}
 
 #: Built-in schema of each dict section (key -> default; the default's type is the key's type,
-#: None = any type). Keys found in the notebooks' ``parameters`` cells are added (see _section_schema).
+#: None = any type). Keys found in the notebooks' ``parameters`` cells are added (see section_schema). The
+#: ``generation`` section also holds every field of ``ciap_lib.bridge.GenerationParams`` (its defaults and types).
 SECTIONS: dict[str, dict[str, Any]] = {
     "data": {"root": "data/synthetic", "synthetic": True, "n_train": 384, "n_val": 96, "seed": 0,
              "image_size": 96, "seconds": 1.5, "n_examples": 4},
     "evaluate": {"split": "val", "top_k": 5, "heatmap_size": 32, "max_points": 1000, "explore_index": 0,
                  "batch_size": 64},
-    "generation": {"images": [], "n_images": 2, "duration": 5.0, "steps": 20, "sampler": "dpmpp",
-                   "guidance_scale": 2.5, "seed": 0, "n_candidates": 1, "audioldm": "audioldm-s-full"},
+    "generation": {"images": [], "n_images": 2, "audioldm": "audioldm-s-full"},
 }
 #: which notebook's ``parameters`` cell may extend which section's schema
 SECTION_NOTEBOOK = {"data": "01_data_exploration", "evaluate": "03_retrieval_evaluation",
@@ -99,53 +99,10 @@ def repo_root() -> Path:
 
 # ---------------------------------------------------------------------------------------------
 # parsing and validation
-def parse_value(text: str) -> Any:
-    """A ``-p`` value: a YAML scalar/list (``5``, ``2.5``, ``true``, ``[a, b]``), ``1e-3`` as a float."""
-    v = yaml.safe_load(text) if text.strip() else ""
-    if isinstance(v, str):
-        try:
-            return int(v)
-        except ValueError:
-            pass
-        try:
-            return float(v)
-        except ValueError:
-            pass
-    return v
-
-
-def _train_fields() -> set[str]:
+def _train_hints() -> dict[str, Any]:
     from ciap_lib.config import TrainConfig
 
-    return {f.name for f in dataclasses.fields(TrainConfig)}
-
-
-def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``key=value`` overrides (dotted keys; a bare TrainConfig field means ``train.<key>``)."""
-    raw = copy.deepcopy(raw)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"-p {item!r}: expected key=value (e.g. -p train.epochs=5)")
-        key, _, text = item.partition("=")
-        key = key.strip()
-        value = parse_value(text)
-        parts = key.split(".")
-        if len(parts) == 1 and key not in TOP_LEVEL and key not in SECTIONS and key != "train":
-            if key in _train_fields():
-                parts = ["train", key]
-            else:
-                raise ConfigError(f"-p {key}: unknown parameter (use section.key: "
-                                  f"{', '.join(sorted(['train', *SECTIONS]))}, or one of {sorted(TOP_LEVEL)})")
-        if len(parts) > 2:
-            raise ConfigError(f"-p {key}: too many dots (expected section.key)")
-        if len(parts) == 1:
-            raw[parts[0]] = value
-        else:
-            sec = raw.setdefault(parts[0], {})
-            if not isinstance(sec, dict):
-                raise ConfigError(f"-p {key}: {parts[0]} is not a section")
-            sec[parts[1]] = value
-    return raw
+    return TrainConfig.hints()
 
 
 def _notebook_defaults(notebook: str, var: str, notebooks_dir: Path) -> dict[str, Any]:
@@ -173,101 +130,168 @@ def _notebook_defaults(notebook: str, var: str, notebooks_dir: Path) -> dict[str
     return {}
 
 
-def _section_schema(section: str, notebooks_dir: Path) -> dict[str, Any]:
-    schema = dict(SECTIONS[section])
-    for k, v in _notebook_defaults(SECTION_NOTEBOOK[section], section, notebooks_dir).items():
-        schema.setdefault(k, v)
+def section_schema(section: str, notebooks_dir: Path | None = None) -> dict[str, tuple[Any, Any]]:
+    """``{key: (default, type)}`` of a dict section: the built-in keys, ``GenerationParams``' fields for
+    ``generation``, then the keys of the owning notebook's ``parameters`` cell (type of their default;
+    ``Any`` for None)."""
+    notebooks_dir = Path(notebooks_dir or repo_root() / "notebooks")
+    schema: dict[str, tuple[Any, Any]] = {}
+    if section == "generation":
+        from ciap_lib.bridge.params import GenerationParams
+
+        defaults = GenerationParams().to_dict()
+        schema.update({k: (defaults[k], tp) for k, tp in GenerationParams.hints().items()})
+    found = _notebook_defaults(SECTION_NOTEBOOK[section], section, notebooks_dir)
+    for k, v in {**SECTIONS[section], **found}.items():
+        schema.setdefault(k, (v, Any if v is None else type(v)))
     return schema
 
 
-def _check_type(name: str, value: Any, default: Any, source: str) -> Any:
-    """``value`` converted to ``default``'s type, or ConfigError naming ``name``."""
-    if default is None:
-        return value
-    want = type(default)
-    if want is bool:
-        if isinstance(value, bool):
-            return value
-    elif want is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif want is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif want is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-    elif want in (list, tuple):
-        if isinstance(value, (list, tuple)):
-            return list(value)
-        if isinstance(value, str):  # -p generation.images=a.png
-            return [value]
-    elif isinstance(value, want):
-        return value
-    raise ConfigError(f"{source}: {name} must be {want.__name__}, got {type(value).__name__} {value!r}")
+def _param_type(parts: list[str], notebooks_dir: Path | None) -> Any:
+    """The type the parameter ``parts`` (``["train", "epochs"]``, ``["run_name"]``) takes; ConfigError if unknown."""
+    key = ".".join(parts)
+    if len(parts) == 1:
+        if parts[0] in TOP_LEVEL:
+            return str
+        raise ConfigError(f"-p {key}: unknown parameter (use section.key: {', '.join(sorted(['train', *SECTIONS]))}, "
+                          f"or one of {sorted(TOP_LEVEL)})")
+    sec, name = parts
+    if sec == "train":
+        hints = _train_hints()
+        if name not in hints:
+            raise ConfigError(f"-p {key}: unknown parameter train.{name} (known: {', '.join(sorted(hints))})")
+        return hints[name]
+    if sec not in SECTIONS:
+        raise ConfigError(f"-p {key}: unknown section {sec!r} (known: {', '.join(sorted(['train', *SECTIONS]))})")
+    schema = section_schema(sec, notebooks_dir)
+    if name not in schema:
+        raise ConfigError(f"-p {key}: unknown parameter {key} (known: {', '.join(sorted(schema))})")
+    return schema[name][1]
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str], notebooks_dir: Path | None = None
+                    ) -> dict[str, Any]:
+    """Apply ``key=value`` overrides (dotted keys; a bare TrainConfig field means ``train.<key>``). Each value is
+    parsed as the type its parameter takes (``ciap_lib.config.parse_value``), so ``run_name=007`` stays a string."""
+    from ciap_lib.config import parse_value
+
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"-p {item!r}: expected key=value (e.g. -p train.epochs=5)")
+        key, _, text = item.partition("=")
+        parts = key.strip().split(".")
+        if len(parts) == 1 and parts[0] not in TOP_LEVEL and parts[0] in _train_hints():
+            parts = ["train", parts[0]]
+        if len(parts) > 2:
+            raise ConfigError(f"-p {key}: too many dots (expected section.key)")
+        tp = _param_type(parts, notebooks_dir)
+        try:
+            value = parse_value(text, tp, ".".join(parts))
+        except ValueError as e:
+            raise ConfigError(f"-p {e}") from None
+        if len(parts) == 1:
+            raw[parts[0]] = value
+        else:
+            sec = raw.setdefault(parts[0], {})
+            if not isinstance(sec, dict):
+                raise ConfigError(f"-p {key}: {parts[0]} is not a section")
+            sec[parts[1]] = value
+    return raw
+
+
+def _resolve(p: str | Path) -> Path:
+    pp = Path(p)
+    return pp if pp.is_absolute() else repo_root() / pp
+
+
+def _section_problems(sections: dict[str, dict[str, Any]], train: dict[str, Any], check_paths: bool) -> list[str]:
+    """Value problems of the data / evaluate / generation sections, each ``"<section>.<key>: <problem>"``."""
+    from ciap_lib.bridge.params import GenerationParams
+    from ciap_lib.synthetic import check_params
+
+    out: list[str] = []
+    data, ev, gen = sections["data"], sections["evaluate"], sections["generation"]
+    if data["synthetic"]:
+        out += [f"data.{p}" for p in check_params(data["n_train"], data["n_val"], data["image_size"], data["seconds"])]
+    if data["n_examples"] < 0:
+        out.append(f"data.n_examples: must be >= 0, got {data['n_examples']}")
+    if ev["split"] not in (train.get("train_split"), train.get("val_split")):
+        out.append(f"evaluate.split: must be train.train_split or train.val_split, got {ev['split']!r}")
+    for key, low in (("top_k", 1), ("heatmap_size", 1), ("max_points", 2), ("explore_index", 0), ("batch_size", 1)):
+        if ev[key] < low:
+            out.append(f"evaluate.{key}: must be >= {low}, got {ev[key]!r}")
+    params = GenerationParams.from_dict({k: gen[k] for k in GenerationParams.hints()}, prefix="generation.")
+    out += [f"generation.{k}: {msg}" for k, msg in params.problems()]
+    if gen["n_images"] < 0:
+        out.append(f"generation.n_images: must be >= 0, got {gen['n_images']}")
+    if check_paths:
+        root = Path(data["root"])
+        if not data["synthetic"]:
+            if not _resolve(root).is_dir():
+                out.append(f"data.root: folder {root} does not exist (set data.synthetic=true to build the "
+                           "synthetic set there)")
+            else:
+                for split_key in ("train_split", "val_split"):
+                    split = train.get(split_key)
+                    if split and not (_resolve(root) / split).is_dir():
+                        out.append(f"data.root: split folder {root / split} does not exist "
+                                   f"(train.{split_key}={split!r})")
+        for p in gen.get("images") or []:
+            if not _resolve(p).is_file():
+                out.append(f"generation.images: file {p} does not exist")
+    return out
 
 
 def validate(raw: Mapping[str, Any], source: str = "<config>", notebooks_dir: Path | None = None,
              check_paths: bool = True) -> Experiment:
-    """Check every parameter; ConfigError naming the first bad one. No heavy work is done here."""
-    from ciap_lib.config import TrainConfig
+    """Check every parameter, its type and its value, before any heavy work; one ConfigError lists every
+    problem, each naming the parameter, the rejected value and what is allowed. ``check_paths``: the data
+    folders, the generation images and pretrained weights asked for must exist."""
+    from ciap_lib.config import TrainConfig, check_type
 
-    notebooks_dir = notebooks_dir or repo_root() / "notebooks"
+    notebooks_dir = Path(notebooks_dir or repo_root() / "notebooks")
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{source}: expected a mapping at top level, got {type(raw).__name__}")
     known = set(TOP_LEVEL) | set(SECTIONS) | {"train"}
     for k in raw:
         if k not in known:
             raise ConfigError(f"{source}: unknown parameter {k!r} (known: {', '.join(sorted(known))})")
-    top = {k: _check_type(k, raw.get(k, d), d, source) for k, d in TOP_LEVEL.items()}
-
-    sections: dict[str, dict[str, Any]] = {}
-    for sec in SECTIONS:
-        given = raw.get(sec) or {}
-        if not isinstance(given, Mapping):
-            raise ConfigError(f"{source}: {sec} must be a mapping, got {type(given).__name__}")
-        schema = _section_schema(sec, notebooks_dir)
-        for k in given:
-            if k not in schema:
-                raise ConfigError(f"{source}: unknown parameter {sec}.{k} (known: {', '.join(sorted(schema))})")
-        sections[sec] = {k: _check_type(f"{sec}.{k}", given.get(k, d), d, source) for k, d in schema.items()}
-
-    train = dict(raw.get("train") or {})
-    if "data" in train:
-        raise ConfigError(f"{source}: train.data: set the dataset with data.root instead")
-    train["data"] = sections["data"]["root"]
     try:
-        cfg = TrainConfig.from_dict(train)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{source}: train: {e}") from e
+        top = {k: check_type(k, raw.get(k, d), str) for k, d in TOP_LEVEL.items()}
+        sections: dict[str, dict[str, Any]] = {}
+        for sec in SECTIONS:
+            given = raw.get(sec) or {}
+            if not isinstance(given, Mapping):
+                raise ConfigError(f"{source}: {sec} must be a mapping, got {type(given).__name__}")
+            schema = section_schema(sec, notebooks_dir)
+            for k in given:
+                if k not in schema:
+                    raise ConfigError(f"{source}: unknown parameter {sec}.{k} (known: {', '.join(sorted(schema))})")
+            sections[sec] = {k: check_type(f"{sec}.{k}", given.get(k, d), tp) for k, (d, tp) in schema.items()}
+        train = dict(raw.get("train") or {})
+        if "data" in train:
+            raise ConfigError(f"{source}: train.data: set the dataset with data.root instead")
+        train["data"] = sections["data"]["root"]
+        cfg = TrainConfig.from_dict(train, prefix="train.")
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    problems = []
+    try:
+        cfg.check(prefix="train.", check_paths=False, check_weights=check_paths)
+    except ValueError as e:
+        problems += str(e).splitlines()
     train = cfg.to_dict()
-
-    data = sections["data"]
-    if check_paths:
-        root = Path(data["root"])
-        root_abs = root if root.is_absolute() else repo_root() / root
-        if not data["synthetic"]:
-            if not root_abs.is_dir():
-                raise ConfigError(f"{source}: data.root: folder {root} does not exist "
-                                  "(set data.synthetic=true to build the synthetic set there)")
-            for split_key in ("train_split", "val_split"):
-                split = train.get(split_key)
-                if split and not (root_abs / split).is_dir():
-                    raise ConfigError(f"{source}: data.root: split folder {root / split} does not exist "
-                                      f"(train.{split_key}={split!r})")
-        for p in sections["generation"].get("images") or []:
-            pp = Path(p)
-            if not (pp if pp.is_absolute() else repo_root() / pp).is_file():
-                raise ConfigError(f"{source}: generation.images: file {p} does not exist")
-    if sections["evaluate"]["split"] not in (train.get("train_split"), train.get("val_split")):
-        raise ConfigError(f"{source}: evaluate.split must be train.train_split or train.val_split, "
-                          f"got {sections['evaluate']['split']!r}")
+    problems += _section_problems(sections, train, check_paths)
     if top["run_name"] and not re.fullmatch(r"[A-Za-z0-9._-]+", top["run_name"]):
-        raise ConfigError(f"{source}: run_name {top['run_name']!r} may only hold letters, digits, '.', '_', '-'")
+        problems.append(f"run_name: {top['run_name']!r} may only hold letters, digits, '.', '_', '-'")
+    if problems:
+        raise ConfigError(f"{source}: " + problems[0] if len(problems) == 1 else
+                          f"{source}: {len(problems)} bad parameters:\n" + "\n".join(f"  {p}" for p in problems))
     return Experiment(source=source, name=top["name"], experiment_name=top["experiment_name"],
-                      run_name=top["run_name"], data=data, train=train, evaluate=sections["evaluate"],
+                      run_name=top["run_name"], data=sections["data"], train=train, evaluate=sections["evaluate"],
                       generation=sections["generation"])
 
 
@@ -281,7 +305,7 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = (), notebooks_d
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    raw = apply_overrides(raw, overrides)
+    raw = apply_overrides(raw, overrides, notebooks_dir)
     return validate(raw, source=str(path), notebooks_dir=notebooks_dir, check_paths=check_paths)
 
 

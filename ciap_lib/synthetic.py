@@ -39,7 +39,7 @@ from ciap_lib.audio_io import write_wav
 from ciap_lib.constants import SAMPLE_RATE
 
 __all__ = ["SHAPES", "COLOURS", "COUNTS", "TIMBRES", "PITCHES_HZ", "PULSE_RATES_HZ", "combo_name",
-           "is_held_out", "render_image", "render_audio", "make_synthetic_dataset", "MANIFEST"]
+           "is_held_out", "render_image", "render_audio", "make_synthetic_dataset", "check_params", "MANIFEST"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -176,6 +176,19 @@ def _read_manifest(root: Path) -> dict | None:
     return m if isinstance(m, dict) and m.get("generator") == _GENERATOR else None
 
 
+def check_params(n_train: int, n_val: int, image_size: int, seconds: float) -> list[str]:
+    """Problems with the generator's parameters (empty when fine), each ``"<name>: <problem>"``."""
+    out = []
+    for name, v in (("n_train", n_train), ("n_val", n_val)):
+        if v < 1:
+            out.append(f"{name}: must be >= 1, got {v}")
+    if image_size < 16:
+        out.append(f"image_size: must be >= 16, got {image_size}")
+    if not seconds >= 1.0:
+        out.append(f"seconds: must be >= 1.0 (every 1 s crop keeps all attributes), got {seconds}")
+    return out
+
+
 def make_synthetic_dataset(root: PathLike = "data/synthetic", n_train: int = 384, n_val: int = 96,
                            seed: int = 0, image_size: int = 96, seconds: float = 1.5,
                            sample_rate: int = SAMPLE_RATE, overwrite: bool = False) -> Path:
@@ -195,12 +208,9 @@ def make_synthetic_dataset(root: PathLike = "data/synthetic", n_train: int = 384
     Returns:
         ``root`` as a Path.
     """
-    if n_train < 1 or n_val < 1:
-        raise ValueError(f"make_synthetic_dataset: n_train ({n_train}) and n_val ({n_val}) must be >= 1")
-    if image_size < 16:
-        raise ValueError(f"make_synthetic_dataset: image_size must be >= 16, got {image_size}")
-    if seconds < 1.0:
-        raise ValueError(f"make_synthetic_dataset: seconds must be >= 1.0, got {seconds}")
+    bad = check_params(n_train=n_train, n_val=n_val, image_size=image_size, seconds=seconds)
+    if bad:
+        raise ValueError("make_synthetic_dataset: " + "; ".join(bad))
     root = Path(root)
     params = {"generator": _GENERATOR, "version": _VERSION, "n_train": int(n_train), "n_val": int(n_val),
               "seed": int(seed), "image_size": int(image_size), "seconds": float(seconds),

@@ -25,6 +25,7 @@ from ciap_lib.data import PairDataset, make_loader
 from ciap_lib.embedding import embed_dataset
 from ciap_lib.losses import create_loss
 from ciap_lib.models import CIAP, create_model
+from ciap_lib.optim import create_optimizer, create_scheduler
 from ciap_lib.progress import progress
 from ciap_lib.retrieval import retrieval_metrics
 
@@ -103,22 +104,9 @@ def evaluate(model: CIAP, dataset: torch.utils.data.Dataset, batch_size: int = 1
                                    loss_batch_size, chunk_size)
 
 
-def _optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"config key 'optimizer' must be 'adam' or 'adamw', got {cfg.optimizer!r}")
-
-
-def _check_config(cfg: TrainConfig, info: D.DistInfo) -> int:
-    """Validate and return the per-rank batch size."""
-    for key in ("batch_size", "epochs", "lr_step_size", "eval_batch_size", "eval_chunk_size"):
-        if getattr(cfg, key) <= 0:
-            raise ValueError(f"config key {key!r} must be positive, got {getattr(cfg, key)}")
-    if cfg.lr <= 0:
-        raise ValueError(f"config key 'lr' must be positive, got {cfg.lr}")
+def _local_batch(cfg: TrainConfig, info: D.DistInfo) -> int:
+    """Validate ``cfg`` and return the per-rank batch size."""
+    cfg.check()
     if cfg.batch_size % info.world_size:
         raise ValueError(f"config key 'batch_size' ({cfg.batch_size}, the global batch) must be divisible by "
                          f"the number of processes ({info.world_size})")
@@ -148,7 +136,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[Callback] = (),
 
 def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapping[str, torch.Tensor] | None,
            info: D.DistInfo, t0: float) -> TrainResult:
-    local_batch = _check_config(cfg, info)
+    local_batch = _local_batch(cfg, info)
     seed_everything(cfg.seed)
     model = create_model(cfg.model, **cfg.model_overrides())
     mc = model.config
@@ -157,8 +145,6 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
                          "ciap_lib.workflows.fit (it computes them) or pass audio_features"
                          if audio_features is None else
                          f"audio_features were given but audio_encoder={mc.audio_encoder!r} encodes waveforms")
-    if cfg.loss == "cosine" and mc.audio_encoder != "clap":
-        raise ValueError("loss='cosine' regresses onto a frozen audio tower; use it with audio_encoder='clap'")
     loss_fn = create_loss(cfg.loss)
     ds_kw = dict(image_size=mc.image_size, sample_rate=mc.sample_rate, segment_seconds=mc.segment_seconds,
                  skip_bad=cfg.skip_bad, audio_features=audio_features, seed=cfg.seed)
@@ -177,8 +163,9 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
         # BatchNorm statistics over the global batch (SyncBatchNorm is CUDA-only; same state-dict keys).
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(info.device)
-    optimizer = _optimizer(cfg, model)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step_size, gamma=cfg.lr_gamma)
+    optimizer = create_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad], cfg.lr,
+                                 cfg.weight_decay)
+    scheduler = create_scheduler(cfg.lr_schedule, optimizer, cfg)
     ckpt_path = cfg.checkpoint_dir / "last.pt"
     start_epoch, history = 0, []
     if cfg.resume and ckpt_path.is_file():

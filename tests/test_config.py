@@ -1,9 +1,10 @@
-"""TrainConfig: YAML load/save, typed key=value overrides, clear errors naming the key."""
+"""TrainConfig: YAML load/save, typed key=value overrides, value checks, clear errors naming the key."""
+import typing
 from pathlib import Path
 
 import pytest
 
-from ciap_lib.config import TrainConfig, load_config, parse_override, save_config
+from ciap_lib.config import TrainConfig, load_config, parse_override, parse_value, save_config
 
 
 def test_defaults_are_the_original_training_recipe():
@@ -67,3 +68,73 @@ def test_experiment_yaml_gives_its_train_section_and_data_root():
     assert cfg.data == exp["data"]["root"]
     assert cfg.model == exp["train"]["model"] and cfg.epochs == 1
     assert cfg.batch_size == exp["train"]["batch_size"]
+
+
+# ------------------------------------------------------------------------------------ one parser for overrides
+@pytest.mark.parametrize("text, tp, expected", [
+    ("007", str, "007"), ("007", str | None, "007"), ("null", str | None, None),
+    ("1e-3", float, 1e-3), ("2", float, 2.0), ("-1", int, -1), ("1_000", int, 1000),
+    ("true", bool, True), ("no", bool | None, False), ("null", int | None, None),
+    ("[a.png, b.png]", list, ["a.png", "b.png"]), ("a.png", list, ["a.png"]),
+    ("1e-3", typing.Any, 1e-3), ("abc", typing.Any, "abc"), ("[1, 2]", typing.Any, [1, 2]),
+])
+def test_parse_value_follows_the_type_the_key_takes(text, tp, expected):
+    v = parse_value(text, tp)
+    assert v == expected and type(v) is type(expected)
+
+
+def test_train_set_and_run_p_and_flags_share_the_parser():
+    assert parse_override("run_name=007") == ("run_name", "007")
+    assert parse_override("lr=1e-3") == ("lr", 1e-3)
+    assert parse_override("grad_clip=null") == ("grad_clip", None)
+    assert load_config(None, ["lr=1e-3", "run_name=007"]).run_name == "007"
+
+
+# ------------------------------------------------------------------------------------ values, not only types
+@pytest.mark.parametrize("key, value, words", [
+    ("epochs", -1, ["epochs", "-1", "positive"]),
+    ("batch_size", 0, ["batch_size", "positive"]),
+    ("lr", 0.0, ["lr", "positive"]),
+    ("lr_gamma", 1.5, ["lr_gamma", "(0, 1]"]),
+    ("weight_decay", -0.1, ["weight_decay", ">= 0"]),
+    ("model", "nope", ["model", "'nope'", "debug", "seed"]),
+    ("optimizer", "sgd", ["optimizer", "'sgd'", "adam", "adamw"]),
+    ("lr_schedule", "linear", ["lr_schedule", "'linear'", "cosine", "step"]),
+    ("loss", "triplet", ["loss", "'triplet'", "infonce"]),
+    ("device", "gpu", ["device", "'gpu'", "cuda:N"]),
+    ("run_name", "a b", ["run_name", "'a b'"]),
+    ("image_backbone", "vgg", ["image_backbone", "'vgg'", "resnet18"]),
+    ("audio_encoder", "wav2vec", ["audio_encoder", "'wav2vec'", "logmel_cnn"]),
+    ("grad_clip", 0.0, ["grad_clip", "positive"]),
+])
+def test_check_names_the_key_the_value_and_what_is_allowed(key, value, words):
+    cfg = TrainConfig.from_dict({key: value})
+    with pytest.raises(ValueError) as e:
+        cfg.check(prefix="train.")
+    msg = str(e.value)
+    assert f"train.{key}" in msg or f"train.{words[0]}" in msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_check_lists_every_problem_and_passes_good_configs(tmp_path):
+    assert TrainConfig().check() == TrainConfig()
+    with pytest.raises(ValueError) as e:
+        TrainConfig.from_dict({"epochs": 0, "optimizer": "sgd", "loss": "cosine"}).check()
+    lines = str(e.value).splitlines()
+    assert len(lines) == 3 and "'epochs'" in lines[0] and "'optimizer'" in str(e.value)
+    assert "audio_encoder 'clap'" in str(e.value)  # cosine regression needs the frozen CLAP tower
+    TrainConfig.from_dict({"loss": "cosine", "audio_encoder": "clap"}).check()
+    with pytest.raises(ValueError, match="folder .*nowhere.* does not exist"):
+        TrainConfig.from_dict({"data": str(tmp_path / "nowhere")}).check(check_paths=True)
+
+
+def test_missing_pretrained_weights_are_named_by_check(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cfg = TrainConfig.from_dict({"model": "seed"})
+    cfg.check()  # without check_paths nothing is looked up on disk
+    with pytest.raises(ValueError) as e:
+        cfg.check(check_paths=True)
+    msg = str(e.value)
+    assert "resnet18" in msg and str(tmp_path / "torch") in msg and "download" in msg
+    assert "image_pretrained=none" in msg

@@ -210,6 +210,12 @@ def test_failing_cell_is_surfaced(tmp_path):
     ("evaluate.top_k=[1]", "evaluate.top_k"),
     ("data.synthetic=maybe", "data.synthetic"),
     ("generation.images=[missing.png]", "generation.images"),
+    ("generation.duration=20", "generation.duration"),
+    ("train.model=nope", "train.model"),
+    ("train.epochs=-1", "train.epochs"),
+    ("generation.sampler=euler", "generation.sampler"),
+    ("train.optimizer=sgd", "train.optimizer"),
+    ("generation.n_candidates=0", "generation.n_candidates"),
 ])
 def test_bad_parameter_fails_before_heavy_work(override, names, tmp_path, capsys):
     rc = cli_main(["run", str(ROOT / "experiments" / "default.yaml"), "-p", override,
@@ -218,6 +224,53 @@ def test_bad_parameter_fails_before_heavy_work(override, names, tmp_path, capsys
     assert rc == 2
     assert names in err, err
     assert not (tmp_path / "m.db").exists() and not (tmp_path / "runs").exists()  # nothing started
+
+
+@pytest.mark.parametrize("override, words", [
+    ("generation.duration=20", ["generation.duration", "20", "between 2.5 and 10.0"]),
+    ("train.model=nope", ["train.model", "'nope'", "debug", "default", "seed"]),
+    ("train.epochs=-1", ["train.epochs", "-1", "positive"]),
+    ("generation.sampler=euler", ["generation.sampler", "'euler'", "dpmpp", "unipc", "ddim"]),
+    ("train.optimizer=sgd", ["train.optimizer", "'sgd'", "adam", "adamw"]),
+    ("generation.n_candidates=0", ["generation.n_candidates", "0", ">= 1"]),
+])
+def test_check_rejects_bad_values_naming_value_and_what_is_allowed(override, words, capsys):
+    """``run --check`` used to answer "parameters OK" to each of these; they then failed minutes later."""
+    rc = cli_main(["run", str(ROOT / "experiments" / "default.yaml"), "--check", "-p", override])
+    out = capsys.readouterr()
+    assert rc == 2 and "parameters OK" not in out.out
+    for w in words:
+        assert w in out.err, out.err
+
+
+def test_check_lists_every_bad_value_at_once(capsys):
+    rc = cli_main(["run", str(ROOT / "experiments" / "default.yaml"), "--check", "-p", "train.epochs=0",
+                   "-p", "generation.sampler=euler", "-p", "evaluate.top_k=0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "3 bad parameters" in err
+    assert "train.epochs" in err and "generation.sampler" in err and "evaluate.top_k" in err
+
+
+def test_values_keep_the_type_their_parameter_takes(capsys):
+    exp = pipeline.load_experiment(ROOT / "experiments" / "default.yaml",
+                                   ["run_name=007", "train.lr=1e-3", "generation.steps=null", "generation.seed=7"])
+    assert exp.run_name == "007" and exp.train["lr"] == 1e-3
+    assert exp.generation["steps"] is None and exp.generation["seed"] == 7
+    assert cli_main(["run", str(ROOT / "experiments" / "default.yaml"), "--check", "--run-name", "007"]) == 0
+    assert "run name 007" in capsys.readouterr().out
+
+
+def test_steps_default_to_the_samplers_own_count():
+    from ciap_lib.bridge import DEFAULT_STEPS, GenerationParams
+
+    for name in ("default", "seed", "clap_aligned"):
+        exp = pipeline.load_experiment(ROOT / "experiments" / f"{name}.yaml", check_paths=False)
+        assert exp.generation["steps"] is None, name
+        params = GenerationParams.from_dict({k: exp.generation[k] for k in GenerationParams.hints()})
+        assert params.resolved_steps == DEFAULT_STEPS[params.sampler]
+    exp = pipeline.load_experiment(ROOT / "experiments" / "default.yaml", ["generation.sampler=ddim"])
+    params = GenerationParams.from_dict({k: exp.generation[k] for k in GenerationParams.hints()})
+    assert params.resolved_steps == 200
 
 
 def test_missing_data_folder(tmp_path, capsys):

@@ -69,6 +69,7 @@ def test_fallback_ui_click_gives_wav_of_chosen_duration(ws, fallback, duration):
     # never presented as diffusion
     assert "NOT diffusion" in ui.status.value and "not diffusion" in ui.message.value
     assert ui.steps.disabled and ui.guidance.disabled and ui.sampler.disabled and ui.seed.disabled
+    assert ui.n_candidates.disabled
     assert not ui.upload.disabled and not ui.duration.disabled and not ui.button.disabled
 
 
@@ -87,12 +88,14 @@ def test_ui_errors_are_shown_not_raised(ws, fallback):
 
 
 def test_ui_controls_and_defaults(fallback):
-    ui = G.build_generation_ui(fallback, duration=7.5, steps=12, guidance_scale=3.0, seed=4)
+    ui = G.build_generation_ui(fallback, duration=7.5, steps=12, guidance_scale=3.0, seed=4, n_candidates=3)
     assert (ui.duration.min, ui.duration.max, ui.duration.value) == (2.5, 10.0, 7.5)
-    assert (ui.steps.value, ui.guidance.value, ui.seed.value) == (12, 3.0, 4)
+    assert (ui.steps.value, ui.guidance.value, ui.seed.value, ui.n_candidates.value) == (12, 3.0, 4, 3)
     assert ui.button.description == "Generate"
     with pytest.raises(ValueError, match="duration"):
         G.build_generation_ui(fallback, duration=12.0)
+    with pytest.raises(ValueError, match="n_candidates"):
+        G.build_generation_ui(fallback, n_candidates=0)
 
 
 def test_generator_signatures_match():
@@ -165,22 +168,74 @@ def test_diffusion_ui_click_gives_wav_of_chosen_duration(ws, diffusion):
     assert diffusion.audioldm.fingerprint() == fingerprint  # still frozen
 
 
-def test_diffusion_ui_controls_reach_the_sampler(ws, diffusion):
-    ui = G.build_generation_ui(diffusion, steps=1, duration=2.5)
-    ui.upload.value = upload_value(png_bytes(ws))
-    ui.seed.value = 3
-    a = ui.generate()
-    ui.seed.value = 4
+class Recorder:
+    """The real generator; keeps the keyword arguments of every ``generate`` call (what the UI sent)."""
+
+    def __init__(self, generator):
+        self._generator, self.calls = generator, []
+
+    def __getattr__(self, name):
+        return getattr(self._generator, name)
+
+    def generate(self, **kw):
+        self.calls.append(kw)
+        return self._generator.generate(**kw)
+
+
+def test_steps_show_and_follow_the_samplers_own_count(diffusion, fallback):
+    from ciap_lib.bridge import DEFAULT_STEPS
+
+    ui = G.build_generation_ui(diffusion)
+    assert ui.sampler.value == "dpmpp" and ui.steps.value == DEFAULT_STEPS["dpmpp"] == 6
     ui.sampler.value = "ddim"
-    b = ui.generate()
-    assert ui.error is None and a.shape == b.shape == (40000,)
-    assert not np.array_equal(a, b)
+    assert ui.steps.value == DEFAULT_STEPS["ddim"] == 200          # AudioLDM's own 200, not 20
+    ui.sampler.value = "unipc"
+    assert ui.steps.value == DEFAULT_STEPS["unipc"]
+    ui.steps.value = 3                                              # the user's choice survives a sampler change
+    ui.sampler.value = "ddim"
+    assert ui.steps.value == 3
+    assert G.build_generation_ui(diffusion, sampler="ddim").steps.value == 200
+    assert G.build_generation_ui(diffusion, steps=12).steps.value == 12
     ui.steps.value = 0  # below the slider's minimum: clamped to 1 by the widget
     assert ui.steps.value == 1
 
 
+# (widget attribute, value to set, generate() keyword it must reach); each control alone
+CONTROLS = [("seed", 3, "seed"), ("steps", 2, "steps"), ("guidance", 4.0, "guidance_scale"),
+            ("sampler", "ddim", "sampler"), ("n_candidates", 2, "n_candidates"), ("duration", 3.0, "duration")]
+
+
+@pytest.fixture(scope="module")
+def baseline(ws, diffusion):
+    """The clip and the generate() arguments of a click with every control at its default (1 step, 2.5 s)."""
+    rec = Recorder(diffusion)
+    ui = G.build_generation_ui(rec, duration=2.5, steps=1)
+    ui.upload.value = upload_value(png_bytes(ws))
+    wave = ui.generate()
+    assert ui.error is None, ui.error
+    return wave, rec.calls[-1]
+
+
+@pytest.mark.parametrize("control, value, keyword", CONTROLS, ids=[c[0] for c in CONTROLS])
+def test_each_control_reaches_the_generator(ws, diffusion, baseline, control, value, keyword):
+    base_wave, base_kw = baseline
+    rec = Recorder(diffusion)
+    ui = G.build_generation_ui(rec, duration=2.5, steps=1)
+    ui.upload.value = upload_value(png_bytes(ws))
+    getattr(ui, control).value = value
+    wave = ui.generate()
+    assert ui.error is None, ui.error
+    kw = rec.calls[-1]
+    assert kw[keyword] == value, f"the {control} control did not reach generate({keyword}=...)"
+    changed = {k for k in base_kw if k not in ("images", "callback") and kw[k] != base_kw[k]}
+    assert changed == {keyword}, changed
+    if control != "n_candidates":  # the best of 2 candidates may be the first one, i.e. the default clip
+        assert wave.shape != base_wave.shape or not np.array_equal(wave, base_wave)
+
+
 def test_batch_files_with_diffusion(ws, diffusion, tmp_path):
-    [rec] = batch.generate_files(diffusion, batch.default_images(ws["data"], 1), tmp_path / "wavs", duration=2.5, steps=1)
+    [rec] = batch.generate_files(diffusion, batch.default_images(ws["data"], 1), tmp_path / "wavs", duration=2.5,
+                                 steps=1)
     assert rec["wav"].name == "val_00000.wav" and rec["kind"] == "diffusion"
     info = sf.info(rec["wav"])
     assert info.samplerate == SR and info.frames == 40000

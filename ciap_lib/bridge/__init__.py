@@ -9,6 +9,7 @@ from ciap_lib.bridge.loading import (
     DEFAULT_MODEL, MODEL_NAMES, AudioLDMCheckpointError, AudioLDMNotFoundError, FrozenAudioLDM, load_audioldm,
 )
 from ciap_lib.bridge.metrics import clap_frechet_distance, clap_score
+from ciap_lib.bridge.params import PRECISIONS, GenerationParams
 from ciap_lib.bridge.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 from ciap_lib.bridge.tiny import build_tiny_audioldm_checkpoint
 from ciap_lib.bridge.training import train_clap_aligned
@@ -17,5 +18,5 @@ __all__ = [
     "DEFAULT_MODEL", "MODEL_NAMES", "AudioLDMCheckpointError", "AudioLDMNotFoundError", "FrozenAudioLDM",
     "load_audioldm", "build_tiny_audioldm_checkpoint", "CIAPCondStage", "generate", "check_inputs", "write_wavs",
     "clap_audio_features", "clap_score", "clap_frechet_distance", "train_clap_aligned",
-    "DEFAULT_SAMPLER", "DEFAULT_STEPS", "SAMPLERS",
+    "DEFAULT_SAMPLER", "DEFAULT_STEPS", "SAMPLERS", "GenerationParams", "PRECISIONS",
 ]

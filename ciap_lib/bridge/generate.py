@@ -6,7 +6,6 @@ n_candidates + k)``: the same seed gives the same audio whatever the batch size.
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,12 +16,11 @@ import torch.nn.functional as F
 
 from ciap_lib.bridge.condition import AUDIOLDM_EMBED_DIM, CIAPCondStage
 from ciap_lib.bridge.loading import FrozenAudioLDM
+from ciap_lib.bridge.params import GenerationParams
 from ciap_lib.bridge.sampling import (
-    DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS, decode_latents, initial_noise, latent_frames, sample_latents,
+    DEFAULT_SAMPLER, DEFAULT_STEPS, decode_latents, initial_noise, latent_frames, sample_latents,
 )
-from ciap_lib.constants import SAMPLE_RATE, check_duration
-
-PRECISIONS = ("bf16", "fp32")
+from ciap_lib.constants import SAMPLE_RATE
 
 ImageInput = torch.Tensor | Sequence[str | os.PathLike | bytes] | str | os.PathLike | None
 
@@ -31,21 +29,11 @@ def check_inputs(duration: float = 5.0, steps: int | None = None, guidance_scale
                  n_candidates: int = 1, sampler: str = DEFAULT_SAMPLER, batch_size: int = 4,
                  precision: str = "bf16", images: ImageInput = None, image_embeds: torch.Tensor | None = None,
                  cond_stage: CIAPCondStage | None = None, require_cond_stage: bool = True) -> None:
-    """Raise a clear ``ValueError`` for any bad argument, before any heavy work.
+    """Raise a clear ``ValueError`` for any bad argument, before any heavy work: the generation parameters
+    (:meth:`GenerationParams.check`), then the images or embeddings.
     (``require_cond_stage=False``: check image paths before the CIAP checkpoint is loaded.)"""
-    check_duration(duration)
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps: must be an integer >= 1 (or None for the sampler's default), got {steps!r}")
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler: {sampler!r} is not one of {SAMPLERS}")
-    if not isinstance(n_candidates, int) or n_candidates < 1:
-        raise ValueError(f"n_candidates: must be an integer >= 1, got {n_candidates!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
-    if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
-        raise ValueError(f"guidance_scale: must be a finite number >= 0, got {guidance_scale!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: {precision!r} is not one of {PRECISIONS}")
+    GenerationParams(duration=duration, steps=steps, sampler=sampler, guidance_scale=guidance_scale,
+                     n_candidates=n_candidates, batch_size=batch_size, precision=precision).check()
     if (images is None) == (image_embeds is None):
         raise ValueError("generate: pass exactly one of images or image_embeds")
     if image_embeds is not None:

@@ -9,21 +9,25 @@ HELP = "generate audio for images through the frozen AudioLDM (one 16 kHz WAV pe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ciap_lib.bridge.sampling import DEFAULT_SAMPLER, SAMPLERS
+    from ciap_lib.bridge.params import PRECISIONS, GenerationParams
+    from ciap_lib.bridge.sampling import DEFAULT_STEPS, SAMPLERS
 
+    d = GenerationParams()
+    own = ", ".join(f"{k} {v}" for k, v in DEFAULT_STEPS.items())
     parser.add_argument("--image", nargs="+", required=True, help="image file(s) or folder(s) of images")
     parser.add_argument("--checkpoint", required=True, help="trained CIAP checkpoint (.pt); use audio_encoder 'clap'")
     parser.add_argument("--audioldm", default="audioldm-s-full", help="AudioLDM checkpoint name (under --ckpt-dir) or path")
     parser.add_argument("--ckpt-dir", default="ckpt", help="folder of named AudioLDM checkpoints (default: ckpt)")
     parser.add_argument("--out", required=True, help="output .wav (one image) or folder (one <image stem>.wav each)")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds, 2.5-10 (default 5)")
-    parser.add_argument("--steps", type=int, default=None, help="solver steps (default: 10 for dpmpp/unipc, 200 for ddim)")
-    parser.add_argument("--sampler", default=DEFAULT_SAMPLER, choices=SAMPLERS)
-    parser.add_argument("--guidance-scale", type=float, default=2.5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-candidates", type=int, default=1, help="keep the best of N by CLAP similarity")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
+    parser.add_argument("--duration", type=float, default=d.duration, help=f"seconds, 2.5-10 (default {d.duration})")
+    parser.add_argument("--steps", type=int, default=d.steps, help=f"solver steps (default: the sampler's own: {own})")
+    parser.add_argument("--sampler", default=d.sampler, choices=SAMPLERS, help=f"default {d.sampler}")
+    parser.add_argument("--guidance-scale", type=float, default=d.guidance_scale, help=f"default {d.guidance_scale}")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--n-candidates", type=int, default=d.n_candidates,
+                        help="sample N clips per image, keep the one closest to the image in CLAP space")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"clips sampled together (default {d.batch_size})")
+    parser.add_argument("--precision", default=d.precision, choices=PRECISIONS)
     parser.add_argument("--clap-score", action="store_true", help="print each clip's CLAP score (CLAP-space cosine)")
 
 

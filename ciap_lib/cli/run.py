@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         notebooks = tuple(args.notebooks.split(",")) if args.notebooks else pipeline.NOTEBOOKS
         pipeline.check_kernel(args.kernel)
         if args.check:
-            print(f"{args.experiment}: parameters OK")
+            print(f"{args.experiment}: parameters OK" + (f" (run name {exp.run_name})" if exp.run_name else ""))
             return 0
         result = pipeline.run_pipeline(exp, tracking_uri=args.tracking_uri, notebooks=notebooks,
                                        kernel_name=args.kernel, log_output=args.log_output,

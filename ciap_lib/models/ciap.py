@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ciap_lib.models.audio import build_audio_encoder
+from ciap_lib.models.audio import AUDIO_ENCODERS, build_audio_encoder
 from ciap_lib.models.config import ModelConfig, get_model_config
-from ciap_lib.models.image import ImageEncoder
+from ciap_lib.models.image import ImageEncoder, check_image_config
 
 
 class CIAP(nn.Module):
@@ -58,3 +58,17 @@ def create_model(name: str = "default", load_pretrained: bool = True, **override
     """Build a :class:`CIAP` from a named config of ``MODEL_CONFIGS`` with keyword overrides
     (``None`` values mean "keep the named config's value")."""
     return CIAP(get_model_config(name, **overrides), load_pretrained=load_pretrained)
+
+
+def check_model_config(config: ModelConfig, check_weights: bool = False) -> list[str]:
+    """Problems with ``config`` (empty when it builds), each naming the key, the rejected value and what is
+    allowed. ``check_weights``: pretrained weights must be on disk. Nothing is built or loaded."""
+    problems = check_image_config(config, check_weights)
+    if config.audio_encoder not in AUDIO_ENCODERS:
+        problems.append(f"audio_encoder: {config.audio_encoder!r} is not one of {sorted(AUDIO_ENCODERS)}")
+    elif config.audio_encoder == "clap" and config.embed_dim != config.clap_dim:
+        problems.append(f"embed_dim: audio_encoder 'clap' needs embed_dim == clap_dim ({config.clap_dim}), "
+                        f"got {config.embed_dim}")
+    if config.embed_dim < 1:
+        problems.append(f"embed_dim: must be positive, got {config.embed_dim}")
+    return problems

@@ -19,8 +19,9 @@ from torch import nn
 from ciap_lib.models.config import ModelConfig
 
 
-class ImageWeightsNotFoundError(RuntimeError):
-    """The ImageNet weights are neither cached nor downloadable."""
+class ImageWeightsNotFoundError(FileNotFoundError):
+    """Pretrained backbone weights were asked for, but the file is neither there nor downloadable; the message
+    names the model, the file looked for and how to get it."""
 
 
 _TORCHVISION: dict[str, tuple[Callable[..., nn.Module], object]] = {
@@ -84,6 +85,36 @@ class TinyCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).mean(dim=(2, 3))
+
+
+#: every ``image_backbone`` name: torchvision's ResNets and the tiny test CNN
+IMAGE_BACKBONES: tuple[str, ...] = (*_TORCHVISION, "tiny_cnn")
+PRETRAINED = ("none", "imagenet")
+
+
+def check_image_config(config: ModelConfig, check_weights: bool = False) -> list[str]:
+    """Problems with the image side of ``config`` (empty when fine), each naming the key, the rejected value
+    and what is allowed. ``check_weights``: pretrained weights must be on disk (a file, or torchvision's hub
+    cache); nothing is loaded."""
+    problems = []
+    name = config.image_backbone
+    if name not in IMAGE_BACKBONES:
+        problems.append(f"image_backbone: {name!r} is not one of {sorted(IMAGE_BACKBONES)}")
+    if config.image_pretrained not in PRETRAINED:
+        problems.append(f"image_pretrained: {config.image_pretrained!r} is not one of {list(PRETRAINED)}")
+    elif config.image_pretrained == "imagenet" and name == "tiny_cnn":
+        problems.append("image_pretrained: 'imagenet' needs a torchvision backbone; image_backbone 'tiny_cnn' has no "
+                        "pretrained weights (use image_pretrained=none)")
+    elif config.image_pretrained == "imagenet" and name in _TORCHVISION and check_weights:
+        path = Path(config.image_weights) if config.image_weights else imagenet_weights_file(name)
+        if not path.is_file():
+            _, weights = _TORCHVISION[name]
+            problems.append(f"image_pretrained: the ImageNet weights of {name} are not at {path}; download "
+                            f"{weights.url} on a machine with network access and put it there "
+                            f"(or set image_weights=<file>, or image_pretrained=none)")
+    if config.image_size < 8:
+        problems.append(f"image_size: must be at least 8 pixels, got {config.image_size}")
+    return problems
 
 
 def build_backbone(config: ModelConfig, load_pretrained: bool = True) -> tuple[nn.Module, int]:

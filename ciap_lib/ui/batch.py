@@ -8,7 +8,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ciap_lib.constants import SAMPLE_RATE, check_duration
+from ciap_lib.bridge.params import GenerationParams
+from ciap_lib.constants import SAMPLE_RATE
 from ciap_lib.ui.generators import Generator
 
 
@@ -57,9 +58,10 @@ def output_name(image_name: str, generator: Any) -> str:
 
 
 def generate_files(generator: Generator, image_paths: Sequence[str | Path], out_dir: str | Path,
-                   duration: float = 5.0, steps: int | None = None, guidance_scale: float = 2.5, seed: int = 0,
-                   sampler: str = "dpmpp", n_candidates: int = 1, clap_score: bool = True) -> list[dict[str, Any]]:
-    """Batch path: render each image to ``<out_dir>/<name>`` (see :func:`output_name`), one at a time.
+                   params: GenerationParams | None = None, clap_score: bool = True,
+                   **overrides: Any) -> list[dict[str, Any]]:
+    """Batch path: render each image to ``<out_dir>/<name>`` (see :func:`output_name`), one at a time, with
+    ``params`` (default: ``GenerationParams()``) and ``overrides`` (any of its fields), checked first.
 
     Returns one record per image: ``image``, ``wav`` (Path), ``waveform`` ((T,) float32), ``seconds``
     (generation + WAV writing), ``kind`` ("diffusion" / "retrieval"), ``note`` (for the fallback: which
@@ -69,22 +71,22 @@ def generate_files(generator: Generator, image_paths: Sequence[str | Path], out_
     from ciap_lib.audio_io import write_wav
     from ciap_lib.images import load_image
 
-    duration = check_duration(duration)
-    paths = [Path(p) for p in image_paths]
-    missing = [str(p) for p in paths if not p.is_file()]
+    p = GenerationParams.from_dict({**(params.to_dict() if params is not None else {}), **overrides}).check()
+    paths = [Path(x) for x in image_paths]
+    missing = [str(x) for x in paths if not x.is_file()]
     if missing:
         raise ValueError(f"generation.images: file(s) not found: {missing}")
     out_dir = Path(out_dir)
     records = []
-    for p in paths:
+    for path in paths:
         t0 = time.perf_counter()
-        img = load_image(p, generator.image_size)[None]
-        wave = generator.generate(images=img, duration=duration, steps=steps, guidance_scale=guidance_scale,
-                                  seed=seed, sampler=sampler, n_candidates=n_candidates)[0]
-        wav = write_wav(out_dir / output_name(p.name, generator), wave, SAMPLE_RATE)
+        img = load_image(path, generator.image_size)[None]
+        wave = generator.generate(images=img, duration=p.duration, steps=p.steps, guidance_scale=p.guidance_scale,
+                                  seed=p.seed, sampler=p.sampler, n_candidates=p.n_candidates)[0]
+        wav = write_wav(out_dir / output_name(path.name, generator), wave, SAMPLE_RATE)
         seconds = time.perf_counter() - t0
         note = "; ".join(generator.describe()) if not generator.is_diffusion and hasattr(generator, "describe") else ""
-        rec = {"image": p, "wav": wav, "waveform": np.asarray(wave, dtype=np.float32), "seconds": seconds,
+        rec = {"image": path, "wav": wav, "waveform": np.asarray(wave, dtype=np.float32), "seconds": seconds,
                "kind": generator.kind, "note": note}
         if clap_score and hasattr(generator, "clap_score"):
             rec["clap_score"] = float(generator.clap_score(wave[None], img)[0])

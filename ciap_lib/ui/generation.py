@@ -22,8 +22,13 @@ from typing import Any
 import ipywidgets as widgets
 import numpy as np
 
+from ciap_lib.bridge.params import GenerationParams
+from ciap_lib.bridge.sampling import DEFAULT_STEPS
 from ciap_lib.constants import MAX_DURATION, MIN_DURATION, SAMPLE_RATE, check_duration
 from ciap_lib.ui.generators import Generator
+
+#: the steps slider's upper end (AudioLDM's DDIM default is 200)
+MAX_STEPS = 500
 
 
 def audio_widget_html(waveform: np.ndarray, sample_rate: int = SAMPLE_RATE) -> str:
@@ -66,41 +71,47 @@ def _progress_fraction(args: tuple, kwargs: dict) -> tuple[int, int] | None:
 class GenerationUI(widgets.VBox):
     """The generation widget (a ``VBox``). See :func:`build_generation_ui`.
 
-    Widgets: ``upload`` (FileUpload), ``preview`` (Image), ``duration`` (FloatSlider 2.5–10 s), ``steps``,
-    ``guidance``, ``seed``, ``sampler``, ``button`` (Generate), ``progress`` (IntProgress, driven by the
-    sampler's callback), ``status`` (HTML: which generator, diffusion or retrieval), ``audio`` (HTML holding
-    the ``IPython.display.Audio`` player).
+    Widgets: ``upload`` (FileUpload), ``preview`` (Image), ``duration`` (FloatSlider 2.5–10 s), ``steps`` (shows the
+    sampler's own count, and follows it when the sampler changes unless the user set another), ``guidance``,
+    ``seed``, ``sampler``, ``n_candidates``, ``button`` (Generate), ``progress`` (IntProgress, driven by the
+    sampler's callback), ``status`` (HTML: which generator, diffusion or retrieval), ``audio`` (HTML holding the
+    ``IPython.display.Audio`` player).
 
     Results of the latest click: ``waveform`` ((T,) float32, 16 kHz), ``wav_bytes`` (the WAV in the player),
     ``error`` (the exception text, or None), ``seconds``.
     """
 
-    def __init__(self, generator: Generator, duration: float = 5.0, steps: int = 20, guidance_scale: float = 2.5,
-                 seed: int = 0, sampler: str = "dpmpp", n_candidates: int = 1) -> None:
+    def __init__(self, generator: Generator, params: GenerationParams | None = None, **overrides: Any) -> None:
+        p = GenerationParams.from_dict({**(params.to_dict() if params is not None else {}), **overrides}).check()
         self.generator = generator
-        self.n_candidates = int(n_candidates)
         self.image_bytes: bytes | None = None
         self.image_name = ""
         self.waveform: np.ndarray | None = None
         self.wav_bytes: bytes | None = None
         self.error: str | None = None
         self.seconds = 0.0
+        self._base = p
 
         diffusion = bool(generator.is_diffusion)
         style = {"description_width": "110px"}
         self.upload = widgets.FileUpload(accept="image/*", multiple=False, description="Image")
         self.preview = widgets.Image(format="png", width=128, height=128)
         self.preview.layout.display = "none"
-        self.duration = widgets.FloatSlider(value=check_duration(duration), min=MIN_DURATION, max=MAX_DURATION,
+        self.duration = widgets.FloatSlider(value=check_duration(p.duration), min=MIN_DURATION, max=MAX_DURATION,
                                             step=0.5, description="Duration (s)", style=style, readout_format=".1f")
-        self.steps = widgets.IntSlider(value=int(steps), min=1, max=200, description="Steps", style=style,
-                                       disabled=not diffusion)
-        self.guidance = widgets.FloatSlider(value=float(guidance_scale), min=1.0, max=10.0, step=0.5,
-                                            description="Guidance", style=style, disabled=not diffusion)
-        self.seed = widgets.IntText(value=int(seed), description="Seed", style=style, disabled=not diffusion)
-        samplers = tuple(generator.samplers) or (sampler,)
-        self.sampler = widgets.Dropdown(options=samplers, value=sampler if sampler in samplers else samplers[0],
+        samplers = tuple(generator.samplers) or (p.sampler,)
+        self.sampler = widgets.Dropdown(options=samplers, value=p.sampler if p.sampler in samplers else samplers[0],
                                         description="Sampler", style=style, disabled=not diffusion)
+        steps = p.steps if p.steps is not None else DEFAULT_STEPS[self.sampler.value]
+        self.steps = widgets.IntSlider(value=steps, min=1, max=max(MAX_STEPS, steps), description="Steps",
+                                       style=style, disabled=not diffusion,
+                                       tooltip="solver steps; set to the sampler's own count when it changes")
+        self.guidance = widgets.FloatSlider(value=float(p.guidance_scale), min=0.0, max=10.0, step=0.5,
+                                            description="Guidance", style=style, disabled=not diffusion)
+        self.seed = widgets.IntText(value=int(p.seed), description="Seed", style=style, disabled=not diffusion)
+        self.n_candidates = widgets.IntSlider(value=int(p.n_candidates), min=1, max=max(8, p.n_candidates),
+                                              description="Candidates", style=style, disabled=not diffusion,
+                                              tooltip="clips per image; the closest to the image in CLAP space is kept")
         self.button = widgets.Button(description="Generate", button_style="primary", icon="play",
                                      tooltip="Generate audio for the uploaded image")
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="Progress", style=style)
@@ -111,10 +122,23 @@ class GenerationUI(widgets.VBox):
         self.audio = widgets.HTML()
 
         self.upload.observe(self._on_upload, names="value")
+        self.sampler.observe(self._on_sampler, names="value")
         self.button.on_click(self.generate)
-        controls = widgets.VBox([self.duration, self.steps, self.guidance, self.seed, self.sampler])
+        controls = widgets.VBox([self.duration, self.sampler, self.steps, self.guidance, self.seed, self.n_candidates])
         super().__init__([self.status, widgets.HBox([widgets.VBox([self.upload, self.preview]), controls]),
                           widgets.HBox([self.button, self.progress]), self.message, self.audio])
+
+    def params(self) -> GenerationParams:
+        """The generation parameters the controls show now (checked)."""
+        return GenerationParams.from_dict({
+            **self._base.to_dict(), "duration": float(self.duration.value), "steps": int(self.steps.value),
+            "sampler": self.sampler.value, "guidance_scale": float(self.guidance.value), "seed": int(self.seed.value),
+            "n_candidates": int(self.n_candidates.value)}).check()
+
+    def _on_sampler(self, change: dict) -> None:
+        """A new sampler brings its own step count, unless the user had set another than the old one's."""
+        if self.steps.value == DEFAULT_STEPS.get(change["old"]) and change["new"] in DEFAULT_STEPS:
+            self.steps.value = DEFAULT_STEPS[change["new"]]
 
     def __repr__(self) -> str:  # the text/plain of the widget (what papermill / HTML export keep)
         return (f"<Generation UI ({'diffusion' if self.generator.is_diffusion else 'retrieval fallback, NOT diffusion'}): "
@@ -178,10 +202,10 @@ class GenerationUI(widgets.VBox):
         t0 = time.perf_counter()
         try:
             image = load_image(self.image_bytes, self.generator.image_size)[None]
+            p = self.params()
             out = self.generator.generate(
-                images=image, duration=float(self.duration.value), steps=int(self.steps.value),
-                guidance_scale=float(self.guidance.value), seed=int(self.seed.value), sampler=self.sampler.value,
-                n_candidates=self.n_candidates, callback=self._callback)
+                images=image, duration=p.duration, steps=p.steps, guidance_scale=p.guidance_scale, seed=p.seed,
+                sampler=p.sampler, n_candidates=p.n_candidates, callback=self._callback)
         except Exception as e:  # shown in the UI; the notebook keeps running
             self._fail(f"{type(e).__name__}: {e}")
             self.progress.bar_style = "danger"
@@ -203,9 +227,12 @@ class GenerationUI(widgets.VBox):
         return self.waveform
 
 
-def build_generation_ui(generator: Generator, **defaults: Any) -> GenerationUI:
+def build_generation_ui(generator: Generator, params: GenerationParams | None = None,
+                        **overrides: Any) -> GenerationUI:
     """The generation UI for ``generator`` (diffusion or the retrieval fallback).
 
-    ``defaults``: initial ``duration``, ``steps``, ``guidance_scale``, ``seed``, ``sampler``, ``n_candidates``.
+    Its controls start at ``params`` (default: :class:`~ciap_lib.bridge.GenerationParams`'s defaults) with
+    ``overrides`` (any of its fields: ``duration``, ``steps``, ``guidance_scale``, ``seed``, ``sampler``,
+    ``n_candidates``) applied; bad values raise a ``ValueError`` naming them.
     """
-    return GenerationUI(generator, **defaults)
+    return GenerationUI(generator, params, **overrides)
