@@ -10,4 +10,4 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Session fixtures shared across test folders (tiny AudioLDM checkpoint: tests/fixtures/audioldm.py).
-pytest_plugins = ["fixtures.audioldm"]
+pytest_plugins = ["fixtures.audioldm", "fixtures.metric_weights"]
