@@ -502,33 +502,19 @@ class EmbeddedSplit:
 
 def embed_split(checkpoint: str | Path, data_root: str | Path, split: str = "val", batch_size: int = 64,
                 skip_bad: bool = True) -> EmbeddedSplit:
-    """Load a CIAP checkpoint and embed ``<data_root>/<split>`` in both modalities.
-
-    For 'clap' checkpoints the bridge computes (and caches) the CLAP audio features first, exactly as
-    ``workflows.evaluate_checkpoint`` does.
-    """
-    from ciap_lib.checkpoint import load_ciap
-    from ciap_lib.data import PairDataset
-    from ciap_lib.pairs import scan_pairs
+    """Load a CIAP checkpoint and embed ``<data_root>/<split>`` in both modalities
+    (``ciap_lib.workflows.load_eval_split``, then ``ciap_lib.embedding.embed_dataset``)."""
     from ciap_lib.embedding import embed_dataset
+    from ciap_lib.workflows import load_eval_split
 
     ckpt = Path(checkpoint)
     if not ckpt.is_file():
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist (run notebooks/02_training.ipynb first)")
-    model, cfg = load_ciap(ckpt)
-    mc = model.config
-    features = None
-    clap_mode = mc.audio_encoder == "clap"
-    if clap_mode:
-        from ciap_lib.bridge import clap_audio_features, load_audioldm  # lazy: imports audioldm
-
-        pairs, _ = scan_pairs(Path(data_root) / split, skip_bad=skip_bad)
-        features = clap_audio_features(load_audioldm(cfg.audioldm), [p.audio for p in pairs], cfg.clap_cache_dir)
-    ds = PairDataset(data_root, split, image_size=mc.image_size, train=False, sample_rate=mc.sample_rate,
-                     segment_seconds=mc.segment_seconds, skip_bad=skip_bad, audio_features=features, seed=cfg.seed)
-    img, aud, labels = embed_dataset(model, ds, batch_size=batch_size)
-    return EmbeddedSplit(model=model, config=cfg, dataset=ds, image_emb=img, audio_emb=aud, labels=labels,
-                         pairs=list(ds.pairs), classes=list(getattr(ds, "classes", []) or []), clap_mode=clap_mode)
+    ev = load_eval_split(ckpt, data_root, split, skip_bad=skip_bad)
+    ds = ev.dataset
+    img, aud, labels = embed_dataset(ev.model, ds, batch_size=batch_size)
+    return EmbeddedSplit(model=ev.model, config=ev.config, dataset=ds, image_emb=img, audio_emb=aud, labels=labels,
+                         pairs=list(ds.pairs), classes=list(getattr(ds, "classes", []) or []), clap_mode=ev.clap_mode)
 
 
 def paired_cosine(image_emb: Any, audio_emb: Any) -> float:

@@ -6,6 +6,7 @@ modes never import audioldm/diffusers.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -54,36 +55,71 @@ def resolve_split(data: str | Path, split: str) -> tuple[Path, str | None]:
     raise ValueError(f"data folder {str(d)!r} does not exist")
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, split: str = "val",
-                        batch_size: int = 128, num_workers: int = 0, skip_bad: bool = False,
-                        device: str = "cpu", progress: bool = False, audioldm: Any = None,
-                        **bridge_kw: Any) -> dict[str, float]:
-    """Validation loss + retrieval metrics of a checkpoint on ``data`` (root with ``<split>/``, or a split
-    folder; default: the data the checkpoint was trained on).
+@dataclass
+class EvalSplit:
+    """A trained checkpoint ready to evaluate on one split: ``model`` (eval mode, on its device), its training
+    ``config``, and ``dataset`` (a :class:`~ciap_lib.data.PairDataset` in evaluation mode: centre crops; for
+    'clap' checkpoints its audio items are the cached CLAP audio embeddings of AudioLDM's frozen tower)."""
 
-    For 'clap' checkpoints the bridge computes (and caches) CLAP features of the split's audio first, with
-    ``audioldm`` (an already loaded ``FrozenAudioLDM``) or the checkpoint's ``cfg.audioldm`` loaded here;
-    ``bridge_kw`` goes to ``ciap_lib.bridge.clap_audio_features``.
+    model: Any
+    config: TrainConfig
+    dataset: Any
+
+    @property
+    def clap_mode(self) -> bool:
+        """The audio side is AudioLDM's frozen CLAP audio tower (the model's embeddings live in CLAP space)."""
+        return self.model.config.audio_encoder == "clap"
+
+
+def load_eval_split(checkpoint: str | Path, data: str | Path | None = None, split: str = "val", *,
+                    skip_bad: bool = False, cache: str = "auto", device: str = "cpu", audioldm: Any = None,
+                    **bridge_kw: Any) -> EvalSplit:
+    """Checkpoint -> model -> (CLAP audio features, for 'clap' checkpoints) -> evaluation dataset: the one path
+    that ``evaluate``, ``embed`` and notebook 03 take.
+
+    Args:
+        checkpoint: a CIAP checkpoint (``ciap_lib.checkpoint.load_ciap``).
+        data: a dataset root holding ``<split>/``, or a split folder itself; default: the data the checkpoint was
+            trained on.
+        split: the split folder under ``data``.
+        skip_bad: skip (and report, ``dataset.skipped``) bad files instead of raising.
+        cache: the dataset's cache mode (``"auto"``, ``"lazy"`` for large embedding jobs, ...).
+        device: ``cpu``, ``cuda[:N]`` or ``auto``.
+        audioldm: an already loaded ``FrozenAudioLDM`` for 'clap' checkpoints (else ``config.audioldm`` is
+            loaded); ``bridge_kw`` goes to ``ciap_lib.bridge.clap_audio_features``.
     """
     from ciap_lib.checkpoint import load_ciap
     from ciap_lib.data import PairDataset
-    from ciap_lib.pairs import scan_pairs
     from ciap_lib.distributed import resolve_device
+    from ciap_lib.pairs import scan_pairs
 
     model, cfg = load_ciap(checkpoint, map_location=resolve_device(device))
-    root, sub = resolve_split(data if data is not None else cfg.data, split if data is None else split)
+    root, sub = resolve_split(data if data is not None else cfg.data, split)
     mc = model.config
     features = None
     if mc.audio_encoder == "clap":
         from ciap_lib.bridge import clap_audio_features, load_audioldm  # lazy: imports audioldm
+
         pairs, _ = scan_pairs(root / sub if sub else root, skip_bad=skip_bad)
         if audioldm is None:
             audioldm = load_audioldm(cfg.audioldm)
         features = clap_audio_features(audioldm, [p.audio for p in pairs], cfg.clap_cache_dir, **bridge_kw)
     ds = PairDataset(root, sub, image_size=mc.image_size, train=False, sample_rate=mc.sample_rate,
-                     segment_seconds=mc.segment_seconds, skip_bad=skip_bad, audio_features=features, seed=cfg.seed)
-    metrics = evaluate(model, ds, batch_size=batch_size, loss=cfg.loss, loss_batch_size=cfg.batch_size,
+                     segment_seconds=mc.segment_seconds, skip_bad=skip_bad, audio_features=features, seed=cfg.seed,
+                     cache=cache)
+    return EvalSplit(model=model, config=cfg, dataset=ds)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, split: str = "val",
+                        batch_size: int = 128, num_workers: int = 0, skip_bad: bool = False,
+                        device: str = "cpu", progress: bool = False, audioldm: Any = None,
+                        **bridge_kw: Any) -> dict[str, float]:
+    """Validation loss + retrieval metrics of a checkpoint on ``data`` (root with ``<split>/``, or a split
+    folder; default: the data the checkpoint was trained on), through :func:`load_eval_split`."""
+    ev = load_eval_split(checkpoint, data, split, skip_bad=skip_bad, device=device, audioldm=audioldm, **bridge_kw)
+    cfg = ev.config
+    metrics = evaluate(ev.model, ev.dataset, batch_size=batch_size, loss=cfg.loss, loss_batch_size=cfg.batch_size,
                        chunk_size=cfg.eval_chunk_size, num_workers=num_workers, progress=progress)
-    metrics["n_pairs"] = float(len(ds))
-    metrics["n_skipped"] = float(len(ds.skipped))
+    metrics["n_pairs"] = float(len(ev.dataset))
+    metrics["n_skipped"] = float(len(ev.dataset.skipped))
     return metrics

@@ -1,5 +1,6 @@
 """``python -m ciap_lib train`` / ``evaluate``: help, overrides, errors naming the key, metrics JSON."""
 import json
+import os
 import subprocess
 import sys
 
@@ -85,3 +86,26 @@ def test_missing_data_folder_is_named(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "nope"), "--set", "model=debug"]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and "'data'" in err
+
+
+def test_missing_imagenet_weights_is_one_message_not_a_traceback(tmp_path):
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "ciap_lib", "train", "--set", "model=seed", "epochs=1"],
+                       capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 3, r.stderr
+    assert "resnet18" in r.stderr and str(tmp_path / "torch") in r.stderr and "image_pretrained=none" in r.stderr
+
+
+def test_every_bad_file_is_listed_once_with_the_skip_hint(tmp_path, capsys):
+    from fixtures.odd_files import make_bad_case
+
+    data = make_synthetic_dataset(tmp_path / "data", n_train=16, n_val=8, image_size=32)
+    (data / "train" / "pairs.csv").unlink()                    # folder layout, so stray files count
+    make_bad_case(data / "train", "zero_byte_wav")
+    (data / "train" / "lonely.png").write_bytes((data / "train" / "ok.png").read_bytes())
+    assert main(["train", "--data", str(data), "--set", "model=debug", "epochs=1", "batch_size=8",
+                 f"ckpt_dir={tmp_path / 'ckpt'}"]) == 2
+    err = capsys.readouterr().err
+    assert "2 bad file(s)" in err and "bad.wav" in err and "lonely.png" in err and "--set skip_bad=true" in err
+    assert "Traceback" not in err

@@ -23,6 +23,10 @@ COMMANDS: dict[str, str] = {
 }
 
 
+#: what bad input raises (a parameter, a missing or unreadable file): printed as one line, exit status 2
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+
+
 def _load(command: str):
     return importlib.import_module(f"ciap_lib.cli.{COMMANDS[command]}")
 
@@ -53,4 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(argv)  # prints the usage error and exits 2
         return 2
     args = build_parser(command).parse_args(argv)
-    return int(_load(command).run(args) or 0)
+    try:
+        return int(_load(command).run(args) or 0)
+    except USER_ERRORS as e:  # bad input: one clear message (it names the file or parameter), no traceback
+        print(f"{command}: error: {e}", file=sys.stderr)
+        return 2

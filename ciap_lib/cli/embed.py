@@ -31,27 +31,15 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ciap_lib.audio_io import BadFileError
-    from ciap_lib.checkpoint import load_ciap
-    from ciap_lib.data import PairDataset
-    from ciap_lib.pairs import dataset_fingerprint, scan_pairs
-    from ciap_lib.distributed import resolve_device
     from ciap_lib.embed import embed_to_dir, metrics_from_dir
-    from ciap_lib.workflows import resolve_split
+    from ciap_lib.pairs import dataset_fingerprint
+    from ciap_lib.workflows import load_eval_split
 
     try:
-        model, cfg = load_ciap(args.checkpoint, map_location=resolve_device(args.device))
-        root, sub = resolve_split(args.data, args.split)
-        split_dir = root / sub if sub else root
-        mc = model.config
-        features = None
-        if mc.audio_encoder == "clap":
-            from ciap_lib.bridge import clap_audio_features, load_audioldm  # lazy: imports audioldm
-            pairs, _ = scan_pairs(split_dir, skip_bad=args.skip_bad)
-            features = clap_audio_features(load_audioldm(cfg.audioldm), [p.audio for p in pairs],
-                                           cfg.clap_cache_dir)
-        ds = PairDataset(root, sub, image_size=mc.image_size, train=False, sample_rate=mc.sample_rate,
-                         segment_seconds=mc.segment_seconds, skip_bad=args.skip_bad, audio_features=features,
-                         cache="lazy")
+        ev = load_eval_split(args.checkpoint, args.data, args.split, skip_bad=args.skip_bad, cache="lazy",
+                             device=args.device)
+        model, ds = ev.model, ev.dataset
+        split_dir = ds.split_dir
         ck = Path(args.checkpoint)
         st = ck.stat()
         source = {"checkpoint": str(ck.resolve()), "checkpoint_size": st.st_size,

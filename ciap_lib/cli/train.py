@@ -35,11 +35,7 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"data={args.data}")
     if args.resume:
         overrides.append("resume=true")
-    try:
-        cfg = load_config(args.config, overrides)
-    except ValueError as e:
-        print(f"train: error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, overrides).check(check_paths=True)  # bad values fail here, before any data
 
     from ciap_lib.workflows import fit
 
@@ -57,9 +53,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = fit(cfg, callbacks)
         status = "FINISHED"
-    except (ValueError, FileNotFoundError) as e:
-        print(f"train: error: {e}", file=sys.stderr)
-        return 2
     finally:
         if run_id is not None:
             tracking.end_run(run_id, status)
