@@ -6,7 +6,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 # No network here: any hub lookup (e.g. audioldm's import-time RobertaTokenizer.from_pretrained, now stubbed by
 # the bridge) must fail fast instead of retrying with back-off for minutes (measured once: tiny AudioLDM build
-# 255 s retrying vs 25 s offline). Added by engineer D.
+# 255 s retrying vs 25 s offline).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Session fixtures shared across test folders (tiny AudioLDM checkpoint: tests/fixtures/audioldm.py).
