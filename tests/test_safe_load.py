@@ -2,7 +2,6 @@
 is explicit and logged; plain files and allowlisted classes load."""
 import argparse
 import logging
-import os
 import pickle
 
 import numpy as np
@@ -10,24 +9,7 @@ import pytest
 import torch
 
 from ciap_lib.safe_load import UnsafeCheckpointError, safe_load, unsafe_globals
-
-
-class WritesMarker:
-    """Unpickling this opens ``marker`` for writing (creating it): proof that code from the file ran."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-class RunsShell:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
+from fixtures.crafted import RunsShell, WritesMarker, crafted_file
 
 
 @pytest.mark.parametrize("payload, global_name", [(WritesMarker, "io.open"), (RunsShell, "posix.system")])
@@ -37,6 +19,7 @@ def test_crafted_file_is_refused_by_name_and_runs_nothing(tmp_path, payload, glo
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": {"w": torch.zeros(2)}, "x": payload(marker)}, path,
                _use_new_zipfile_serialization=zip_format)
+    assert not marker.exists()
     with pytest.raises(UnsafeCheckpointError) as e:
         safe_load(path, hint="Do the documented thing.")
     assert not marker.exists()
@@ -85,6 +68,18 @@ def test_trusted_opt_in_loads_and_warns(tmp_path, caplog):
         got = safe_load(path, trusted=True)
     assert np.array_equal(got["arr"], np.arange(4))
     assert any(str(path) in r.getMessage() and "arbitrary code" in r.getMessage() for r in caplog.records)
+
+
+def test_the_crafted_payload_really_runs_when_trusted(tmp_path):
+    """What the refusals above prevent: the trusted opt-in unpickles the crafted file and writes the marker."""
+    marker = tmp_path / "pwned"
+    path = crafted_file(tmp_path / "evil.pt", marker)
+    with pytest.raises(UnsafeCheckpointError):
+        safe_load(path)
+    assert not marker.exists()
+    got = safe_load(path, trusted=True)
+    got["payload"].close()
+    assert marker.exists()
 
 
 def test_junk_is_an_unpickling_error_naming_the_file(tmp_path):
