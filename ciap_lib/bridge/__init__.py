@@ -5,9 +5,10 @@ Importing this package is cheap; ``audioldm``/``diffusers`` are imported when a 
 from ciap_lib.bridge.clap import clap_audio_features
 from ciap_lib.bridge.condition import CIAPCondStage
 from ciap_lib.bridge.generate import check_inputs, generate, write_wavs
-from ciap_lib.bridge.loading import (
-    DEFAULT_MODEL, MODEL_NAMES, AudioLDMCheckpointError, AudioLDMNotFoundError, FrozenAudioLDM, load_audioldm,
-)
+from ciap_lib.bridge.architecture import AudioLDMCheckpointError
+from ciap_lib.bridge.checkpoint_io import DEFAULT_MODEL, MODEL_NAMES, AudioLDMNotFoundError
+from ciap_lib.bridge.frozen import FrozenAudioLDM
+from ciap_lib.bridge.loading import load_audioldm
 from ciap_lib.bridge.metrics import clap_frechet_distance, clap_score
 from ciap_lib.bridge.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
 from ciap_lib.bridge.tiny import build_tiny_audioldm_checkpoint

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ciap_lib.bridge.loading import MODEL_NAMES, sidecar_path, write_sidecar
+from ciap_lib.bridge.checkpoint_io import MODEL_NAMES, sidecar_path, write_sidecar
 
 
 class DownloadError(RuntimeError):
@@ -23,7 +23,7 @@ class DownloadError(RuntimeError):
 
 def checkpoint_url(name: str) -> str:
     """The URL audioldm 0.1.1 downloads ``name`` from (``audioldm.utils.get_metadata``)."""
-    from ciap_lib.bridge.loading import import_audioldm
+    from ciap_lib.bridge.architecture import import_audioldm
 
     import_audioldm()
     from audioldm.utils import get_metadata

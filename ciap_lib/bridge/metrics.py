@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ciap_lib.bridge.loading import FrozenAudioLDM
+from ciap_lib.bridge.frozen import FrozenAudioLDM
 
 
 def _as_batch(waveforms) -> torch.Tensor:

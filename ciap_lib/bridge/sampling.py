@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from ciap_lib.bridge.loading import FrozenAudioLDM
+from ciap_lib.bridge.frozen import FrozenAudioLDM
 
 #: AudioLDM's training schedule in diffusers' terms.
 AUDIOLDM_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195,

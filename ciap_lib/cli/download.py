@@ -8,7 +8,7 @@ HELP = "download an original AudioLDM checkpoint into ckpt/ (atomic, SHA-256 rec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ciap_lib.bridge.loading import DEFAULT_MODEL, MODEL_NAMES
+    from ciap_lib.bridge.checkpoint_io import DEFAULT_MODEL, MODEL_NAMES
 
     parser.add_argument("name", nargs="?", default=DEFAULT_MODEL, choices=MODEL_NAMES)
     parser.add_argument("--ckpt-dir", default="ckpt", help="destination folder (default: ckpt)")

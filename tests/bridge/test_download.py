@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ciap_lib.bridge.download import DownloadError, checkpoint_url, download_checkpoint
-from ciap_lib.bridge.loading import read_sidecar
+from ciap_lib.bridge.checkpoint_io import read_sidecar
 
 
 @pytest.fixture
