@@ -2,27 +2,51 @@
 
 Registry names (``audioldm-s-full`` ...) resolve to ``<ckpt_dir>/<name>.ckpt``; the SHA-256 recorded beside
 a file at download (``<file>.sha256``, ``sha256sum`` format) is checked before every read.
+
+Reading goes through :func:`ciap_lib.safe_load.safe_load`: the weights-only unpickler with the fixed
+:data:`AUDIOLDM_SAFE_GLOBALS`, never a silent fallback to full unpickling. A file that asks for anything else
+is refused (:class:`~ciap_lib.safe_load.UnsafeCheckpointError`, naming the file and those globals) unless the
+caller opts in with ``trusted=True`` (``load_audioldm(..., trust_checkpoint=True)``, ``--trust-checkpoint``).
 """
 from __future__ import annotations
 
+import argparse
+import collections
 import hashlib
-import logging
 import os
+import pathlib
 from pathlib import Path
 
 import torch
 
 from ciap_lib.atomic import atomic_write_text
-
-log = logging.getLogger(__name__)
+from ciap_lib.safe_load import UnsafeCheckpointError, safe_load
 
 #: registry names -> default file name under ``ckpt_dir``
 MODEL_NAMES: tuple[str, ...] = ("audioldm-s-full", "audioldm-s-full-v2", "audioldm-m-full", "audioldm-l-full")
 DEFAULT_MODEL = "audioldm-s-full"
 
 
+#: Classes besides tensors and torch's own weights-only allowlist (dict, list, tuple, set, OrderedDict, numbers,
+#: strings, ``torch.Size`` ...) that an original AudioLDM checkpoint may hold beside its ``state_dict``: plain
+#: containers PyTorch Lightning can write for hyper-parameters and loop/callback state. Fixed on purpose.
+#: No released AudioLDM checkpoint could be inspected here, so the globals the real files ask for are unknown.
+#: Lightning and omegaconf types they might hold (``pytorch_lightning.utilities.parsing.AttributeDict``,
+#: ``pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint``, ``omegaconf.dictconfig.DictConfig``,
+#: ``omegaconf.base.ContainerMetadata`` ...) are not listed: neither package is installed, so they cannot be
+#: imported to allow them (and loading them with ``trusted=True`` would need the package too). A file asking
+#: for them is refused with their names.
+AUDIOLDM_SAFE_GLOBALS: tuple[type, ...] = (
+    argparse.Namespace, collections.defaultdict, pathlib.PosixPath, pathlib.PurePosixPath,
+)
+
+
 class AudioLDMNotFoundError(FileNotFoundError):
     """The AudioLDM checkpoint is missing, truncated or corrupt. The message says where to put it."""
+
+
+TRUST_HINT = ("If you trust this file's source (e.g. the official release, SHA-256 checked), load it with the "
+              "explicit opt-in: --trust-checkpoint (generate, download) or load_audioldm(..., trust_checkpoint=True).")
 
 
 def _download_hint(path: Path, name: str | None) -> str:
@@ -72,8 +96,14 @@ def read_sidecar(path: str | os.PathLike) -> str | None:
     return text[0].lower() if text else None
 
 
-def read_state_dict(path: Path, name: str | None = None) -> dict[str, torch.Tensor]:
-    """The ``state_dict`` of an original (Lightning-format) checkpoint; clear error if unreadable."""
+def read_state_dict(path: Path, name: str | None = None, trusted: bool = False) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of an original (Lightning-format) checkpoint, read with the weights-only unpickler
+    (plus :data:`AUDIOLDM_SAFE_GLOBALS`), memory-mapped, after the SHA-256 sidecar (when present) matched.
+
+    ``trusted=True``: full unpickling, which can run code from the file (logged as a warning).
+    Raises :class:`AudioLDMNotFoundError` (missing, SHA-256 mismatch, unreadable, no ``state_dict``) and
+    :class:`~ciap_lib.safe_load.UnsafeCheckpointError` (refused: names the file and the globals it asks for).
+    """
     if not path.is_file():
         raise AudioLDMNotFoundError(f"AudioLDM checkpoint not found: {path}. " + _download_hint(path, name))
     expected = read_sidecar(path)
@@ -85,14 +115,10 @@ def read_state_dict(path: Path, name: str | None = None) -> dict[str, torch.Tens
                 f"recorded {expected[:16]}... in {sidecar_path(path)}. Delete both and download again. "
                 + _download_hint(path, name))
     try:
-        try:
-            ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        except Exception as first:  # noqa: BLE001 - Lightning pickles other objects beside the weights
-            if "weights_only" not in str(first) and "Unsupported global" not in str(first):
-                raise
-            log.warning("%s holds non-tensor objects; loading it with weights_only=False", path)
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001
+        ckpt = safe_load(path, mmap=True, allow=AUDIOLDM_SAFE_GLOBALS, trusted=trusted, hint=TRUST_HINT)
+    except UnsafeCheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated archive, junk, a class missing on a trusted load ...
         raise AudioLDMNotFoundError(
             f"AudioLDM checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:200]}); it is probably "
             f"truncated or corrupt. " + _download_hint(path, name)) from e

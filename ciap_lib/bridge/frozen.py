@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ciap_lib.atomic import atomic_path
 from ciap_lib.bridge.architecture import ArchSpec
+from ciap_lib.safe_load import safe_load
 
 log = logging.getLogger(__name__)
 
@@ -199,10 +200,10 @@ class FrozenAudioLDM:
         side = self.path.with_name(self.path.name + ".uncond.pt")
         if cache and side.is_file():
             try:
-                obj = torch.load(side, map_location="cpu", weights_only=True)
+                obj = safe_load(side)
                 if obj.get("fingerprint") == self._fingerprint:
                     return obj["embedding"].reshape(1, 1, self.embed_dim)
-            except Exception:  # noqa: BLE001 - a bad cache is recomputed
+            except Exception:  # noqa: BLE001 - a bad (or refused) cache is recomputed
                 pass
         with torch.inference_mode():
             emb = self.clap.get_text_embedding(empty_text_tokens()).reshape(1, 1, self.embed_dim).clone()

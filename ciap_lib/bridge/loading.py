@@ -2,8 +2,9 @@
 
 What differs from ``audioldm.pipeline.build_model``:
 
-* the file is read by :func:`~ciap_lib.bridge.checkpoint_io.read_state_dict`, after its SHA-256 sidecar
-  is checked;
+* the file is read with the weights-only unpickler and a small fixed allowlist
+  (:func:`~ciap_lib.bridge.checkpoint_io.read_state_dict`), after its SHA-256 sidecar is checked; a file
+  asking for other globals is refused by name unless ``trust_checkpoint=True``;
 * no network, and the architecture is read off the checkpoint (:mod:`ciap_lib.bridge.architecture`);
 * exactly the known stale keys (:data:`~ciap_lib.bridge.architecture.KNOWN_STALE_KEYS`) are dropped, then
   ``strict=True`` loading;
@@ -29,14 +30,21 @@ log = logging.getLogger(__name__)
 
 
 def load_audioldm(name_or_path: str | os.PathLike = DEFAULT_MODEL, ckpt_dir: str | os.PathLike = "ckpt",
-                  device: str | torch.device = "cpu", cache_uncond: bool = True) -> FrozenAudioLDM:
+                  device: str | torch.device = "cpu", cache_uncond: bool = True,
+                  trust_checkpoint: bool = False) -> FrozenAudioLDM:
     """Load an original AudioLDM checkpoint (by registry name under ``ckpt_dir``, or by path), offline.
 
-    Raises :class:`AudioLDMNotFoundError` (missing / unreadable / SHA-256 mismatch with the sidecar)
-    and :class:`AudioLDMCheckpointError` (keys or shapes not matching audioldm's model; strict).
+    ``trust_checkpoint=True``: unpickle the file fully even if it asks for globals outside
+    :data:`~ciap_lib.bridge.checkpoint_io.AUDIOLDM_SAFE_GLOBALS` (logged as a warning): only for a file
+    whose source you trust, since unpickling can run code from it.
+
+    Raises :class:`AudioLDMNotFoundError` (missing / unreadable / SHA-256 mismatch with the sidecar),
+    :class:`~ciap_lib.safe_load.UnsafeCheckpointError` (a ``ValueError``: the file asks for globals outside
+    the allowlist; names them and the file) and :class:`AudioLDMCheckpointError` (keys or shapes not
+    matching audioldm's model; strict).
     """
     path, name = resolve_checkpoint(name_or_path, ckpt_dir)
-    sd = read_state_dict(path, name)
+    sd = read_state_dict(path, name, trusted=trust_checkpoint)
     spec = infer_architecture(sd, path)
     ldm = build_latent_diffusion(spec, init_weights=False)
     dropped = drop_stale_keys(sd, ldm)

@@ -29,3 +29,20 @@ def test_uncond_embedding_is_clap_text_of_empty_string(tiny_audioldm):
     assert torch.allclose(again.reshape(1, 1, 512), a.uncond_embedding, atol=1e-6)
     cache = a.path.with_name(a.path.name + ".uncond.pt")
     assert cache.is_file()
+
+
+def test_crafted_uncond_cache_is_not_unpickled_but_recomputed(tiny_audioldm, tmp_path):
+    import copy
+
+    from ciap_lib.safe_load import safe_load
+    from fixtures.crafted import crafted_file
+
+    a = copy.copy(tiny_audioldm)  # shallow: same frozen model, its own path
+    a.path = tmp_path / "x.ckpt"
+    cache = tmp_path / "x.ckpt.uncond.pt"
+    marker = tmp_path / "pwned"
+    crafted_file(cache, marker, obj={"fingerprint": a.reference_fingerprint, "embedding": torch.zeros(512)})
+    emb = a._uncond(cache=True)
+    assert not marker.exists()
+    assert torch.allclose(emb, tiny_audioldm.uncond_embedding, atol=1e-6)
+    assert torch.equal(safe_load(cache)["embedding"], emb)  # replaced by a good cache

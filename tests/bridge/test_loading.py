@@ -1,6 +1,7 @@
 """Loading original-format AudioLDM checkpoints: offline, strict, frozen, clear errors."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import torch
 from ciap_lib.bridge import AudioLDMCheckpointError, load_audioldm
 from ciap_lib.bridge.architecture import KNOWN_STALE_KEYS
 from ciap_lib.bridge.checkpoint_io import read_state_dict
+from ciap_lib.safe_load import UnsafeCheckpointError
 
 
 def test_tiny_checkpoint_is_original_format_with_stale_key(tiny_audioldm_ckpt):
@@ -46,3 +48,15 @@ def test_unexpected_key_fails_loudly(tiny_audioldm_ckpt, tmp_path):
     torch.save({"state_dict": sd}, bad)
     with pytest.raises(AudioLDMCheckpointError, match="not_a_real_key"):
         load_audioldm(bad)
+
+
+def test_refused_checkpoint_loads_only_with_trust_checkpoint(tiny_audioldm_ckpt_numpy, tiny_audioldm, caplog):
+    """No silent fallback to full unpickling: refused by name, then loaded through the explicit, logged opt-in."""
+    with pytest.raises(UnsafeCheckpointError) as e:
+        load_audioldm(tiny_audioldm_ckpt_numpy)
+    assert str(tiny_audioldm_ckpt_numpy) in str(e.value) and "numpy." in str(e.value)
+    with caplog.at_level(logging.WARNING, logger="ciap_lib.safe_load"):
+        a = load_audioldm(tiny_audioldm_ckpt_numpy, trust_checkpoint=True, cache_uncond=False)
+    assert any(str(tiny_audioldm_ckpt_numpy) in r.getMessage() and "arbitrary code" in r.getMessage()
+               for r in caplog.records)
+    assert a.reference_fingerprint == tiny_audioldm.reference_fingerprint  # the same weights
