@@ -114,9 +114,14 @@ def convert_command(path: str | os.PathLike) -> str:
     return f"python -m ciap_lib convert-checkpoint {p} {p.with_name(p.stem + '.v2' + p.suffix)} --trust"
 
 
-def _convert_hint(path: Path) -> str:
-    return (f"CIAP checkpoints older than {FORMAT} store their RNG state as numpy objects like these. If you "
-            f"wrote this file yourself or trust its source, convert it once: {convert_command(path)}")
+def _refusal_hint(path: Path, unsafe: list[str]) -> str:
+    """What to do about a refused file: old CIAP checkpoints ask for numpy globals only; anything else is
+    not what ciap_lib writes."""
+    if all(g.startswith("numpy.") for g in unsafe):
+        why = f"CIAP checkpoints older than {FORMAT} store their RNG state as numpy objects like these."
+    else:
+        why = "ciap_lib never writes such globals: this file was not written by save_checkpoint, or was altered."
+    return f"{why} Only if you wrote this file yourself or trust its source, convert it once: {convert_command(path)}"
 
 
 def _check_format(ck: Any, p: Path) -> dict[str, Any]:
@@ -132,9 +137,9 @@ def _read(p: Path, map_location: Any, trusted: bool = False) -> Any:
     if not p.is_file():
         raise ValueError(f"checkpoint {str(p)!r} not found")
     try:
-        return safe_load(p, map_location=map_location, trusted=trusted, hint=_convert_hint(p))
-    except UnsafeCheckpointError:
-        raise
+        return safe_load(p, map_location=map_location, trusted=trusted)
+    except UnsafeCheckpointError as e:
+        raise UnsafeCheckpointError(p, e.unsafe_globals, _refusal_hint(p, e.unsafe_globals)) from None
     except Exception as e:  # noqa: BLE001 - junk, truncated archive, a class missing on trusted loads ...
         raise ValueError(f"checkpoint {str(p)!r} is not a readable torch file ({type(e).__name__}: {e})") from e
 

@@ -72,7 +72,7 @@ def test_old_format_is_refused_with_the_conversion_hint(tmp_path):
     with pytest.raises(UnsafeCheckpointError) as e:
         load_ciap(old)
     msg = str(e.value)
-    assert str(old) in msg and "numpy" in msg and "refused" in msg
+    assert str(old) in msg and "numpy" in msg and "refused" in msg and "RNG state" in msg
     assert f"python -m ciap_lib convert-checkpoint {old} " in msg and "--trust" in msg
     # loaded some other way without numpy objects, format 1 still gets the hint
     torch.save({"format": "ciap-checkpoint/1", "model": {}}, tmp_path / "v1.pt")
@@ -88,7 +88,9 @@ def test_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path):
     with pytest.raises(UnsafeCheckpointError) as e:
         load_ciap(evil)
     assert not marker.exists()
-    assert str(evil) in str(e.value) and "io.open" in str(e.value)
+    msg = str(e.value)
+    assert str(evil) in msg and "io.open" in msg and "not written by save_checkpoint" in msg
+    assert f"convert-checkpoint {evil} " in msg
 
 
 def test_convert_refuses_without_trust_and_reads_nothing(tmp_path):
