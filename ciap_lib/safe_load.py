@@ -56,7 +56,7 @@ _GLOBAL_IN_MESSAGE = re.compile(r"GLOBAL ([\w.]+)")
 
 
 def _reason(message: str) -> str:
-    """The weights-only unpickler's own complaint, without torch's advice to set ``weights_only=False``."""
+    """The weights-only unpickler's own complaint, without torch's advice to turn weights-only loading off."""
     lines = [ln.strip() for ln in message.split("Check the documentation")[0].splitlines() if ln.strip()]
     return lines[-1].removeprefix("WeightsUnpickler error:").strip() if len(lines) > 1 else "not a torch.save file"
 
@@ -76,7 +76,7 @@ def safe_load(path: str | os.PathLike, *, map_location: Any = "cpu", allow: Iter
         path: a file written by ``torch.save``.
         map_location, mmap: as for ``torch.load`` (``mmap`` needs the zip format).
         allow: extra classes/functions to allow, e.g. ``(argparse.Namespace,)``; fixed by the caller.
-        trusted: full unpickling (``weights_only=False``): can run code from the file. Logs a warning.
+        trusted: full unpickling (weights-only off): can run code from the file. Logs a warning.
         hint: appended to the refusal message: what the user can do.
     Raises:
         UnsafeCheckpointError: the file asks for globals outside the allowlist (nothing was executed).
