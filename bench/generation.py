@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ciap_lib.bridge import generate  # noqa: E402
 from ciap_lib.bridge import sampling as S  # noqa: E402
-from ciap_lib.bridge.loading import FrozenAudioLDM, build_latent_diffusion  # noqa: E402
+from ciap_lib.bridge.architecture import build_latent_diffusion  # noqa: E402
+from ciap_lib.bridge.frozen import FrozenAudioLDM  # noqa: E402
 from ciap_lib.bridge.tiny import full_size_spec  # noqa: E402
 
 

@@ -15,7 +15,8 @@ def _cli(*args):
 
 
 @pytest.mark.parametrize("command, words", [("train", ["--config", "--data", "--set"]),
-                                            ("evaluate", ["--checkpoint", "--data", "--json"])])
+                                            ("evaluate", ["--checkpoint", "--data", "--json"]),
+                                            ("convert-checkpoint", ["old", "new", "--trust", "weights_only=True"])])
 def test_help(command, words):
     r = _cli(command, "--help")
     assert r.returncode == 0, r.stderr
@@ -109,3 +110,50 @@ def test_every_bad_file_is_listed_once_with_the_skip_hint(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "2 bad file(s)" in err and "bad.wav" in err and "lonely.png" in err and "--set skip_bad=true" in err
     assert "Traceback" not in err
+
+
+def _old_format(path):
+    """A ciap-checkpoint/1 file of an untrained debug model, written the way format 1 was (plain torch.save)."""
+    from ciap_lib.config import load_config
+    from ciap_lib.models import create_model
+    from fixtures.crafted import old_format_checkpoint
+
+    cfg = load_config(None, ["model=debug", "audio_encoder=mlp"])
+    return old_format_checkpoint(path, create_model(cfg.model, **cfg.model_overrides()), cfg)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "embed"])
+def test_refused_checkpoint_is_one_clear_message(command, tmp_path, capsys):
+    from fixtures.crafted import crafted_file
+
+    marker = tmp_path / "pwned"
+    evil = crafted_file(tmp_path / "evil.pt", marker)
+    old = _old_format(tmp_path / "old.pt")
+    extra = ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "emb")] if command == "embed" else []
+    for path, words in ((evil, ["io.open"]), (old, ["numpy", f"convert-checkpoint {old}", "--trust"])):
+        assert main([command, "--checkpoint", str(path), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"{command}: error: {path}: refused to load") and "Traceback" not in err, err
+        assert all(w in err for w in words), err
+        assert len(err.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+def test_convert_checkpoint_cli(tmp_path, capsys, caplog):
+    from ciap_lib.checkpoint import load_ciap
+    from fixtures.crafted import crafted_file
+
+    marker = tmp_path / "pwned"
+    evil = crafted_file(tmp_path / "evil.pt", marker)
+    assert main(["convert-checkpoint", str(evil), str(tmp_path / "new.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "evil.pt" in err and "--trust" in err and "Traceback" not in err
+    assert not marker.exists() and not (tmp_path / "new.pt").exists()
+
+    old = _old_format(tmp_path / "old.pt")
+    with caplog.at_level("WARNING", logger="ciap_lib.safe_load"):
+        assert main(["convert-checkpoint", str(old), str(tmp_path / "new.pt"), "--trust"]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "new.pt")
+    assert any("old.pt" in r.getMessage() and "arbitrary code" in r.getMessage() for r in caplog.records)
+    model, cfg = load_ciap(tmp_path / "new.pt")
+    assert cfg.model == "debug" and model.config.audio_encoder == "mlp"

@@ -147,3 +147,20 @@ def test_load_pretrained_false_skips_weight_files(tmp_path, monkeypatch):
     model = CIAP(get_model_config("debug", image_backbone="resnet18", image_pretrained="imagenet"),
                  load_pretrained=False)
     assert model.config.image_pretrained == "imagenet"
+
+
+def test_crafted_image_weights_are_refused_by_name(tmp_path, monkeypatch):
+    from ciap_lib.safe_load import UnsafeCheckpointError
+    from fixtures.crafted import crafted_file
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _no_download)
+    marker = tmp_path / "pwned"
+    cached = imagenet_weights_file("resnet18")
+    cached.parent.mkdir(parents=True)
+    for path, kw in ((crafted_file(tmp_path / "r18.pth", marker), {"image_weights": str(tmp_path / "r18.pth")}),
+                     (crafted_file(cached, marker), {})):
+        with pytest.raises(UnsafeCheckpointError) as e:
+            create_model("debug", image_backbone="resnet18", image_pretrained="imagenet", **kw)
+        assert str(path) in str(e.value) and "io.open" in str(e.value)
+    assert not marker.exists()

@@ -15,9 +15,9 @@ import mlflow
 import nbformat
 import pytest
 import soundfile as sf
-import torch
 
 from ciap_lib import pipeline, tracking
+from ciap_lib.checkpoint import load_checkpoint
 from ciap_lib.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -153,7 +153,7 @@ def test_executed_notebooks(run):
 def test_summary_says_where_things_are_and_how_well_it_did(run):
     result, *_ = run
     text = pipeline.summary(result)
-    ck = torch.load(result.checkpoint, weights_only=False)
+    ck = load_checkpoint(result.checkpoint)
     lines = {ln.split()[0]: ln.split()[1] for ln in text.splitlines() if ln.startswith("  ") and ln.split()}
     assert lines["i2a_R@1"] == f"{ck['metrics']['i2a_R@1']:.3f}"
     assert lines["a2i_median_rank"] == f"{ck['metrics']['a2i_median_rank']:.3f}"

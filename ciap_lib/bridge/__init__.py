@@ -8,9 +8,10 @@ from ciap_lib.bridge.audio_metrics import STANDARD_METRICS, standard_metrics
 from ciap_lib.bridge.clap import clap_audio_features
 from ciap_lib.bridge.condition import CIAPCondStage
 from ciap_lib.bridge.generate import check_inputs, generate, write_wavs
-from ciap_lib.bridge.loading import (
-    DEFAULT_MODEL, MODEL_NAMES, AudioLDMCheckpointError, AudioLDMNotFoundError, FrozenAudioLDM, load_audioldm,
-)
+from ciap_lib.bridge.architecture import AudioLDMCheckpointError
+from ciap_lib.bridge.checkpoint_io import DEFAULT_MODEL, MODEL_NAMES, AudioLDMNotFoundError
+from ciap_lib.bridge.frozen import FrozenAudioLDM
+from ciap_lib.bridge.loading import load_audioldm
 from ciap_lib.bridge.metric_weights import MetricWeightsError
 from ciap_lib.bridge.metrics import clap_frechet_distance, clap_score
 from ciap_lib.bridge.params import PRECISIONS, GenerationParams

@@ -16,7 +16,8 @@ import torch
 from tqdm import tqdm
 
 from ciap_lib.atomic import atomic_path
-from ciap_lib.bridge.loading import FrozenAudioLDM, sha256_file
+from ciap_lib.bridge.checkpoint_io import sha256_file
+from ciap_lib.bridge.frozen import FrozenAudioLDM
 
 
 def cache_folder(audioldm: FrozenAudioLDM, cache_dir: str | os.PathLike) -> Path:

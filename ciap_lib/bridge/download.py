@@ -1,9 +1,11 @@
 """Download an original AudioLDM checkpoint from the URL the ``audioldm`` package itself uses.
 
 The bytes go to ``<final>.part``; only when the download is complete (size matches the server's
-Content-Length, and the file opens as a checkpoint with a ``state_dict``) is it moved into place,
-with its SHA-256 recorded beside it (``<final>.sha256``, checked at every load). A partial or
-corrupt download never lands at the final path.
+Content-Length, and the file opens as a checkpoint with a ``state_dict`` through the same safe reader as
+every load, :func:`~ciap_lib.bridge.checkpoint_io.read_state_dict`) is it moved into place, with its
+SHA-256 recorded beside it (``<final>.sha256``, checked at every load). A partial, corrupt or refused
+download (one asking for globals outside the weights-only allowlist, unless ``trust_checkpoint=True``)
+never lands at the final path.
 """
 from __future__ import annotations
 
@@ -14,7 +16,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ciap_lib.bridge.loading import MODEL_NAMES, sidecar_path, write_sidecar
+from ciap_lib.bridge.checkpoint_io import (
+    MODEL_NAMES, AudioLDMNotFoundError, read_state_dict, sidecar_path, write_sidecar,
+)
+from ciap_lib.safe_load import UnsafeCheckpointError
 
 
 class DownloadError(RuntimeError):
@@ -23,7 +28,7 @@ class DownloadError(RuntimeError):
 
 def checkpoint_url(name: str) -> str:
     """The URL audioldm 0.1.1 downloads ``name`` from (``audioldm.utils.get_metadata``)."""
-    from ciap_lib.bridge.loading import import_audioldm
+    from ciap_lib.bridge.architecture import import_audioldm
 
     import_audioldm()
     from audioldm.utils import get_metadata
@@ -34,22 +39,26 @@ def checkpoint_url(name: str) -> str:
     return meta[name]["url"]
 
 
-def _opens_as_checkpoint(path: Path) -> bool:
-    import torch
-
+def _check_opens(part: Path, name: str, url: str, trusted: bool) -> None:
+    """``DownloadError`` unless ``part`` opens as an AudioLDM checkpoint with a ``state_dict``."""
     try:
-        ck = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception:  # noqa: BLE001
-        try:
-            ck = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception:  # noqa: BLE001
-            return False
-    return isinstance(ck, dict) and isinstance(ck.get("state_dict"), dict)
+        read_state_dict(part, name, trusted=trusted)
+    except UnsafeCheckpointError as e:
+        raise DownloadError(
+            f"download of {name} from {url} was refused: it asks for {', '.join(e.unsafe_globals)}, outside the "
+            f"weights-only allowlist (unpickling such globals can run arbitrary code); nothing was put in place. "
+            f"If you trust the source, download again with --trust-checkpoint (download_checkpoint(..., "
+            f"trust_checkpoint=True)) and load it with --trust-checkpoint / load_audioldm(..., "
+            f"trust_checkpoint=True).") from None
+    except AudioLDMNotFoundError as e:
+        raise DownloadError(f"download of {name} from {url} does not open as an AudioLDM checkpoint") from e
 
 
 def download_checkpoint(name: str, ckpt_dir: str | os.PathLike = "ckpt", url: str | None = None,
-                        force: bool = False, progress: bool = True, timeout: float = 60.0) -> Path:
+                        force: bool = False, progress: bool = True, timeout: float = 60.0,
+                        trust_checkpoint: bool = False) -> Path:
     """Fetch ``name`` into ``<ckpt_dir>/<name>.ckpt`` (+ ``.sha256``). ``url`` overrides audioldm's URL.
+    ``trust_checkpoint=True`` lets the check that the file opens unpickle it fully (logged as a warning).
     Returns the final path; raises :class:`DownloadError` without touching the final path on failure."""
     if url is None:
         url = checkpoint_url(name)
@@ -75,8 +84,7 @@ def download_checkpoint(name: str, ckpt_dir: str | os.PathLike = "ckpt", url: st
                     bar.update(len(chunk))
         if total is not None and got != total:
             raise DownloadError(f"download of {name} incomplete: {got} of {total} bytes from {url}")
-        if not _opens_as_checkpoint(part):
-            raise DownloadError(f"download of {name} from {url} does not open as an AudioLDM checkpoint")
+        _check_opens(part, name, url, trust_checkpoint)
     except DownloadError:
         part.unlink(missing_ok=True)
         raise

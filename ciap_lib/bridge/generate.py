@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ciap_lib.bridge.condition import AUDIOLDM_EMBED_DIM, CIAPCondStage
-from ciap_lib.bridge.loading import FrozenAudioLDM
+from ciap_lib.bridge.frozen import FrozenAudioLDM
 from ciap_lib.bridge.params import GenerationParams
 from ciap_lib.bridge.sampling import (
     DEFAULT_SAMPLER, DEFAULT_STEPS, decode_latents, initial_noise, latent_frames, sample_latents,

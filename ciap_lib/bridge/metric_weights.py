@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 
 from ciap_lib.audio_io import BadFileError
+from ciap_lib.safe_load import safe_load
 
 DEFAULT_WEIGHTS_DIR = Path("ckpt") / "metrics"
 
@@ -107,7 +108,7 @@ def _numpy_safe_globals() -> list:
 
 
 def load_weights_file(path: str | os.PathLike) -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)`` with only numpy's array/scalar/dtype
+    """:func:`ciap_lib.safe_load.safe_load` of ``path`` (weights-only) with only numpy's array/scalar/dtype
     reconstruction allowed beside tensors. Nothing else is unpickled. Raises :class:`MetricWeightsError`
     naming ``path`` when the file is empty or not a (safe) PyTorch file."""
     p = Path(path)
@@ -116,8 +117,7 @@ def load_weights_file(path: str | os.PathLike) -> Any:
     if p.stat().st_size == 0:
         raise MetricWeightsError(p, "weights file is empty (0 bytes)")
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            return torch.load(p, map_location="cpu", weights_only=True)
+        return safe_load(p, allow=_numpy_safe_globals())
     except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError/RuntimeError/EOFError/...
         raise MetricWeightsError(
             p, f"cannot be read as a PyTorch weights file with weights_only=True ({type(e).__name__}: "

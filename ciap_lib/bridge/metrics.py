@@ -15,7 +15,7 @@ from torch import nn
 
 from ciap_lib.bridge.clips import Clips, as_batch, clips_at
 from ciap_lib.bridge.frechet import frechet_distance
-from ciap_lib.bridge.loading import FrozenAudioLDM
+from ciap_lib.bridge.frozen import FrozenAudioLDM
 
 
 def clap_score(audioldm: FrozenAudioLDM, waveforms: np.ndarray | torch.Tensor, cond_embeds: torch.Tensor

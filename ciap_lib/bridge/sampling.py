@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from ciap_lib.bridge.loading import FrozenAudioLDM
+from ciap_lib.bridge.frozen import FrozenAudioLDM
 from ciap_lib.constants import SAMPLE_RATE
 
 #: AudioLDM's training schedule in diffusers' terms.

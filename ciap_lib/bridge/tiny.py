@@ -16,12 +16,7 @@ from pathlib import Path
 import torch
 
 from ciap_lib.atomic import atomic_path
-from ciap_lib.bridge.loading import (
-    KNOWN_STALE_KEYS,
-    ROBERTA_BASE,
-    ArchSpec,
-    build_latent_diffusion,
-)
+from ciap_lib.bridge.architecture import KNOWN_STALE_KEYS, ROBERTA_BASE, ArchSpec, build_latent_diffusion
 
 TINY_SPEC = ArchSpec(
     family="audioldm-s-full", unet_channels=32, vae_ch=32, vocoder_channels=64,

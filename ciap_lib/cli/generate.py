@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="trained CIAP checkpoint (.pt); use audio_encoder 'clap'")
     parser.add_argument("--audioldm", default="audioldm-s-full", help="AudioLDM checkpoint name (under --ckpt-dir) or path")
     parser.add_argument("--ckpt-dir", default="ckpt", help="folder of named AudioLDM checkpoints (default: ckpt)")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="unpickle the AudioLDM checkpoint fully even if it asks for globals outside the "
+                             "weights-only allowlist (this can run code from the file: only for a trusted source)")
     parser.add_argument("--out", required=True, help="output .wav (one image) or folder (one <image stem>.wav each)")
     parser.add_argument("--duration", type=float, default=d.duration, help=f"seconds, 2.5-10 (default {d.duration})")
     parser.add_argument("--steps", type=int, default=d.steps, help=f"solver steps (default: the sampler's own: {own})")
@@ -76,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             print("generate: note: this CIAP model was not trained CLAP-aligned (audio_encoder 'clap'); its "
                   "embeddings are not in CLAP space, so AudioLDM will not follow them", file=sys.stderr)
         cond = embed_images(images, cond_stage)
-        audioldm = load_audioldm(args.audioldm, ckpt_dir=args.ckpt_dir)
+        audioldm = load_audioldm(args.audioldm, ckpt_dir=args.ckpt_dir, trust_checkpoint=args.trust_checkpoint)
     except (ValueError, AudioLDMNotFoundError, AudioLDMCheckpointError) as e:
         print(f"generate: error: {e}", file=sys.stderr)
         return 2

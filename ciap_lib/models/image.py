@@ -1,9 +1,10 @@
 """Image tower: backbone -> Linear -> LayerNorm -> L2-normalised embedding.
 
 Backbones come from torchvision (``resnet18/34/50``) or are a tiny CNN for tests. ImageNet
-weights are torchvision's own, loaded through torchvision's real code path
-(``weights.get_state_dict`` -> ``torch.hub.load_state_dict_from_url``), which reads the torch hub
-cache ``$TORCH_HOME/hub/checkpoints/<file>`` and downloads only when the file is missing.
+weights are torchvision's own file in the torch hub cache ``$TORCH_HOME/hub/checkpoints/<file>``, read with
+the weights-only unpickler (:func:`ciap_lib.safe_load.safe_load`); when the file is missing, torchvision's
+real code path (``weights.get_state_dict`` -> ``torch.hub.load_state_dict_from_url``) downloads it, checks
+its hash and loads it with ``weights_only=True``.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torchvision
 from torch import nn
 
 from ciap_lib.models.config import ModelConfig
+from ciap_lib.safe_load import safe_load
 
 
 class ImageWeightsNotFoundError(FileNotFoundError):
@@ -46,6 +48,7 @@ def load_imagenet_state_dict(backbone: str, path: str | os.PathLike | None = Non
         path: a local ``.pth`` file; when None, torchvision's hub cache (download if missing).
     Raises:
         ImageWeightsNotFoundError: file missing and download impossible; names where to put the file.
+        UnsafeCheckpointError: the file asks for globals outside the weights-only allowlist (names them).
     """
     if backbone not in _TORCHVISION:
         raise ValueError(f"image_pretrained='imagenet' needs a torchvision backbone {sorted(_TORCHVISION)}, "
@@ -56,11 +59,13 @@ def load_imagenet_state_dict(backbone: str, path: str | os.PathLike | None = Non
         if not p.is_file():
             raise ImageWeightsNotFoundError(f"image_weights={str(p)!r}: file not found (expected torchvision's "
                                             f"{os.path.basename(weights.url)} from {weights.url})")
-        return torch.load(p, map_location="cpu", weights_only=True)
+        return safe_load(p)
+    cached = imagenet_weights_file(backbone)
+    if cached.is_file():
+        return safe_load(cached)
     try:
-        return weights.get_state_dict(progress=False, check_hash=True)
+        return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
     except Exception as e:  # URLError, HTTPError, timeouts, ...
-        cached = imagenet_weights_file(backbone)
         raise ImageWeightsNotFoundError(
             f"ImageNet weights for {backbone} are not cached and could not be downloaded ({type(e).__name__}: {e}).\n"
             f"Download {weights.url} on a machine with network access and put it at\n  {cached}\n"

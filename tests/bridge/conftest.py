@@ -14,6 +14,17 @@ def ciap_workspace(tmp_path_factory):
     return make_workspace(tmp_path_factory.mktemp("ciap_ws"), n_train=6, n_val=4)
 
 
+@pytest.fixture(scope="session")
+def tiny_audioldm_ckpt_numpy(tiny_audioldm_ckpt, tmp_path_factory):
+    """The tiny AudioLDM checkpoint plus a numpy array beside its ``state_dict``: harmless, but only full
+    unpickling restores it (what a trusted-but-not-allowlisted file looks like)."""
+    import numpy as np
+    from fixtures.crafted import with_extra_objects
+
+    return with_extra_objects(tiny_audioldm_ckpt, tmp_path_factory.mktemp("audioldm_numpy") / "numpy.ckpt",
+                              extra=np.arange(3))
+
+
 @pytest.fixture
 def unit_embeds():
     def make(n: int, seed: int = 0) -> torch.Tensor:

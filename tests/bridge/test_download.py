@@ -7,11 +7,13 @@ import http.server
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from ciap_lib.bridge.download import DownloadError, checkpoint_url, download_checkpoint
-from ciap_lib.bridge.loading import read_sidecar
+from ciap_lib.bridge.checkpoint_io import read_sidecar
+from fixtures.crafted import crafted_file
 
 
 @pytest.fixture
@@ -86,3 +88,29 @@ def test_cli_download_and_urls(server, tmp_path, capsys):
     assert checkpoint_url("audioldm-s-full").startswith("https://zenodo.org/")
     with pytest.raises(ValueError):
         checkpoint_url("audioldm-xl")
+
+
+def test_crafted_download_is_refused_and_never_lands(server, tmp_path):
+    root, base = server
+    marker = tmp_path / "pwned"
+    crafted_file(root / "evil.ckpt", marker)
+    with pytest.raises(DownloadError) as e:
+        download_checkpoint("audioldm-s-full", tmp_path / "ckpt", url=f"{base}/evil.ckpt", progress=False)
+    assert not marker.exists()
+    msg = str(e.value)
+    assert f"{base}/evil.ckpt" in msg and "refused" in msg and "io.open" in msg and "--trust-checkpoint" in msg
+    assert list((tmp_path / "ckpt").iterdir()) == []
+
+
+def test_cli_trust_checkpoint_lets_a_refused_download_land(server, tmp_path, capsys):
+    from ciap_lib.cli import main
+
+    root, base = server
+    torch.save({"state_dict": {"model.w": torch.ones(2)}, "extra": np.arange(3)}, root / "numpy.ckpt")
+    args = ["download", "audioldm-s-full", "--ckpt-dir", str(tmp_path), "--url", f"{base}/numpy.ckpt"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "refused" in err and "numpy." in err and "Traceback" not in err
+    assert not (tmp_path / "audioldm-s-full.ckpt").exists()
+    assert main(args + ["--trust-checkpoint"]) == 0
+    assert (tmp_path / "audioldm-s-full.ckpt").read_bytes() == (root / "numpy.ckpt").read_bytes()
