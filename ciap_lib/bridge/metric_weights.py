@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 
 from ciap_lib.audio_io import BadFileError
-from ciap_lib.safe_load import safe_load
+from ciap_lib.safe_load import UnsafeCheckpointError, safe_load
 
 DEFAULT_WEIGHTS_DIR = Path("ckpt") / "metrics"
 
@@ -118,6 +118,9 @@ def load_weights_file(path: str | os.PathLike) -> Any:
         raise MetricWeightsError(p, "weights file is empty (0 bytes)")
     try:
         return safe_load(p, allow=_numpy_safe_globals())
+    except UnsafeCheckpointError as e:
+        raise MetricWeightsError(p, f"refused to load: it asks for {', '.join(e.unsafe_globals)}, which a weights "
+                                    "file never needs (unpickling them could run code); nothing was executed") from None
     except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError/RuntimeError/EOFError/...
         raise MetricWeightsError(
             p, f"cannot be read as a PyTorch weights file with weights_only=True ({type(e).__name__}: "
