@@ -125,6 +125,16 @@ def test_load_generator_without_checkpoint_falls_back_with_clear_notice(ciap, ws
     assert "RETRIEVAL fallback (not diffusion)" in md
 
 
+def test_refused_audioldm_checkpoint_falls_back_and_says_why(ciap, ws, tmp_path):
+    from fixtures.crafted import crafted_file
+
+    marker = tmp_path / "pwned"
+    evil = crafted_file(tmp_path / "evil.ckpt", marker)
+    gen, notice = gens.load_generator(ciap, audioldm=str(evil), data=ws["data"])
+    assert isinstance(gen, NearestNeighbourGenerator) and not marker.exists()
+    assert "refused to load" in notice and "evil.ckpt" in notice and "NOT diffusion" in notice
+
+
 def test_resolve_checkpoint(ws, tmp_path):
     assert batch.resolve_checkpoint(ws["checkpoint"]) == (ws["checkpoint"], "")
     path, note = batch.resolve_checkpoint(tmp_path / "missing.pt", ckpt_dir=ws["checkpoint"].parent.parent)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ciap_lib.fallback import NearestNeighbourGenerator
+from ciap_lib.safe_load import UnsafeCheckpointError
 
 DEFAULT_SAMPLERS: tuple[str, ...] = ("dpmpp", "ddim")
 
@@ -133,7 +134,7 @@ def load_generator(ciap_model: torch.nn.Module, audioldm: str = "audioldm-s-full
     else:
         try:
             ldm = bridge.load_audioldm(audioldm, ckpt_dir=str(ckpt_dir))
-        except bridge.AudioLDMNotFoundError as e:
+        except (bridge.AudioLDMNotFoundError, UnsafeCheckpointError) as e:  # missing, corrupt, or refused
             if not allow_fallback:
                 raise
             error = e
