@@ -158,7 +158,8 @@ def main() -> int:
         f = (args.n / nb) ** 2
         print(f"\n[2] at N={nb:,}, {args.classes} classes: exact {sf:.1f} s wall / {cf:.1f} CPU-s | exact with "
               f"labels (class R@1) {sl:.1f} s / {cl:.1f} CPU-s (x{cl / cf:.2f} CPU) | blocked with labels "
-              f"{sb:.1f} s / {cb:.1f} CPU-s | blocked/exact x{cb / cl:.1f} (CPU) | metrics {'equal' if same else 'DIFFERENT'}")
+              f"{sb:.1f} s / {cb:.1f} CPU-s | blocked/exact x{cb / cl:.1f} (CPU) | "
+              f"metrics {'equal' if same else 'DIFFERENT'}")
         print("    " + fmt(ml))
         if nb < args.n:
             print(f"    blocked at N={args.n:,} extrapolated (x (N/n)^2): ~{sb * f:.0f} s wall, "

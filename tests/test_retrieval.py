@@ -72,7 +72,8 @@ def make_case(name: str, n: int = 150, d: int = 24, seed: int = 0) -> tuple[np.n
         x[2::5] = x[0::5][: len(x[2::5])]
         return x, y
     if name == "mixed_norms":     # not unit-norm, negative true scores
-        return (x * rng.uniform(0, 3, (n, 1))).astype(np.float32), (-x + rng.standard_normal((n, d))).astype(np.float32)
+        img = x * rng.uniform(0, 3, (n, 1))
+        return img.astype(np.float32), (-x + rng.standard_normal((n, d))).astype(np.float32)
     if name == "integers":        # small integers: exact products, many exact ties and duplicate rows
         img = rng.integers(-1, 2, (n, 3)).astype(np.float32)
         aud = rng.integers(-1, 2, (n, 3)).astype(np.float32)
