@@ -8,12 +8,13 @@ so every true pair scores ~1/sqrt(1 + noise^2) against a bulk of N(0, 1/D) impos
 not perfect, and the ranks are checked exactly.
 
 Phases (all in this process, on the same data, so the timings compare):
-1. ``ciap_lib.embed.retrieval_metrics_exact`` (bf16 screening + float32/float64 rescoring) at N: seconds,
-   peak RSS, metrics. Correctness: the ranks of ``--check`` random queries are recomputed against all N
-   keys in float64 and must be equal.
-2. ``ciap_lib.retrieval.retrieval_metrics`` (engineer B's float32 blocked counting) at ``--baseline-n``
-   (default 20,000; the run at 100k takes several minutes here): seconds, and the metrics of phase 1's
-   method on the same data must be equal.
+1. ``ciap_lib.retrieval.pair_ranks(method="exact")`` (bf16 screening + float32/float64 rescoring) at N:
+   seconds, peak RSS, metrics. Correctness: the ranks of ``--check`` random queries are recomputed against
+   all N keys in float64 and must be equal.
+2. At ``--baseline-n`` (default 20,000; the blocked method at 100k takes several minutes here): the exact
+   method without and with labels (class R@1, i.e. exact top-1: its extra cost) and the float32 blocked
+   method with labels: seconds, and all metrics must be equal; the top-1 of ``--check`` random queries must
+   equal a float64 brute force.
 3. A naive full-matrix argsort at ``--naive-n`` (fits in memory) vs both methods at that size: ratio.
 
 Peak memory is the process's peak resident set (``resource.getrusage``; torch allocations are invisible
@@ -34,8 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ciap_lib.embed import pair_ranks_exact, retrieval_metrics_exact  # noqa: E402
-from ciap_lib.retrieval import retrieval_metrics  # noqa: E402
+from ciap_lib.retrieval import pair_ranks, retrieval_metrics  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -69,6 +69,13 @@ def naive_metrics(x: torch.Tensor, y: torch.Tensor, ks=(1, 5, 10)) -> dict[str, 
     return out
 
 
+def timed(fn):
+    """``(result, wall seconds, CPU seconds)`` of ``fn()``."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = fn()
+    return res, time.perf_counter() - t0, time.process_time() - c0
+
+
 def fmt(m: dict[str, float]) -> str:
     return "  ".join(f"{k}={v:.4f}" for k, v in m.items())
 
@@ -81,7 +88,8 @@ def main() -> int:
     ap.add_argument("--chunk", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--check", type=int, default=200, help="queries verified against float64 brute force")
-    ap.add_argument("--baseline-n", type=int, default=20_000, help="N for B's retrieval_metrics (0: skip)")
+    ap.add_argument("--baseline-n", type=int, default=20_000, help="N for phase 2 (labels, blocked; 0: skip)")
+    ap.add_argument("--classes", type=int, default=1000, help="labels in phase 2: row index modulo this")
     ap.add_argument("--naive-n", type=int, default=6000, help="N for the naive full argsort (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -98,7 +106,7 @@ def main() -> int:
     rss_data = rss_mb()
     t0, c0 = time.perf_counter(), time.process_time()
     stats: dict[str, int] = {}
-    r_i2a, r_a2i = pair_ranks_exact(x, y, chunk_size=args.chunk, stats=stats)
+    r_i2a, r_a2i = pair_ranks(x, y, chunk_size=args.chunk, method="exact", stats=stats)
     secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     _, tm_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -137,49 +145,54 @@ def main() -> int:
           f"{'equal' if exact else 'DIFFERENT'}")
     del s_i2a, s_a2i, x64, y64
 
-    # ---------------------------------------------------------------- phase 2: B's retrieval_metrics
+    # ---------------------------------------------------------------- phase 2: labels, blocked method
     if args.baseline_n:
         nb = min(args.baseline_n, args.n)
         xb, yb = x[:nb].contiguous(), y[:nb].contiguous()
-        t0, c0 = time.perf_counter(), time.process_time()
-        mb = retrieval_metrics(xb, yb, chunk_size=args.chunk)
-        sb, cb = time.perf_counter() - t0, time.process_time() - c0
-        t0, c0 = time.perf_counter(), time.process_time()
-        mf = retrieval_metrics_exact(xb, yb, chunk_size=args.chunk)
-        sf, cf = time.perf_counter() - t0, time.process_time() - c0
-        same = mb == mf
+        labels = torch.arange(nb) % args.classes
+        mf, sf, cf = timed(lambda: retrieval_metrics(xb, yb, chunk_size=args.chunk, method="exact"))
+        ml, sl, cl = timed(lambda: retrieval_metrics(xb, yb, labels, chunk_size=args.chunk, method="exact"))
+        mb, sb, cb = timed(lambda: retrieval_metrics(xb, yb, labels, chunk_size=args.chunk, method="blocked"))
+        same = mb == ml and mf == {k: v for k, v in ml.items() if "class" not in k}
         ok &= same
         f = (args.n / nb) ** 2
-        print(f"\n[2] at N={nb:,}: ciap_lib.retrieval.retrieval_metrics {sb:.1f} s wall / {cb:.1f} CPU-s | "
-              f"retrieval_metrics_exact {sf:.1f} s / {cf:.1f} CPU-s | speed-up x{cb / cf:.1f} (CPU) | "
+        print(f"\n[2] at N={nb:,}, {args.classes} classes: exact {sf:.1f} s wall / {cf:.1f} CPU-s | exact with "
+              f"labels (class R@1) {sl:.1f} s / {cl:.1f} CPU-s (x{cl / cf:.2f} CPU) | blocked with labels "
+              f"{sb:.1f} s / {cb:.1f} CPU-s | blocked/exact x{cb / cl:.1f} (CPU) | "
               f"metrics {'equal' if same else 'DIFFERENT'}")
+        print("    " + fmt(ml))
         if nb < args.n:
-            print(f"    retrieval_metrics at N={args.n:,} extrapolated (x (N/n)^2): ~{sb * f:.0f} s wall, "
+            print(f"    blocked at N={args.n:,} extrapolated (x (N/n)^2): ~{sb * f:.0f} s wall, "
                   f"~{cb * f / args.threads:.0f} s uncontended on {args.threads} cores")
         if not same:
-            print("    B:    " + fmt(mb) + "\n    fast: " + fmt(mf))
+            print("    blocked: " + fmt(mb) + "\n    exact:   " + fmt(mf))
+        # top-1 of random queries against a float64 brute force (lowest index among tied best scores)
+        _, _, t_i2a, t_a2i = pair_ranks(xb, yb, chunk_size=args.chunk, return_top1=True, method="exact")
+        q = torch.from_numpy(rng.choice(nb, size=min(args.check, nb), replace=False))
+        s_i2a, s_a2i = xb[q].double() @ yb.double().T, yb[q].double() @ xb.double().T
+        top_ok = all(torch.equal(t[q], (s >= s.amax(1, keepdim=True) - 1e-12).double().argmax(1))
+                     for t, s in ((t_i2a, s_i2a), (t_a2i, s_a2i)))
+        ok &= top_ok
+        print(f"    check: top-1 of {len(q)} random queries vs float64 brute force over all {nb:,} keys: "
+              f"{'equal' if top_ok else 'DIFFERENT'}")
 
     # ---------------------------------------------------------------- phase 3: naive full argsort
     if args.naive_n:
         nn_ = min(args.naive_n, args.n)
         xn, yn = x[:nn_].contiguous(), y[:nn_].contiguous()
-        def timed(fn):
-            t0, c0 = time.perf_counter(), time.process_time()
-            res = fn()
-            return res, time.perf_counter() - t0, time.process_time() - c0
         mn, sn, cn = timed(lambda: naive_metrics(xn, yn))
-        mf, sf, cf = timed(lambda: retrieval_metrics_exact(xn, yn, chunk_size=args.chunk))
-        mb, sb, cb = timed(lambda: retrieval_metrics(xn, yn, chunk_size=args.chunk))
+        mf, sf, cf = timed(lambda: retrieval_metrics(xn, yn, chunk_size=args.chunk, method="exact"))
+        mb, sb, cb = timed(lambda: retrieval_metrics(xn, yn, chunk_size=args.chunk, method="blocked"))
         # the naive argsort breaks exact ties by index (optimistic for earlier partners); with random
         # data there are none, so all three agree
         same = mn == mf == mb
         ok &= same
         print(f"\n[3] at N={nn_:,}: naive full-matrix argsort {sn:.2f} s / {cn:.1f} CPU-s | "
-              f"retrieval_metrics_exact {sf:.2f} s / {cf:.1f} CPU-s | retrieval_metrics (B) {sb:.2f} s / "
-              f"{cb:.1f} CPU-s\n    ratio naive/exact: x{sn / sf:.1f} wall, x{cn / cf:.1f} CPU; naive/B: "
+              f"exact {sf:.2f} s / {cf:.1f} CPU-s | blocked {sb:.2f} s / "
+              f"{cb:.1f} CPU-s\n    ratio naive/exact: x{sn / sf:.1f} wall, x{cn / cf:.1f} CPU; naive/blocked: "
               f"x{sn / sb:.1f} wall, x{cn / cb:.1f} CPU | metrics {'equal' if same else 'DIFFERENT'}")
         if not same:
-            print("    naive: " + fmt(mn) + "\n    exact: " + fmt(mf) + "\n    B:     " + fmt(mb))
+            print("    naive:   " + fmt(mn) + "\n    exact:   " + fmt(mf) + "\n    blocked: " + fmt(mb))
     print("\nall correctness checks passed" if ok else "\nCORRECTNESS CHECK FAILED")
     return 0 if ok else 1
 

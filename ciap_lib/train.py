@@ -68,7 +68,8 @@ def metrics_from_embeddings(image_emb: torch.Tensor, audio_emb: torch.Tensor, la
                             logit_scale: float, loss_name: str = "infonce", loss_batch_size: int = 32,
                             chunk_size: int = 4096) -> dict[str, float]:
     """``val_loss`` (the training loss over consecutive batches of ``loss_batch_size`` rows, averaged)
-    plus :func:`~ciap_lib.retrieval.retrieval_metrics` over all N rows."""
+    plus :func:`~ciap_lib.retrieval.retrieval_metrics` over all N rows (default method: the exact one; class
+    R@1 when some ``labels`` are >= 0)."""
     loss_fn = create_loss(loss_name)
     n = image_emb.shape[0]
     scale = torch.tensor(float(logit_scale))
@@ -80,9 +81,7 @@ def metrics_from_embeddings(image_emb: torch.Tensor, audio_emb: torch.Tensor, la
         losses.append(float(loss_fn(image_emb[s:e], audio_emb[s:e], scale)["loss"]))
         weights.append(e - s)
     metrics = {"val_loss": float(np.average(losses, weights=weights))}
-    has_labels = labels is not None and bool((labels >= 0).any())
-    metrics.update({k: float(v) for k, v in retrieval_metrics(
-        image_emb, audio_emb, labels if has_labels else None, chunk_size=chunk_size).items()})
+    metrics.update(retrieval_metrics(image_emb, audio_emb, labels, chunk_size=chunk_size))
     return metrics
 
 

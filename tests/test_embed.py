@@ -71,12 +71,13 @@ def test_metrics_and_topk_over_files_equal_in_memory(setup, tmp_path):
     _, _, model, ds, (img, aud, lab) = setup
     out = embed_to_dir(model, ds, tmp_path / "e", shard_size=8, dtype="float32", progress=False)
     es = load_embeddings(out)
-    assert metrics_from_dir(es, chunk_size=5) == retrieval_metrics(img, aud, lab, chunk_size=5)
-    assert "i2a_class_R@1" in metrics_from_dir(out)
-    fast = metrics_from_dir(out, fast=True)
-    assert fast == {k: v for k, v in retrieval_metrics(img, aud).items()}
-    # no class R@1 wanted: the fast method by default (only it takes use_bf16; the float32 one would raise)
-    assert metrics_from_dir(out, use_labels=False, use_bf16=False) == fast
+    ref = retrieval_metrics(img, aud, lab, chunk_size=5, method="blocked")
+    assert "i2a_class_R@1" in ref and "a2i_median_rank" in ref
+    for method in ("auto", "exact", "blocked"):       # the memmaps give the in-memory numbers, either method
+        assert metrics_from_dir(es, chunk_size=5, method=method) == ref, method
+    assert metrics_from_dir(out) == ref
+    assert metrics_from_dir(out, use_labels=False, ties="optimistic") == retrieval_metrics(
+        img, aud, chunk_size=5, ties="optimistic", method="blocked")
     from ciap_lib.ui.explorer import build_explorer   # the notebooks' explorer over the files
     ex = build_explorer(**es.explorer_kwargs(), k=3)
     res = ex.select(2, "i2a")
@@ -85,11 +86,14 @@ def test_metrics_and_topk_over_files_equal_in_memory(setup, tmp_path):
     s2, i2 = topk(img[:4], aud, k=3)
     torch.testing.assert_close(s1, s2)
     assert torch.equal(i1, i2)
-    # float16 halves the files; metrics stay those of the float32 vectors up to rounding of near-ties
+    # float16 halves the files; the metrics are those of the float16 values, whichever method
     out16 = embed_to_dir(model, ds, tmp_path / "e16", shard_size=8, dtype="float16", progress=False)
     es16 = load_embeddings(out16)
     assert es16.image.dtype == np.float16
     np.testing.assert_allclose(es16.image.astype(np.float32), img.numpy(), atol=2e-3)
+    ref16 = retrieval_metrics(torch.from_numpy(es16.image.astype(np.float32)),
+                              torch.from_numpy(es16.audio.astype(np.float32)), lab, method="blocked")
+    assert metrics_from_dir(es16, method="exact") == metrics_from_dir(es16, method="blocked") == ref16
 
 
 def test_resume_skips_finished_shards(setup, tmp_path):
@@ -137,65 +141,3 @@ def test_cli_embed(setup, tmp_path, capsys):
     assert cli_main(["embed", "--checkpoint", str(tmp_path / "missing.pt"), "--data", str(data),
                      "--out", str(out)]) == 2
     assert "missing.pt" in capsys.readouterr().err
-
-
-# ------------------------------------------------------------------------------------------- fast exact ranks
-def _reference_ranks(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Brute force in float64 over the full matrix; pessimistic ties (another key >= the true score)."""
-    s = x.double() @ y.double().T
-    t = (x.double() * y.double()).sum(1)
-    s.fill_diagonal_(float("-inf"))
-    return 1 + (s >= t[:, None] - 1e-12).sum(1).double(), 1 + (s >= t[None, :] - 1e-12).sum(0).double()
-
-
-@pytest.mark.parametrize("case", ["planted", "partly_random", "random", "collapsed", "duplicates", "mixed_norms"])
-def test_pair_ranks_exact_equals_float64_brute_force(case):
-    from ciap_lib.embed import pair_ranks_exact
-
-    g = torch.Generator().manual_seed(1)
-    n, d = 700, 48
-    x = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
-    if case == "planted":      # most true pairs above the bulk: the bf16 screen decides most blocks
-        y = torch.nn.functional.normalize(x + 1.5 * torch.randn(n, d, generator=g) / d ** 0.5, dim=1)
-    elif case == "partly_random":  # 15% of the pairs unrelated: their queries are rescored in float32
-        y = torch.nn.functional.normalize(x + 1.5 * torch.randn(n, d, generator=g) / d ** 0.5, dim=1)
-        y[::7] = torch.nn.functional.normalize(torch.randn(len(y[::7]), d, generator=g), dim=1)
-    elif case == "random":     # true pairs inside the bulk: float32 fallback blocks
-        y = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
-    elif case == "collapsed":  # every score ties: rank N everywhere
-        x = x[:1].repeat(n, 1)
-        y = x.clone()
-    elif case == "duplicates":  # exact ties between distinct keys
-        y = x.clone()
-        y[1::2] = y[0::2][: len(y[1::2])]
-    else:                      # not unit-norm, negative true scores
-        x = x * torch.rand(n, 1, generator=g) * 3
-        y = -x + torch.randn(n, d, generator=g)
-    ref = _reference_ranks(x, y)
-    for bf16 in (True, False):
-        stats: dict[str, int] = {}
-        got = pair_ranks_exact(x, y, chunk_size=256, use_bf16=bf16, stats=stats)
-        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1]), (case, bf16)
-        if bf16 and case == "planted":   # the bf16 screen settles blocks, few candidates scored one by one
-            assert stats["blocks_bf16"] == 9 and stats["rescored_queries"] == 0
-            assert 0 < stats["float32_scores"] < 0.01 * n * n
-        if bf16 and case == "partly_random":
-            assert stats["blocks_bf16"] > 0 and stats["rescored_queries"] > 0
-        if bf16 and case == "random":    # no screen helps: float32 blocks
-            assert stats["blocks_float32"] == 9
-        if case in ("collapsed", "duplicates"):
-            assert stats["float64_scores"] > 0
-    if case == "collapsed":
-        assert (ref[0] == n).all()
-
-
-def test_retrieval_metrics_exact_matches_b_on_planted_pairs():
-    from ciap_lib.embed import retrieval_metrics_exact
-
-    g = torch.Generator().manual_seed(2)
-    n, d = 900, 96
-    x = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
-    y = torch.nn.functional.normalize(x + 3.0 * torch.randn(n, d, generator=g) / d ** 0.5, dim=1)
-    fast = retrieval_metrics_exact(x.numpy(), y.numpy().astype(np.float16), chunk_size=400)
-    assert fast == retrieval_metrics(x, torch.from_numpy(y.numpy().astype(np.float16)).float(), chunk_size=400)
-    assert 0.2 < fast["i2a_R@1"] < 1.0    # planted but not trivial

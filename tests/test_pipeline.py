@@ -85,12 +85,11 @@ def test_metrics_sane(run):
     assert all(math.isfinite(h.value) and 0 < h.value < 10 for h in hist)
     assert len(client.get_metric_history(rid, "val_loss")) == EPOCHS
     m3 = children["03_retrieval_evaluation"].data.metrics
-    for d in ("i2a", "a2i"):
-        assert 0 <= m3[f"{d}_R_at_1"] <= m3[f"{d}_R_at_5"] <= m3[f"{d}_R_at_10"] <= 1
-        assert 1 <= m3[f"{d}_median_rank"] <= N_VAL
-    # 03 re-evaluates the checkpoint 02 wrote: same retrieval numbers as 02's final epoch
+    # 03 re-evaluates the checkpoint 02 wrote: the same retrieval numbers as 02's final epoch, every one
     m2 = children["02_training"].data.metrics
-    assert m3["i2a_R_at_5"] == pytest.approx(m2["i2a_R_at_5"], abs=1e-6)
+    keys = [f"{d}_{k}" for d in ("i2a", "a2i")
+            for k in ("R_at_1", "R_at_5", "R_at_10", "median_rank", "class_R_at_1")]
+    assert {k: m3[k] for k in keys} == pytest.approx({k: m2[k] for k in keys}, abs=1e-6)
     assert children["04_generation"].data.metrics["n_clips"] == 2
 
 
