@@ -411,16 +411,17 @@ def evaluate_generation(checkpoint: str | os.PathLike, data: str | os.PathLike, 
                 echo(f"diffusion: generating {len(todo)} of {len(pairs)} clips (batch {params.batch_size})")
                 _generate_diffusion(ldm, cond, todo, pairs, params, out, manifest, progress)
         else:
-            if todo or retrieval is None:
+            if todo:
                 if retrieval is None:
                     from ciap_lib.fallback import NearestNeighbourGenerator
 
                     echo(f"retrieval: indexing {index_dir}")
                     retrieval = NearestNeighbourGenerator.from_dataset(model, index_dir, None)
-            label = retrieval.label
-            if todo:
                 echo(f"retrieval: returning the nearest training clip for {len(todo)} of {len(pairs)} images")
+                entry["label"] = retrieval.label
                 _generate_retrieval(retrieval, images, todo, pairs, params, out, manifest)
+            label = entry.get("label") or ("Nearest-neighbour RETRIEVAL (not diffusion): the training clip closest "
+                                           f"to each image's embedding, from {index_dir}")
         seconds = time.perf_counter() - t0 if todo else 0.0
         wavs = [out / entry["clips"][str(i)] for i in range(len(pairs))]
         notes = [entry.get("notes", {}).get(str(i), "") for i in range(len(pairs))]
