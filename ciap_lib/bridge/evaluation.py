@@ -28,7 +28,8 @@ Layout of ``out`` (relative paths, so the folder can be moved or logged as a who
 
 Resuming: ``manifest.json`` records the pairs (image, audio of each index) and, per system, the settings its
 clips were made with (generation parameters except ``batch_size``, which changes no clip; the CIAP checkpoint's
-SHA-256; the AudioLDM weights' fingerprint; for retrieval the index split's fingerprint). A clip whose WAV exists
+SHA-256; the AudioLDM weights' fingerprint; for retrieval the index split's fingerprint: file names, sizes,
+mtimes). A clip whose WAV exists
 and is listed is kept. Settings or pairs that differ from the manifest's are refused (``ValueError`` naming
 each difference) unless ``overwrite=True``, which deletes that system's clips and makes them again: clips of
 two settings are never mixed. Clip ``i`` starts from the noise of seed ``seed + i * n_candidates`` whatever was
@@ -322,9 +323,12 @@ def evaluate_generation(checkpoint: str | os.PathLike, data: str | os.PathLike, 
     if not split_dir.is_dir():
         raise ValueError(f"data: split folder {str(split_dir)!r} does not exist (evaluate-generation needs a split "
                          "of image/audio pairs: the paired clips are the references)")
-    pairs_found, _skipped = scan_pairs(split_dir, skip_bad=True)
+    pairs_found, skipped_files = scan_pairs(split_dir, skip_bad=True)
     if not pairs_found:
         raise ValueError(f"data: split folder {str(split_dir)!r} holds no usable image/audio pairs")
+    if skipped_files:
+        echo(f"{split_dir}: {len(skipped_files)} bad or unpaired file(s) skipped, e.g. {skipped_files[0][0]}: "
+             f"{skipped_files[0][1]}")
     pairs = pairs_found[:n]
     dev = resolve_device(device)
 
@@ -371,8 +375,10 @@ def evaluate_generation(checkpoint: str | os.PathLike, data: str | os.PathLike, 
                              "exist (set baseline_split / --baseline-split, or --no-baseline with an AudioLDM "
                              "checkpoint)")
         settings["retrieval"] = {"duration": params.duration, "checkpoint_sha256": ckpt_sha,
-                                 "index": str(index_dir), "index_fingerprint": dataset_fingerprint(index_dir)}
-    pair_list = [{"image": str(p.image), "audio": str(p.audio)} for p in pairs]
+                                 "index_fingerprint": dataset_fingerprint(index_dir)}
+    # pairs relative to the split folder: the same split reached by another path is the same split
+    pair_list = [{"image": Path(os.path.relpath(p.image, split_dir)).as_posix(),
+                  "audio": Path(os.path.relpath(p.audio, split_dir)).as_posix()} for p in pairs]
     manifest = reconcile_manifest(out, read_manifest(out), pair_list, settings, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     _write_manifest(out, manifest)
@@ -428,7 +434,7 @@ def evaluate_generation(checkpoint: str | os.PathLike, data: str | os.PathLike, 
         systems[name] = SystemEvaluation(name, label, wavs, notes=notes, generated=len(todo), seconds=seconds)
 
     # ---- figures
-    echo("scoring: CLAP space" + (" and " if metrics_dir is not None else "") + "standard metrics")
+    echo("scoring the clips against their references")
     ref_clap = _score(systems, ldm, cond, [p.audio for p in pairs], metrics_dir, dev, is_splits)
     return GenerationEvaluation(
         out=out, checkpoint=checkpoint, clap_aligned=clap_aligned, split_dir=split_dir,
