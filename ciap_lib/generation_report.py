@@ -31,7 +31,8 @@ METRIC_INFO: dict[str, tuple[str, str, str]] = {
     "kl_panns_sigmoid": ("PANNs Cnn14", "the same KL with sigmoid probabilities (audioldm_eval 'KL_Sigmoid')",
                          "yes (audioldm_eval's definition)"),
     "is_panns": ("PANNs Cnn14", "inception score of the generated clips over 10 splits (audioldm_eval; "
-                                "--is-splits); higher = more varied, confident classes", "yes, for sets of similar size"),
+                                "--is-splits); higher = more varied, confident classes",
+                 "yes, for sets of similar size"),
     "is_panns_std": ("PANNs Cnn14", "standard deviation of the inception score over its splits", "yes"),
 }
 SYSTEM_TITLES = {"diffusion": "diffusion (AudioLDM)", "retrieval": "retrieval baseline (not diffusion)"}
@@ -156,7 +157,8 @@ def report_html(ev: Any, embed_media: bool = False, report_dir: str | os.PathLik
         parts.append(
             "<p class='warn' id='retrieval-only'><b>No AudioLDM checkpoint: retrieval fallback only.</b> Every clip "
             "below is a <b>training clip returned by nearest-neighbour retrieval, not diffusion output</b>. "
-            f"The figures say how well retrieval does, nothing about diffusion.<br><span class='note'>{e(reason)}</span></p>")
+            "The figures say how well retrieval does, nothing about diffusion."
+            f"<br><span class='note'>{e(reason)}</span></p>")
     elif not ev.clap_aligned:
         parts.append("<p class='warn'>The CIAP checkpoint is not CLAP-aligned (audio_encoder is not 'clap'): its "
                      "condition embedding is not in CLAP space, so AudioLDM does not follow it and clap_score says "

@@ -150,9 +150,10 @@ def evaluate_generation(checkpoint: str | Path, data: str | Path, split: str = "
     ``experiment_name`` (default ``ciap``). Logged: the summary figures as metrics (``<system>.<metric>``, e.g.
     ``diffusion.fad_vggish``, ``retrieval.clap_score``; ``n_clips``), the per-clip table (``mlflow.log_table``,
     ``generation_eval/clips.json``), the report's files under ``out`` (``report.html``, ``wavs/``,
-    ``reference/``, ``thumbs/``, ``manifest.json``, ``summary.json``) at the artifact root, as in ``out``, the parameters, and the tags ``generator``
-    (``diffusion`` / ``retrieval``: what the headline clips are), ``generation_eval.systems`` and
-    ``generation_eval.skipped`` (the names of the figures skipped; reasons in ``summary.json`` and the report).
+    ``reference/``, ``thumbs/``, ``manifest.json``, ``summary.json``) at the artifact root, as in ``out``, the
+    parameters, and the tags ``generator`` (``diffusion`` / ``retrieval``: what the headline clips are),
+    ``generation_eval.systems`` and ``generation_eval.skipped`` (the names of the figures skipped; the reasons are
+    in ``summary.json`` and the report).
     """
     import json
 

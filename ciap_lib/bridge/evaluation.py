@@ -54,10 +54,15 @@ from ciap_lib.bridge.metric_weights import DEFAULT_WEIGHTS_DIR
 from ciap_lib.bridge.params import GenerationParams
 from ciap_lib.constants import SAMPLE_RATE
 
-#: The batch size ``evaluate-generation`` samples with by default: the one with the best clips/s whose peak
-#: memory stays under 4 GB on the 2-core CPU machine (full-size audioldm-s-full, bf16, 5 s clips, 6 DPM-Solver++
-#: steps; ``bench/generation.py --batch-sizes 1 4 8``). Figures in the README's benchmark table.
-EVAL_BATCH_SIZE = 1
+#: The batch size ``evaluate-generation`` samples with by default: the one with the best clips/s whose peak RSS
+#: stays under 4 GB on the 2-core CPU machine (full-size audioldm-s-full, random weights, bf16, 5 s clips, 6
+#: DPM-Solver++ steps; ``bench/generation.py --throughput-only --batch-sizes 1 4 8``, then ``1 2``; 2026-12-02).
+#: Clips/s against batch 1 of the same run, and peak RSS: batch 2 x1.59, 3.87 GB; batch 4 x1.87, 4.10 GB;
+#: batch 8 x2.29, 4.53 GB (batch 1: 3.68-3.72 GB). Measured while other jobs loaded the machine (load average
+#: 10-15 on 2 cores, bf16 matmul at 48 GFLOP/s instead of ~370): the speed-ups are likely smaller on an idle
+#: machine; the peaks do not depend on load. clips/s grew with the batch in every run, so the largest batch
+#: under 4 GB wins.
+EVAL_BATCH_SIZE = 2
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "ciap.generation-eval/1"
@@ -367,7 +372,8 @@ def evaluate_generation(checkpoint: str | os.PathLike, data: str | os.PathLike, 
         settings["diffusion"] = {**gen_settings, "steps": params.resolved_steps, "checkpoint_sha256": ckpt_sha,
                                  "audioldm_fingerprint": ldm.reference_fingerprint}
     if "retrieval" in names:
-        index_dir = Path(retrieval.source) if retrieval is not None and retrieval.source else Path(data) / baseline_split
+        index_dir = (Path(retrieval.source) if retrieval is not None and retrieval.source
+                     else Path(data) / baseline_split)
         from ciap_lib.pairs import dataset_fingerprint
 
         if not index_dir.exists():

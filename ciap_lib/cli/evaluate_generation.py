@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline-split", default="train",
                         help="split the retrieval baseline returns clips from (default: train)")
     parser.add_argument("--metrics-dir", default=str(DEFAULT_WEIGHTS_DIR),
-                        help=f"folder of vggish-10086976.pth / Cnn14_16k_mAP=0.438.pth (default: {DEFAULT_WEIGHTS_DIR}); "
+                        help="folder of vggish-10086976.pth / Cnn14_16k_mAP=0.438.pth "
+                             f"(default: {DEFAULT_WEIGHTS_DIR}); "
                              "a missing file skips its metrics, with the reason")
     parser.add_argument("--is-splits", type=int, default=10, help="inception-score splits (audioldm_eval: 10)")
     parser.add_argument("--no-mlflow", dest="mlflow", action="store_false",
