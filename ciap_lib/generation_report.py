@@ -41,9 +41,10 @@ _CSS = """
 .ciap-report { font-family: system-ui, sans-serif; color: #222; }
 .ciap-report h1 { font-size: 1.4em; } .ciap-report h2 { font-size: 1.15em; margin-top: 1.6em; }
 .ciap-report table { border-collapse: collapse; }
-.ciap-report td, .ciap-report th { border: 1px solid #ccc; padding: 4px 8px; vertical-align: top; text-align: left; }
-.ciap-report th { background: #f3f3f3; }
-.ciap-report td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.ciap-report table td, .ciap-report table th { border: 1px solid #ccc; padding: 4px 8px; vertical-align: top;
+  text-align: left; }
+.ciap-report table th { background: #f3f3f3; }
+.ciap-report table td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .ciap-report .warn { background: #fff3cd; border: 1px solid #e0c060; padding: 0.6em 0.9em; }
 .ciap-report .note { color: #555; font-size: 0.9em; } .ciap-report audio { width: 220px; display: block; }
 .ciap-report .clips img { width: 96px; height: 96px; } .ciap-report .score { font-size: 0.9em; margin-top: 2px; }
