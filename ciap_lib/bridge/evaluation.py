@@ -213,7 +213,8 @@ def reconcile_manifest(out: Path, manifest: dict[str, Any], pairs: list[dict[str
     continue from. Differences raise ``ValueError`` (naming the manifest and each difference) unless
     ``overwrite``, which deletes the clips made with other settings (or for other pairs)."""
     old_pairs = manifest["pairs"]
-    clash = [f"pair {i}: {o} before, {p} now" for i, (o, p) in enumerate(zip(old_pairs, pairs)) if o != p]
+    changed = [i for i, (o, p) in enumerate(zip(old_pairs, pairs)) if o != p]
+    clash = [f"pair {i}: {old_pairs[i]} before, {pairs[i]} now" for i in changed]
     problems = []
     if clash:
         problems.append("the split's pairs differ (" + "; ".join(clash[:3]) + (" ..." if len(clash) > 3 else "") + ")")
@@ -231,6 +232,10 @@ def reconcile_manifest(out: Path, manifest: dict[str, Any], pairs: list[dict[str
         for entry in manifest["systems"].values():
             _forget(out, entry)
         manifest["systems"] = {}
+        for i in changed:  # the old pairs' thumbnails and reference copies
+            stem = clip_stem(i, old_pairs[i]["image"])
+            (out / "thumbs" / f"{stem}.png").unlink(missing_ok=True)
+            (out / "reference" / f"{stem}.wav").unlink(missing_ok=True)
     for name, new in settings.items():
         old = manifest["systems"].get(name)
         if old is not None and old.get("settings") != new:

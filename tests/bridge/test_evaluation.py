@@ -233,14 +233,15 @@ def test_manifest_refuses_other_pairs(tmp_path):
     out = tmp_path
     old = {"format": "ciap.generation-eval/1", "pairs": [{"image": "a.png", "audio": "a.wav"}],
            "systems": {"retrieval": {"settings": {"duration": 5.0}, "clips": {"0": "wavs/x.wav"}, "notes": {}}}}
-    (out / "wavs").mkdir()
-    (out / "wavs" / "x.wav").write_bytes(b"RIFF")
+    for f in ("wavs/x.wav", "reference/0000_a.wav", "thumbs/0000_a.png"):
+        (out / f).parent.mkdir(exist_ok=True)
+        (out / f).write_bytes(b"stale")
     new_pairs = [{"image": "b.png", "audio": "b.wav"}]
     with pytest.raises(ValueError, match=r"the split's pairs differ \(pair 0: .*a\.png.*b\.png"):
         reconcile_manifest(out, json.loads(json.dumps(old)), new_pairs, {"retrieval": {"duration": 5.0}}, False)
     m = reconcile_manifest(out, json.loads(json.dumps(old)), new_pairs, {"retrieval": {"duration": 5.0}}, True)
     assert m["pairs"] == new_pairs and m["systems"]["retrieval"]["clips"] == {}
-    assert not (out / "wavs" / "x.wav").exists()
+    assert not [f for f in out.rglob("*") if f.is_file()]  # clips, reference copies, thumbnails of the old pair
 
 
 def test_cli_defaults_and_bad_input(ciap_workspace, tmp_path, capsys):
