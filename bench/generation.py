@@ -2,6 +2,7 @@
 
     python bench/generation.py [--durations 5 10] [--ddim-steps 200] [--fast-steps 10] [--quick]
                                [--precision bf16|fp32] [--contiguous] [--threads N] [--json out.json]
+                               [--batch-sizes 1 4 8] [--throughput-only]
 
 Prints, per clip length: seconds per clip (end to end: sampling + VAE + HiFi-GAN, batch 1) for DDIM
 (``--ddim-steps``, AudioLDM's 200 by default) and the fast solver (DPM-Solver++ at its default steps),
@@ -11,6 +12,11 @@ measured in the same run. ``--quick``: 5 s only, DDIM timed over ``--ddim-steps 
 to 200 steps (marked "extrapolated"). The fingerprint check after generation (a full SHA-256 of the
 weights) is timed separately. Target: a 5 s clip in <= 5 s end to end with peak < 4 GB on 2 cores.
 On a shared machine, other processes' load inflates every figure: the script prints the load average.
+
+Throughput: clips/s for a batch of ``--batch-sizes`` clips (5 s, the fast solver, ``generate(..., batch_size=B)``)
+with the peak RSS of each, baseline batch 1 in the same run; the batch with the best clips/s whose peak stays under
+4 GB is what ``evaluate-generation`` samples with by default (``ciap_lib.bridge.evaluation.EVAL_BATCH_SIZE``).
+``--throughput-only`` skips the per-clip-length figures above.
 """
 from __future__ import annotations
 
@@ -118,6 +124,33 @@ def time_clip(audioldm, duration, sampler, steps, precision, repeats: int = 1) -
     return statistics.median(times), mem.peak
 
 
+def throughput(audioldm, batch_sizes, steps: int, precision: str, duration: float = 5.0,
+               limit_gb: float = 4.0) -> list[dict]:
+    """clips/s and peak RSS for one ``generate`` call per batch size (ascending, so a peak is never the
+    leftover of a larger batch); the speed-up is against batch 1 measured in the same run."""
+    rows = []
+    for b in sorted(batch_sizes):
+        emb = torch.nn.functional.normalize(torch.randn(b, 1, 512), dim=-1)
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            generate(audioldm, image_embeds=emb, duration=duration, steps=steps, sampler=S.DEFAULT_SAMPLER,
+                     precision=precision, batch_size=b, verify_frozen=False)
+            dt = time.perf_counter() - t0
+        rows.append({"batch_size": b, "seconds": dt, "clips_per_s": b / dt, "peak_rss_gb": mem.peak / 2**30,
+                     "load_average": os.getloadavg()})
+    base = rows[0]["clips_per_s"]
+    ok = [r for r in rows if r["peak_rss_gb"] < limit_gb]
+    best = max(ok, key=lambda r: r["clips_per_s"])["batch_size"] if ok else None
+    print(f"\nthroughput, {duration:g} s clips, {S.DEFAULT_SAMPLER} {steps} steps, {precision} "
+          f"(one generate() call per batch size; speed-up against batch {rows[0]['batch_size']} in this run)")
+    for r in rows:
+        print(f"  batch {r['batch_size']:>2}: {r['seconds']:7.2f} s  {r['clips_per_s']:.3f} clips/s  "
+              f"x{r['clips_per_s'] / base:.2f}  peak {r['peak_rss_gb']:.2f} GB  "
+              f"(load average {r['load_average'][0]:.1f})")
+    print(f"  best clips/s with peak < {limit_gb:g} GB: batch {best}")
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--durations", type=float, nargs="+", default=[5.0, 10.0])
@@ -130,6 +163,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeats", type=int, default=3, help="fast-solver timings are the median of this many runs")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8],
+                    help="throughput: clips/s and peak RSS at each of these batch sizes (5 s clips)")
+    ap.add_argument("--throughput-only", action="store_true", help="skip the per-clip-length figures")
     args = ap.parse_args(argv)
     if args.quick:
         args.durations, args.ddim_steps = [5.0], 10
@@ -156,6 +192,9 @@ def main(argv=None) -> int:
               f"+{(rss_bytes() - rss0) / 2**30:.2f} GB")
 
     results = []
+    if args.throughput_only:
+        args.durations = []
+        time_clip(audioldm, 5.0, "dpmpp", 1, args.precision)  # warm-up
     for duration in args.durations:
         flops = count_flops(audioldm, duration)
         time_clip(audioldm, duration, "dpmpp", 1, args.precision)  # warm-up
@@ -190,12 +229,13 @@ def main(argv=None) -> int:
               f"{d['gflops_per_s']:6.0f} GFLOP/s = {100 * d['share_of_bf16_matmul']:.0f}% of bf16 matmul{extra}")
         print(f"  ratio DDIM-200 / fast: {row['ratio_ddim200_over_fast']:.1f}x   target 5 s clip <= 5 s: "
               f"{'n/a' if duration != 5 else 'met' if f['seconds'] <= 5 else 'NOT met'}")
+    batches = throughput(audioldm, args.batch_sizes, args.fast_steps, args.precision) if args.batch_sizes else []
     peak_after = bf16_matmul_gflops()
     print(f"\nbf16 matmul at the end: {peak_after:.0f} GFLOP/s (start {peak_matmul:.0f}): the shares above use the start")
     if args.json:
         Path(args.json).write_text(json.dumps({"bf16_matmul_gflops": peak_matmul, "fingerprint_check_s": t_fp,
                                                "threads": args.threads, "load_average": os.getloadavg(),
-                                               "results": results}, indent=2))
+                                               "results": results, "throughput": batches}, indent=2))
     return 0
 
 

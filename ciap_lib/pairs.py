@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Union
 from ciap_lib.audio_io import AUDIO_EXTS, AudioInfo, BadFileError, audio_info
 from ciap_lib.images import IMAGE_EXTS, image_info
 
-__all__ = ["Pair", "BadFilesError", "read_csv_rows", "scan_pairs", "scan_split", "dataset_fingerprint"]
+__all__ = ["Pair", "BadFilesError", "read_csv_rows", "scan_pairs", "scan_split", "dataset_fingerprint", "safe_stem"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -195,3 +196,8 @@ def dataset_fingerprint(root_or_split: PathLike) -> str:
         h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
 
+
+
+def safe_stem(name: str | os.PathLike) -> str:
+    """A file-name-safe stem of ``name`` (e.g. for the WAV generated from an image)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem).strip("._") or "image"

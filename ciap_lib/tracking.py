@@ -453,3 +453,13 @@ class MLflowCallback(Callback):
         ckpt = getattr(result, "checkpoint", None) or self.last_checkpoint
         if self.log_checkpoint != "none" and ckpt is not None and Path(ckpt).exists():
             log_artifact(ckpt, self.checkpoint_artifact_path, run_id=self._rid())
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+def log_table(table: Any, artifact_file: str, run_id: str | None = None) -> None:
+    """Log a table (a pandas DataFrame or a ``{column: [values]}`` dict) as ``artifact_file`` (``.json``), with
+    ``mlflow.log_table``: the MLflow UI shows it in the run's artifacts and its evaluation view."""
+    if not artifact_file.endswith(".json"):
+        raise ValueError(f"log_table: artifact_file must end in .json (mlflow.log_table), got {artifact_file!r}")
+    mlflow.log_table(table, artifact_file, run_id=run_id or _active_run_id())

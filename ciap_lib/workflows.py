@@ -123,3 +123,85 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
     metrics["n_pairs"] = float(len(ev.dataset))
     metrics["n_skipped"] = float(len(ev.dataset.skipped))
     return metrics
+
+
+@dataclass
+class GenerationReport:
+    """What :func:`evaluate_generation` made: the ``evaluation`` (``ciap_lib.bridge.evaluation``'s
+    ``GenerationEvaluation``), the HTML ``report`` and ``summary`` JSON under its ``out``, and the MLflow run
+    that holds them (None when nothing was logged)."""
+
+    evaluation: Any
+    report: Path
+    summary: Path
+    run_id: str | None
+
+
+def evaluate_generation(checkpoint: str | Path, data: str | Path, split: str = "val", n: int = 200, *,
+                        out: str | Path, run_id: str | None = None, mlflow: bool = False,
+                        experiment_name: str | None = None, run_name: str | None = None,
+                        **kwargs: Any) -> GenerationReport:
+    """``evaluate-generation``: generate one clip per image of ``<data>/<split>`` (first ``n`` pairs), score
+    them against the paired clips with the retrieval baseline beside them
+    (:func:`ciap_lib.bridge.evaluation.evaluate_generation`, which takes ``kwargs``), write
+    ``<out>/report.html`` and ``<out>/summary.json``, and log to MLflow.
+
+    MLflow: into ``run_id`` when given (e.g. notebook 04's run); else, with ``mlflow=True``, into a new run of
+    ``experiment_name`` (default ``ciap``). Logged: the summary figures as metrics (``<system>.<metric>``, e.g.
+    ``diffusion.fad_vggish``, ``retrieval.clap_score``; ``n_clips``), the per-clip table (``mlflow.log_table``,
+    ``generation_eval/clips.json``), the report's files under ``out`` (``report.html``, ``wavs/``,
+    ``reference/``, ``thumbs/``, ``manifest.json``, ``summary.json``) at the artifact root, as in ``out``, the
+    parameters, and the tags ``generator`` (``diffusion`` / ``retrieval``: what the headline clips are),
+    ``generation_eval.systems`` and ``generation_eval.skipped`` (the names of the figures skipped; the reasons are
+    in ``summary.json`` and the report).
+    """
+    import json
+
+    from ciap_lib.atomic import atomic_write_text
+    from ciap_lib.bridge.evaluation import evaluate_generation as evaluate
+    from ciap_lib.generation_report import clip_table, report_title, write_report
+
+    ev = evaluate(checkpoint, data, split, n, out=out, **kwargs)
+    report = write_report(ev)
+    summary = atomic_write_text(Path(ev.out) / "summary.json", json.dumps({
+        "title": report_title(ev), "retrieval_only": ev.retrieval_only, "n_clips": ev.n,
+        "metrics": ev.summary_metrics(), "skipped": ev.skipped(), "params": ev.params.to_dict(),
+        "checkpoint": str(ev.checkpoint), "split": str(ev.split_dir), "audioldm": ev.audioldm,
+        "audioldm_missing": ev.audioldm_missing, "fingerprints": ev.fingerprints}, indent=1))
+    if run_id is None and not mlflow:
+        return GenerationReport(ev, report, summary, None)
+
+    from ciap_lib import tracking
+
+    if run_id is None:
+        exp_id = tracking.setup(None, experiment_name or tracking.DEFAULT_EXPERIMENT)
+        run_id = tracking.client().create_run(
+            exp_id, run_name=run_name or f"evaluate-generation-{Path(checkpoint).parent.name}-{split}",
+            tags={"git_commit": tracking.git_commit(), "ciap.entry": "cli.evaluate-generation"}).info.run_id
+        own_run = True
+    else:
+        own_run = False
+    status = "FAILED"
+    try:
+        metrics = ev.summary_metrics()
+        for s in ev.systems.values():
+            if s.generated:
+                metrics[f"{s.name}.seconds_per_clip"] = s.seconds / s.generated
+        tracking.log_metrics(metrics, run_id=run_id)
+        tracking.log_params({"generation_eval": {"checkpoint": str(ev.checkpoint), "split": str(ev.split_dir),
+                                                 "n": ev.n, "audioldm": str(ev.audioldm), **ev.params.to_dict()}},
+                            run_id=run_id)
+        tracking.set_tags({"generator": "retrieval" if ev.retrieval_only else "diffusion",
+                           "generation_eval.systems": ",".join(ev.systems),
+                           "generation_eval.title": report_title(ev),
+                           "generation_eval.skipped": ",".join(sorted(ev.skipped())) or "none"}, run_id=run_id)
+        tracking.log_table(clip_table(ev), "generation_eval/clips.json", run_id=run_id)
+        for name in ("report.html", "summary.json", "manifest.json", "wavs", "reference", "thumbs"):
+            if (Path(ev.out) / name).exists():  # only the report's own files: ``out`` may hold others
+                tracking.log_artifact(Path(ev.out) / name, name if (Path(ev.out) / name).is_dir() else None,
+                                      run_id=run_id)
+        status = "FINISHED"
+    finally:
+        if own_run:
+            tracking.end_run(run_id, status)
+    return GenerationReport(ev, report, summary, run_id)

@@ -16,7 +16,9 @@ def _cli(*args):
 
 @pytest.mark.parametrize("command, words", [("train", ["--config", "--data", "--set"]),
                                             ("evaluate", ["--checkpoint", "--data", "--json"]),
-                                            ("convert-checkpoint", ["old", "new", "--trust", "weights_only=True"])])
+                                            ("convert-checkpoint", ["old", "new", "--trust", "weights_only=True"]),
+                                            ("evaluate-generation", ["--checkpoint", "--split", "--n", "--batch-size",
+                                                                     "--overwrite", "--device", "--audioldm"])])
 def test_help(command, words):
     r = _cli(command, "--help")
     assert r.returncode == 0, r.stderr

@@ -107,15 +107,33 @@ def test_artifacts(run):
         assert {f"notebooks/{nb}.ipynb", f"notebooks/{nb}.html"} <= set(parent_arts)
     assert "experiment.yaml" in parent_arts
     wavs = [a for a in arts["04_generation"] if a.startswith("wavs/") and a.endswith(".wav")]
-    assert len(wavs) == 2
+    assert len(wavs) == 4  # 2 diffusion clips + the retrieval baseline's 2 (*.nn-retrieval.wav)
+    assert len([a for a in wavs if a.endswith(".nn-retrieval.wav")]) == 2
     rid = children["04_generation"].info.run_id
     local = mlflow.artifacts.download_artifacts(run_id=rid, artifact_path=wavs[0], tracking_uri=uri,
                                                 dst_path=str(tmp / "dl"))
     info = sf.info(local)
     assert info.samplerate == 16000 and info.frames == int(DURATION * 16000)
     assert children["04_generation"].data.tags["generator"] == "diffusion"
-    assert len(list(result.wav_dir.glob("*.wav"))) == 2
+    assert len(list(result.wav_dir.glob("*.wav"))) == 4
     assert result.checkpoint == tmp / "ckpt" / "test-run" / "last.pt" and result.checkpoint.is_file()
+
+
+def test_notebook_04_evaluates_the_val_pairs_through_evaluate_generation(run):
+    """Batch mode on the first n_images val pairs: the evaluate-generation figures on 04's run (diffusion and the
+    retrieval baseline; the standard metrics skipped here, no weights), its table and report, the report inline."""
+    result, uri, client, children, tmp = run
+    r = children["04_generation"]
+    m = r.data.metrics
+    for system in ("diffusion", "retrieval"):
+        assert -1 <= m[f"{system}.clap_score"] <= 1 and math.isfinite(m[f"{system}.clap_fd"])
+    assert r.data.tags["generation_eval.systems"] == "diffusion,retrieval"
+    assert "diffusion.fad_vggish" in r.data.tags["generation_eval.skipped"]
+    arts = set(tracking.list_artifacts(r.info.run_id, tracking_uri=uri))
+    assert {"generation_eval/clips.json", "report.html", "summary.json", "manifest.json"} <= arts
+    html = (result.run_dir / "04_generation.html").read_text()  # nbconvert rewrites the quotes
+    assert re.search(r"class=[\"']ciap-report", html) and len(re.findall(r"<tr class=[\"']clip[\"']", html)) == 2
+    assert "fad_vggish skipped" in html  # the skipped figures are listed with their reasons
 
 
 def test_dataset_inputs_carry_the_fingerprint(run):

@@ -250,3 +250,6 @@ def test_batch_files_with_diffusion(ws, diffusion, tmp_path):
     info = sf.info(rec["wav"])
     assert info.samplerate == SR and info.frames == 40000
     assert -1.0 <= rec["clap_score"] <= 1.0 and "CLAP score" in rec["note"]
+    # images of the user's own have no paired clip: the CLAP score is their only figure, named by its system
+    m = batch.records_metrics([rec])
+    assert m == {"n_clips": 1.0, "seconds_per_clip": rec["seconds"], "diffusion.clap_score": rec["clap_score"]}

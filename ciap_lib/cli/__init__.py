@@ -15,6 +15,7 @@ from typing import Sequence
 COMMANDS: dict[str, str] = {
     "train": "train",
     "evaluate": "evaluate",
+    "evaluate-generation": "evaluate_generation",
     "download": "download",
     "generate": "generate",
     "run": "run",

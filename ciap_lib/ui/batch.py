@@ -1,7 +1,6 @@
 """Notebook 04's batch path: which checkpoint and images, where the WAVs go, one record per image."""
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -10,6 +9,7 @@ import numpy as np
 
 from ciap_lib.bridge.params import GenerationParams
 from ciap_lib.constants import SAMPLE_RATE
+from ciap_lib.pairs import safe_stem
 from ciap_lib.ui.generators import Generator
 
 
@@ -45,11 +45,6 @@ def default_images(data_root: str | Path, n: int, split: str = "val") -> list[Pa
                          "pass image paths in generation.images")
     pairs, _ = scan_pairs(split_dir, skip_bad=True)
     return [p.image for p in pairs[:max(int(n), 0)]]
-
-
-def safe_stem(name: str) -> str:
-    """A file-name-safe stem of ``name`` (for WAV file names)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).stem).strip("._") or "image"
 
 
 def output_name(image_name: str, generator: Any) -> str:
@@ -93,3 +88,36 @@ def generate_files(generator: Generator, image_paths: Sequence[str | Path], out_
             rec["note"] = f"CLAP score {rec['clap_score']:.3f}"
         records.append(rec)
     return records
+
+
+def records_metrics(records: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """MLflow figures of :func:`generate_files` records (images of the user's own, no reference clips):
+    ``n_clips``, ``seconds_per_clip`` and, for diffusion, ``<kind>.clap_score`` (the mean CLAP score, the only
+    figure an image without a paired clip has)."""
+    if not records:
+        return {}
+    out = {"n_clips": float(len(records)), "seconds_per_clip": sum(r["seconds"] for r in records) / len(records)}
+    scores = [r["clap_score"] for r in records if "clap_score" in r]
+    if scores:
+        out[f"{records[0]['kind']}.clap_score"] = sum(scores) / len(scores)
+    return out
+
+
+def evaluate_split(generator: Generator, model: Any, checkpoint: str | Path, data_root: str | Path,
+                   generation: dict[str, Any], params: GenerationParams, out: str | Path, run_id: str | None,
+                   split: str = "val") -> Any:
+    """Notebook 04's batch mode for images of a split with paired clips: ``evaluate-generation``'s function
+    (:func:`ciap_lib.workflows.evaluate_generation`) on the first ``generation["n_images"]`` pairs of
+    ``<data_root>/<split>``, reusing the notebook's loaded model and generator (the loaded AudioLDM, or the
+    retrieval fallback), with the retrieval baseline from ``generation["fallback_split"]``. Logs into ``run_id``.
+    Clips made with other parameters are regenerated (a notebook rerun with new parameters means new clips).
+    Returns the :class:`ciap_lib.workflows.GenerationReport`."""
+    from ciap_lib.workflows import evaluate_generation
+
+    diffusion = bool(getattr(generator, "is_diffusion", False))
+    return evaluate_generation(
+        checkpoint, data_root, split, int(generation["n_images"]), out=out, run_id=run_id, params=params,
+        audioldm=generator.audioldm if diffusion else generation.get("audioldm", "audioldm-s-full"),
+        ckpt_dir=generation.get("ckpt_dir", "ckpt"), baseline_split=generation.get("fallback_split", "train"),
+        retrieval=None if diffusion else generator, model=model, overwrite=True,
+        metrics_dir=generation.get("metrics_dir", "ckpt/metrics"))

@@ -1,0 +1,262 @@
+"""``python -m ciap_lib evaluate-generation`` end to end on the tiny AudioLDM, a tiny synthetic split and random-weight
+metric models saved in the released formats: every figure computed and finite, the HTML report (one row per clip,
+thumbnails, players whose WAVs exist; checked in headless chromium), MLflow (table, report, metrics, tags);
+resuming generates nothing; changed settings are refused without --overwrite and never mixed with it; without an
+AudioLDM checkpoint the retrieval fallback is evaluated alone, labelled so, and missing weights skip their metrics
+with the reason."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from ciap_lib import tracking
+from ciap_lib.bridge.evaluation import EVAL_BATCH_SIZE, METRICS, evaluate_generation, reconcile_manifest
+from ciap_lib.bridge.metric_weights import CNN14_16K, VGGISH
+from ciap_lib.bridge.params import GenerationParams
+from ciap_lib.cli import build_parser, main
+
+REPO = Path(__file__).resolve().parents[2]
+N = 3
+GEN = ["--duration", "2.5", "--steps", "2", "--batch-size", "2"]
+PARAMS = GenerationParams(duration=2.5, steps=2, batch_size=2)
+
+
+def _cli(argv: list[str]) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = main(argv)
+    return rc, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def no_weight_caches(tmp_path_factory):
+    """The original tools' weight caches point at empty folders (only the folders the tests give count)."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(home / "torch"))
+        mp.setenv("HOME", str(home))
+        yield home
+
+
+@pytest.fixture(scope="module")
+def diffusion_run(tmp_path_factory, ciap_workspace, tiny_audioldm_ckpt, metric_weights, no_weight_caches):
+    """One CLI run: diffusion (tiny AudioLDM) + retrieval baseline, all metric weights, MLflow in a temp store."""
+    tmp = tmp_path_factory.mktemp("gen_eval")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    out = tmp / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        rc, text = _cli(["evaluate-generation", "--checkpoint", str(ciap_workspace["checkpoint"]),
+                         "--data", str(ciap_workspace["data"]), "--n", str(N), "--audioldm", str(tiny_audioldm_ckpt),
+                         "--out", str(out), "--metrics-dir", str(metric_weights["dir"]), "--is-splits", "2", *GEN])
+    assert rc == 0, text
+    return {"out": out, "uri": uri, "stdout": text}
+
+
+def _summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def _run_id(stdout: str) -> str:
+    return re.search(r"MLflow run ([0-9a-f]{32})", stdout).group(1)
+
+
+def test_every_figure_is_computed_and_finite(diffusion_run):
+    s = _summary(diffusion_run["out"])
+    assert s["skipped"] == {} and s["n_clips"] == N and not s["retrieval_only"]
+    for system in ("diffusion", "retrieval"):
+        for m in METRICS:
+            v = s["metrics"][f"{system}.{m}"]
+            assert math.isfinite(v), (system, m, v)
+        assert -1 <= s["metrics"][f"{system}.clap_score"] <= 1 and s["metrics"][f"{system}.is_panns"] >= 1
+    text = diffusion_run["stdout"]
+    for m in METRICS:  # the CLI prints every figure, named by its space
+        assert re.search(rf"^  {m} ", text, re.M), m
+    assert "CLAP (not comparable)" in text and "VGGish (comparable with published tables)" in text
+
+
+def test_report_has_one_row_per_clip_with_thumbnail_and_players(diffusion_run):
+    out = diffusion_run["out"]
+    html = (out / "report.html").read_text()
+    rows = re.findall(r"<tr class='clip' data-index='(\d+)'>(.*?)</tr>", html, re.S)
+    assert [int(i) for i, _ in rows] == list(range(N))
+    for _, row in rows:
+        imgs = re.findall(r"<img src='([^']+)'", row)
+        players = re.findall(r"<audio controls[^>]*src='([^']+)'", row)
+        assert len(imgs) == 1 and (out / imgs[0]).is_file()
+        assert len(players) == 3  # real clip, diffusion, retrieval
+        for src in players:
+            data, sr = sf.read(out / src)
+            assert sr == 16000 and data.ndim == 1
+        assert any(src.endswith(".nn-retrieval.wav") for src in players)
+    assert "autoplay" not in html
+    for m in ("clap_score", "clap_fd", "fad_vggish", "fd_panns", "kl_panns", "is_panns"):
+        assert f"data-metric='{m}'" in html
+    assert "NOT a VGGish FAD" in html  # clap_fd is never mistaken for a published FAD
+
+
+def test_mlflow_run_has_table_report_metrics_and_tags(diffusion_run):
+    uri = diffusion_run["uri"]
+    client = tracking.client(uri)
+    run = client.get_run(_run_id(diffusion_run["stdout"]))
+    assert run.info.status == "FINISHED"
+    m = run.data.metrics
+    assert m["n_clips"] == N
+    for system in ("diffusion", "retrieval"):
+        assert {f"{system}.{k}" for k in METRICS} <= set(m)
+    assert run.data.tags["generator"] == "diffusion"
+    assert run.data.tags["generation_eval.systems"] == "diffusion,retrieval"
+    arts = set(tracking.list_artifacts(run.info.run_id, tracking_uri=uri))
+    assert {"generation_eval/clips.json", "report.html", "summary.json", "manifest.json"} <= arts
+    assert len([a for a in arts if a.startswith("wavs/")]) == 2 * N
+    assert len([a for a in arts if a.startswith("thumbs/")]) == N
+    assert "table" in run.data.tags["mlflow.loggedArtifacts"]
+    local = client.download_artifacts(run.info.run_id, "generation_eval/clips.json", str(diffusion_run["out"].parent))
+    table = json.loads(Path(local).read_text())
+    cols = table["columns"]
+    assert len(table["data"]) == N
+    assert {"image", "reference", "diffusion.wav", "diffusion.clap_score", "diffusion.kl_panns",
+            "retrieval.wav", "retrieval.note"} <= set(cols)
+
+
+def test_report_plays_in_chromium(diffusion_run):
+    """One page load: the thumbnails decode and every player reads its WAV's header (duration known)."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's chromium is not installed: run `make browser` (this test never skips)")
+    shots = REPO / "test-artifacts" / "browser"
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                    args=["--no-sandbox", "--disable-background-networking", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto((diffusion_run["out"] / "report.html").as_uri())
+            page.wait_for_function("[...document.querySelectorAll('audio')].every(a => a.readyState >= 1)",
+                                   timeout=30_000)
+            durations = page.eval_on_selector_all("audio", "els => els.map(a => a.duration)")
+            widths = page.eval_on_selector_all("img", "els => els.map(i => i.naturalWidth)")
+            page.screenshot(path=str(shots / "generation_report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert len(durations) == 3 * N and all(d > 1.0 for d in durations)
+    assert widths == [128] * N
+
+
+def test_resume_generates_nothing_and_changed_settings_are_refused(diffusion_run, ciap_workspace, tiny_audioldm,
+                                                                     tmp_path, monkeypatch):
+    import importlib
+
+    generate_module = importlib.import_module("ciap_lib.bridge.generate")  # the module, not the function
+    out = tmp_path / "out"
+    shutil.copytree(diffusion_run["out"], out)
+    wavs = sorted((out / "wavs").glob("*.wav"))
+    mtimes = {w: w.stat().st_mtime_ns for w in wavs}
+
+    def no_generation(*_a, **_k):
+        raise AssertionError("a resumed evaluation generated a clip")
+
+    monkeypatch.setattr(generate_module, "generate", no_generation)
+    args = (ciap_workspace["checkpoint"], ciap_workspace["data"], "val", N)
+    # the AudioLDM object (loaded from the same file) and another batch size: the same clips, kept
+    ev = evaluate_generation(*args, out=out, audioldm=tiny_audioldm, params=GenerationParams(duration=2.5, steps=2,
+                             batch_size=3), metrics_dir=None)
+    assert ev.systems["diffusion"].generated == 0 and ev.systems["retrieval"].generated == 0
+    assert {w: w.stat().st_mtime_ns for w in wavs} == mtimes
+    assert ev.systems["diffusion"].metrics["clap_score"] == pytest.approx(
+        _summary(diffusion_run["out"])["metrics"]["diffusion.clap_score"], abs=1e-5)
+    assert set(ev.systems["diffusion"].skipped) == {"fad_vggish", "fd_panns", "kl_panns", "is_panns"}
+
+    with pytest.raises(ValueError, match=r"manifest\.json.*diffusion clips were made with other settings "
+                                         r"\(guidance_scale: 2\.5 before, 4\.0 now\).*--overwrite"):
+        evaluate_generation(*args, out=out, audioldm=tiny_audioldm, params=GenerationParams(
+            duration=2.5, steps=2, guidance_scale=4.0), metrics_dir=None)
+    assert {w: w.stat().st_mtime_ns for w in wavs} == mtimes
+
+    # --overwrite: the retrieval clips are made again at the new duration; diffusion (not in this run) untouched
+    new = GenerationParams(duration=3.0)
+    with pytest.raises(ValueError, match="retrieval clips were made with other settings"):
+        evaluate_generation(*args, out=out, audioldm=None, params=new, metrics_dir=None)
+    ev = evaluate_generation(*args, out=out, audioldm=None, params=new, metrics_dir=None, overwrite=True)
+    assert ev.retrieval_only and ev.systems["retrieval"].generated == N
+    assert all(sf.info(w).frames == 48000 for w in ev.systems["retrieval"].wavs)
+    assert {w: w.stat().st_mtime_ns for w in wavs if not w.name.endswith(".nn-retrieval.wav")} == \
+        {w: t for w, t in mtimes.items() if not w.name.endswith(".nn-retrieval.wav")}
+
+
+def test_retrieval_only_without_audioldm_and_missing_weights_are_skipped(ciap_workspace, metric_weights, tmp_path,
+                                                                       monkeypatch, no_weight_caches):
+    only_vggish = tmp_path / "weights"
+    only_vggish.mkdir()
+    (only_vggish / VGGISH.filename).symlink_to(metric_weights["dir"] / VGGISH.filename)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    out = tmp_path / "out"
+    rc, text = _cli(["evaluate-generation", "--checkpoint", str(ciap_workspace["checkpoint"]), "--data",
+                     str(ciap_workspace["data"]), "--n", str(N), "--audioldm", str(tmp_path / "missing.ckpt"),
+                     "--out", str(out), "--metrics-dir", str(only_vggish), "--duration", "2.5"])
+    assert rc == 0, text
+    assert text.startswith("Generation evaluation: RETRIEVAL FALLBACK ONLY, not diffusion")
+    s = _summary(out)
+    assert s["retrieval_only"] and set(s["metrics"]) == {"n_clips", "retrieval.fad_vggish"}
+    skipped = s["skipped"]
+    assert set(skipped) == {f"retrieval.{m}" for m in ("clap_score", "clap_fd", "fd_panns", "kl_panns", "is_panns")}
+    assert "no AudioLDM checkpoint" in skipped["retrieval.clap_fd"]
+    for m in ("fd_panns", "kl_panns", "is_panns"):
+        reason = skipped[f"retrieval.{m}"]
+        assert reason.startswith(f"{m} skipped") and CNN14_16K.filename in reason and CNN14_16K.url in reason
+        assert f"  {m} (retrieval): {reason}" in text  # listed, with the reason, in the CLI output
+    html = (out / "report.html").read_text()
+    assert "RETRIEVAL FALLBACK ONLY" in html.split("</title>")[0] and "id='retrieval-only'" in html
+    assert "diffusion (AudioLDM)" not in html  # no diffusion column
+    assert html.count(CNN14_16K.url) == 3 and "<h2>Skipped figures</h2>" in html
+    assert sorted(p.name for p in (out / "wavs").iterdir()) == [
+        f"{i:04d}_val_{i:05d}.nn-retrieval.wav" for i in range(N)]
+    client = tracking.client(uri)
+    run = client.get_run(_run_id(text))
+    assert run.data.tags["generator"] == "retrieval" and run.data.tags["generation_eval.systems"] == "retrieval"
+    assert "RETRIEVAL FALLBACK ONLY" in run.data.tags["generation_eval.title"]
+    assert "retrieval.fd_panns" in run.data.tags["generation_eval.skipped"]
+
+
+def test_manifest_refuses_other_pairs(tmp_path):
+    out = tmp_path
+    old = {"format": "ciap.generation-eval/1", "pairs": [{"image": "a.png", "audio": "a.wav"}],
+           "systems": {"retrieval": {"settings": {"duration": 5.0}, "clips": {"0": "wavs/x.wav"}, "notes": {}}}}
+    for f in ("wavs/x.wav", "reference/0000_a.wav", "thumbs/0000_a.png"):
+        (out / f).parent.mkdir(exist_ok=True)
+        (out / f).write_bytes(b"stale")
+    new_pairs = [{"image": "b.png", "audio": "b.wav"}]
+    with pytest.raises(ValueError, match=r"the split's pairs differ \(pair 0: .*a\.png.*b\.png"):
+        reconcile_manifest(out, json.loads(json.dumps(old)), new_pairs, {"retrieval": {"duration": 5.0}}, False)
+    m = reconcile_manifest(out, json.loads(json.dumps(old)), new_pairs, {"retrieval": {"duration": 5.0}}, True)
+    assert m["pairs"] == new_pairs and m["systems"]["retrieval"]["clips"] == {}
+    assert not [f for f in out.rglob("*") if f.is_file()]  # clips, reference copies, thumbnails of the old pair
+
+
+def test_cli_defaults_and_bad_input(ciap_workspace, tmp_path, capsys):
+    args = build_parser("evaluate-generation").parse_args(
+        ["evaluate-generation", "--checkpoint", "c.pt", "--data", "d"])
+    from ciap_lib.cli.evaluate_generation import generation_params
+
+    p = generation_params(args)
+    assert p.batch_size == EVAL_BATCH_SIZE and p.duration == GenerationParams().duration and args.n == 200
+    base = ["evaluate-generation", "--checkpoint", str(ciap_workspace["checkpoint"]), "--data",
+            str(ciap_workspace["data"]), "--out", str(tmp_path / "o"), "--no-mlflow"]
+    assert main(base + ["--duration", "12"]) == 2
+    assert "--duration" in capsys.readouterr().err
+    assert main(base + ["--steps", "many"]) == 2
+    assert "--steps" in capsys.readouterr().err
+    assert main(base + ["--split", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
