@@ -71,7 +71,13 @@ def test_section_defaults_in_notebooks_match_pipeline_schema():
         raw[section] = d
     raw["data"]["root"] = "data/synthetic"
     exp = pipeline.validate(raw, source="<notebook defaults>", notebooks_dir=NB_DIR, check_paths=False)
-    assert exp.generation["duration"] == raw["generation"]["duration"]
+    for key, value in raw["generation"].items():
+        assert exp.generation[key] == value, key
+    # 04 takes the generation parameters it does not list from their one home, GenerationParams
+    from ciap_lib.bridge import GenerationParams
+
+    for key, value in GenerationParams().to_dict().items():
+        assert exp.generation[key] == raw["generation"].get(key, value), key
 
 
 def test_library_has_no_tqdm_auto_and_single_mlflow_importer():
