@@ -9,5 +9,6 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 # 255 s retrying vs 25 s offline). Added by engineer D.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# Session fixtures shared across test folders (tiny AudioLDM checkpoint: tests/fixtures/audioldm.py).
-pytest_plugins = ["fixtures.audioldm"]
+# Session fixtures shared across test folders (tiny AudioLDM checkpoint: tests/fixtures/audioldm.py; real
+# pipeline runs in one MLflow store: tests/fixtures/pipeline.py).
+pytest_plugins = ["fixtures.audioldm", "fixtures.pipeline"]
