@@ -294,3 +294,84 @@ def test_from_run_reruns_and_tags_the_new_run(run, tmp_path):
     assert parent.data.params["data.n_examples"] == "1"
     assert "experiment.yaml" in tracking.list_artifacts(new.parent_run_id, tracking_uri=uri)  # rerunnable in turn
     client.delete_run(new.parent_run_id)  # keep the shared store to the two pipeline runs the browser test compares
+
+
+def test_failing_cell_is_surfaced(tmp_path):
+    """A notebook that raises: PipelineError names the notebook, the cell, the error and the executed path;
+    the parent and nested runs are FAILED and the failed notebook is logged."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = tracking.client(uri)
+    data_tmp = tmp_path
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "ciap", "display_name": "ciap",
+                                                           "language": "python"}})
+    params = nbformat.v4.new_code_cell('tracking_uri = ""\nexperiment_name = "ciap"\nparent_run_id = ""\n'
+                                       'run_name = ""\nrun_dir = ""\ncheckpoint = ""\ndata = {}')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params,
+                nbformat.v4.new_code_cell("from ciap_lib import tracking\n"
+                                          "tracking.start_notebook_run('01_data_exploration', parent_run_id=parent_run_id,"
+                                          " tracking_uri=tracking_uri, experiment_name=experiment_name)"),
+                nbformat.v4.new_code_cell("x = 1\nraise ValueError('synthetic failure for the test')")]
+    nbformat.write(nb, str(nbs / "01_data_exploration.ipynb"))
+    exp = pipeline.load_experiment(ROOT / "experiments" / "default.yaml",
+                                   [f"data.root={data_tmp / 'syn'}", "run_name=fail-run", "model=debug"],
+                                   notebooks_dir=nbs)
+    with pytest.raises(pipeline.PipelineError) as ei:
+        pipeline.run_pipeline(exp, tracking_uri=uri, notebooks=["01_data_exploration"], notebooks_dir=nbs,
+                              runs_dir=tmp_path / "runs", echo=lambda s: None)
+    msg = str(ei.value)
+    assert "01_data_exploration" in msg and "ValueError: synthetic failure for the test" in msg
+    assert "raise ValueError" in msg and "cell 3 of the executed notebook" in msg  # after injected-parameters
+    assert str(tmp_path / "runs" / "fail-run" / "01_data_exploration.ipynb") in msg
+    assert ei.value.executed_path.is_file()
+    parent = [r for r in client.search_runs([client.get_experiment_by_name("ciap").experiment_id])
+              if r.info.run_name == "fail-run"][0]
+    assert parent.info.status == "FAILED"
+    (child,) = tracking.child_runs(parent.info.run_id, uri)
+    assert child.info.status == "FAILED"
+    assert "notebook/01_data_exploration.html" in tracking.list_artifacts(child.info.run_id, tracking_uri=uri)
+
+
+# ------------------------------------------------------------------------------------------ bad parameters
+@pytest.mark.parametrize("override, names", [
+    ("train.epochs=two", "epochs"),
+    ("epochs=1.5", "epochs"),
+    ("train.not_a_key=1", "not_a_key"),
+    ("bogus=1", "bogus"),
+    ("generation.duration=long", "generation.duration"),
+    ("generation.nope=1", "generation.nope"),
+    ("evaluate.top_k=[1]", "evaluate.top_k"),
+    ("data.synthetic=maybe", "data.synthetic"),
+    ("generation.images=[missing.png]", "generation.images"),
+])
+def test_bad_parameter_fails_before_heavy_work(override, names, tmp_path, capsys):
+    rc = cli_main(["run", str(ROOT / "experiments" / "default.yaml"), "-p", override,
+                   "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--runs-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert names in err, err
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    rc = cli_main(["run", str(ROOT / "experiments" / "default.yaml"), "-p", "data.synthetic=false",
+                   "-p", f"data.root={tmp_path / 'nowhere'}", "--runs-dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "data.root" in err and "nowhere" in err and "does not exist" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_experiment_file_and_unknown_kernel(tmp_path, capsys):
+    assert cli_main(["run", str(tmp_path / "none.yaml")]) == 2
+    assert "none.yaml" in capsys.readouterr().err
+    assert cli_main(["run", str(ROOT / "experiments" / "default.yaml"), "--kernel", "no-such-kernel-xyz",
+                     "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "no-such-kernel-xyz" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["default", "seed", "clap_aligned"])
+def test_experiment_files_validate(name):
+    exp = pipeline.load_experiment(ROOT / "experiments" / f"{name}.yaml", check_paths=False)
+    assert exp.name == name
