@@ -44,7 +44,7 @@ def test_parent_and_nested_runs(run):
         assert r.data.tags[tracking.PARENT_TAG] == result.parent_run_id
         assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", r.data.tags["git_commit"]), nb  # HEAD may move meanwhile
     for nb in pipeline.NOTEBOOKS:
-        assert parent.data.metrics[f"seconds.{nb}"] > 0
+        assert parent.data.metrics[f"wall_seconds.{nb}"] > 0
 
 
 def test_params(run):
