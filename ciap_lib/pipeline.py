@@ -5,7 +5,12 @@
 2. Open one MLflow parent run (all parameters, git commit).
 3. Execute ``notebooks/01..04`` in order through papermill with the ``ciap`` kernel, one at a
    time (SQLite takes no parallel writers), passing the parent run id and each notebook's section.
-4. Log each executed notebook (``.ipynb`` + HTML) into its nested run and the parent run.
+4. Log each executed notebook (``.ipynb`` + HTML) into its nested run and the parent run, and copy the
+   headline figures of the nested runs onto the parent run (:data:`HEADLINE_METRICS`), so MLflow's
+   "compare runs" on parent runs shows them side by side.
+
+``--from-run <run id>`` reruns a logged pipeline run from its ``experiment.yaml`` artifact
+(:func:`experiment_from_run`, :func:`rerun_warnings`).
 
 The parameter convention is documented in ``notebooks/README.md``.
 """
@@ -48,6 +53,19 @@ NOTEBOOK_SECTIONS: dict[str, tuple[str, ...]] = {
     "03_retrieval_evaluation": ("data", "evaluate"),
     "04_generation": ("data", "generation"),
 }
+#: the headline figures copied from the nested runs onto the parent run (run_pipeline does it after each
+#: notebook): (notebook, metric of its nested run) -> metric of the parent run
+HEADLINE_METRICS: dict[tuple[str, str], str] = {
+    ("02_training", "final_i2a_R_at_1"): "val_i2a_R_at_1",
+    ("02_training", "final_a2i_R_at_1"): "val_a2i_R_at_1",
+    ("02_training", "final_i2a_class_R_at_1"): "val_i2a_class_R_at_1",
+    ("02_training", "final_a2i_class_R_at_1"): "val_a2i_class_R_at_1",
+    ("03_retrieval_evaluation", "clap_mean_cosine"): "clap_mean_cosine",
+    ("04_generation", "clap_score"): "clap_score",
+    ("04_generation", "seconds_per_clip"): "seconds_per_clip",
+}
+#: TrainConfig fields logged on the parent run as ``resolved.<key>`` (their value in force, see resolved_params)
+RESOLVED_TRAIN_KEYS = ("loss", "epochs", "batch_size", "lr")
 
 
 class ConfigError(ValueError):
@@ -322,7 +340,132 @@ def check_kernel(kernel_name: str = KERNEL_NAME) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# rerunning a logged run (python -m ciap_lib run --from-run <run id>)
+def experiment_from_run(run_id: str, overrides: Sequence[str] = (), tracking_uri: str | None = None,
+                        notebooks_dir: Path | None = None, check_paths: bool = True):
+    """The experiment a logged pipeline run ran (its ``experiment.yaml`` artifact), with ``overrides`` applied
+    and validated like an experiment file. Returns ``(Experiment, tracking.LoggedPipelineRun)``.
+
+    The logged run's name and the keys the pipeline derives (``train.data`` = ``data.root``,
+    ``train.run_name`` = ``run_name``) are dropped, so the rerun gets a fresh run name (or ``-p run_name=...``).
+    A run id that is not in the store, or not a pipeline run, is a ConfigError naming it.
+    """
+    from ciap_lib import tracking
+
+    try:
+        logged = tracking.logged_pipeline_run(run_id, tracking_uri)
+    except LookupError as e:
+        raise ConfigError(f"--from-run: {e}") from e
+    source = f"MLflow run {logged.run_id} ({logged.run_name}) experiment.yaml"
+    try:
+        raw = yaml.safe_load(logged.experiment_yaml) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at top level, got {type(raw).__name__}")
+    raw.pop("run_name", None)
+    if isinstance(raw.get("train"), dict):
+        raw["train"] = {k: v for k, v in raw["train"].items() if k not in ("data", "run_name")}
+    raw = apply_overrides(raw, overrides)
+    exp = validate(raw, source=source, notebooks_dir=notebooks_dir, check_paths=check_paths)
+    return exp, logged
+
+
+def rerun_warnings(logged: Any, exp: Experiment, git_commit: str | None = None) -> list[str]:
+    """What differs between the logged run ``logged`` (``tracking.LoggedPipelineRun``) and a rerun of ``exp``
+    today: the git commit recorded on its runs vs this checkout's (``git_commit``, default HEAD), and each
+    split's ``data_fingerprint.<split>`` recorded on its nested runs vs the fingerprint of ``exp``'s data now.
+    One plain sentence per difference; [] when nothing differs."""
+    from ciap_lib import tracking
+    from ciap_lib.data import dataset_fingerprint
+
+    now = git_commit or tracking.git_commit()
+    where = f"run {logged.run_id} ({logged.run_name})"
+    out: list[str] = []
+    recorded = sorted({c for c in logged.git_commits.values() if c})
+    if not recorded or "unknown" in recorded or now == "unknown":
+        out.append(f"the code cannot be compared: {where} recorded git commit {', '.join(recorded) or 'none'}, "
+                   f"this checkout is at {now}")
+    elif recorded != [now]:
+        shas = " ".join(sorted({c.removesuffix('-dirty') for c in recorded}))
+        out.append(f"the code differs: {where} ran at git commit {', '.join(recorded)}, this checkout is at {now} "
+                   f"(see `git diff {shas} --stat`)")
+    elif now.endswith("-dirty"):
+        out.append(f"the code may differ: {where} and this checkout both have uncommitted changes on {now}")
+    root = Path(exp.data["root"])
+    root_abs = root if root.is_absolute() else repo_root() / root
+    for split, by_notebook in sorted(logged.data_fingerprints.items()):
+        then = sorted(set(by_notebook.values()))
+        folder = root_abs / split
+        if not folder.is_dir():
+            rebuilt = " (notebook 01 rebuilds the synthetic set there)" if exp.data.get("synthetic") else ""
+            out.append(f"the data differs: {root / split} does not exist now; {where} read data with fingerprint "
+                       f"{', '.join(then)}{rebuilt}")
+            continue
+        fp = dataset_fingerprint(folder)
+        if any(f != fp for f in then):
+            out.append(f"the data differs: {root / split} has fingerprint {fp} now, {where} recorded "
+                       f"{', '.join(then)} (files added, removed or modified since)")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # running
+def kernel_manager_config(kernel_name: str = KERNEL_NAME):
+    """traitlets Config for the kernel managers papermill starts (passed through papermill to nbclient).
+
+    Without it ipykernel warns on every kernel start "Kernel is running over TCP without encryption"
+    (ipykernel/kernelapp.py). Kernels whose kernelspec declares CurveZMQ support (``metadata.supported_encryption``,
+    written by ``ipykernel install`` since ipykernel 7) get manager-provisioned CurveZMQ keys
+    (jupyter_client's ``KernelManager.transport_encryption = "auto"``); others use the IPC transport (local
+    socket files) instead of TCP. Either way the warning no longer applies."""
+    import zmq
+    from jupyter_client.kernelspec import KernelSpecManager
+    from traitlets.config import Config
+
+    spec = KernelSpecManager().get_kernel_spec(kernel_name)
+    declared = (spec.metadata or {}).get("supported_encryption") or []
+    declared = [declared] if isinstance(declared, str) else list(declared)
+    if zmq.has("curve") and "curve" in [str(d).strip().lower() for d in declared]:
+        return Config({"KernelManager": {"transport_encryption": "auto"}})
+    return Config({"KernelManager": {"transport": "ipc"}})
+
+
+def resolved_params(exp: Experiment) -> dict[str, Any]:
+    """The key parameters as they take effect: the named model config with the ``train`` overrides applied
+    (``ciap_lib.models.get_model_config(model, **overrides)``; e.g. ``image_backbone`` is the backbone
+    actually built, where ``train.image_backbone`` says ``None`` = the model's own) plus
+    :data:`RESOLVED_TRAIN_KEYS`. Logged on the parent run as ``resolved.<key>``."""
+    from ciap_lib.config import TrainConfig
+    from ciap_lib.models import get_model_config
+
+    cfg = TrainConfig.from_dict(exp.train)
+    try:
+        mc = get_model_config(cfg.model, **cfg.model_overrides())
+    except (KeyError, ValueError, TypeError) as e:
+        raise ConfigError(f"{exp.source}: train.model: {e}") from e
+    out = {"model": cfg.model, "image_backbone": mc.image_backbone, "image_size": mc.image_size,
+           "image_pretrained": mc.image_pretrained, "freeze_backbone": mc.freeze_backbone,
+           "audio_encoder": mc.audio_encoder, "embed_dim": mc.embed_dim}
+    out.update({k: getattr(cfg, k) for k in RESOLVED_TRAIN_KEYS})
+    return out
+
+
+def headline_metrics(parent_run_id: str, notebook: str, tracking_uri: str | None = None) -> dict[str, float]:
+    """The :data:`HEADLINE_METRICS` of ``notebook``'s nested run under ``parent_run_id``, renamed for the
+    parent run ({} when the notebook has no nested run or logged none of them)."""
+    from ciap_lib import tracking
+
+    wanted = {src: dst for (nb, src), dst in HEADLINE_METRICS.items() if nb == notebook}
+    if not wanted:
+        return {}
+    child = tracking.find_notebook_run(parent_run_id, notebook, tracking_uri)
+    if child is None:
+        return {}
+    metrics = tracking.run_metrics(child, tracking_uri)
+    return {dst: metrics[src] for src, dst in wanted.items() if src in metrics}
+
+
 def notebook_parameters(exp: Experiment, notebook: str, *, parent_run_id: str, tracking_uri: str,
                         run_dir: Path, checkpoint: Path) -> dict[str, Any]:
     """The papermill parameters of ``notebook`` (common ones + its sections)."""
@@ -358,8 +501,12 @@ def _failure_message(notebook: str, executed: Path, err: Exception) -> str:
 
 def run_pipeline(exp: Experiment, *, tracking_uri: str | None = None, notebooks: Sequence[str] = NOTEBOOKS,
                  notebooks_dir: Path | None = None, runs_dir: Path | None = None, kernel_name: str = KERNEL_NAME,
-                 log_output: bool = False, echo: Callable[[str], None] = print) -> PipelineResult:
-    """Execute ``notebooks`` in order for the validated ``exp``; see the module docstring."""
+                 log_output: bool = False, echo: Callable[[str], None] = print,
+                 from_run: str = "") -> PipelineResult:
+    """Execute ``notebooks`` in order for the validated ``exp``; see the module docstring.
+
+    ``from_run``: the id of the logged run this one reruns (tag ``ciap.from_run`` on the parent run).
+    """
     import papermill as pm
 
     from ciap_lib import tracking
@@ -373,6 +520,8 @@ def run_pipeline(exp: Experiment, *, tracking_uri: str | None = None, notebooks:
         if not (notebooks_dir / f"{nb}.ipynb").is_file():
             raise ConfigError(f"notebooks: {notebooks_dir / (nb + '.ipynb')} does not exist")
     check_kernel(kernel_name)
+    kernel_config = kernel_manager_config(kernel_name)
+    resolved = resolved_params(exp)
 
     if not exp.run_name:
         exp.run_name = f"{exp.name}-{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%d-%H%M%S')}"
@@ -384,9 +533,11 @@ def run_pipeline(exp: Experiment, *, tracking_uri: str | None = None, notebooks:
     checkpoint = Path(exp.train["ckpt_dir"]) / exp.run_name / "last.pt"
     (run_dir / "experiment.yaml").write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False), encoding="utf-8")
 
-    parent = tracking.start_pipeline_run(exp.run_name, exp.to_dict(), tracking_uri=uri,
-                                         experiment_name=exp.experiment_name,
-                                         tags={"ciap.experiment_file": exp.source, "ciap.run_dir": str(_rel(run_dir))})
+    tags = {"ciap.experiment_file": exp.source, "ciap.run_dir": str(_rel(run_dir))}
+    if from_run:
+        tags[tracking.FROM_RUN_TAG] = from_run
+    parent = tracking.start_pipeline_run(exp.run_name, {**exp.to_dict(), "resolved": resolved}, tracking_uri=uri,
+                                         experiment_name=exp.experiment_name, tags=tags)
     tracking.log_artifact(run_dir / "experiment.yaml", run_id=parent)
     echo(f"[ciap run] {exp.run_name}: parent MLflow run {parent} ({uri})")
 
@@ -412,7 +563,7 @@ def run_pipeline(exp: Experiment, *, tracking_uri: str | None = None, notebooks:
             try:
                 pm.execute_notebook(str(notebooks_dir / f"{nb}.ipynb"), str(out), parameters=params,
                                     kernel_name=kernel_name, cwd=str(root), progress_bar=False,
-                                    log_output=log_output)
+                                    log_output=log_output, config=kernel_config)
             except Exception as err:  # noqa: BLE001 - re-raised as PipelineError with context
                 seconds[nb] = time.perf_counter() - t0
                 _log_executed(tracking, parent, nb, out, failed=True)
@@ -420,13 +571,16 @@ def run_pipeline(exp: Experiment, *, tracking_uri: str | None = None, notebooks:
             seconds[nb] = time.perf_counter() - t0
             executed[nb] = out
             _log_executed(tracking, parent, nb, out, failed=False)
+            tracking.log_metrics(headline_metrics(parent, nb, uri), run_id=parent)
             echo(f"[ciap run] {nb} done in {seconds[nb]:.1f} s -> {_rel(out)}")
         status = "FINISHED"
     finally:
         os.environ.clear()
         os.environ.update(env_backup)
         try:
-            tracking.log_metrics({f"seconds.{k}": v for k, v in seconds.items()}, run_id=parent)
+            # "wall_seconds.*" sorts after the headline metrics: MLflow's comparison lists metrics alphabetically
+            # and shows about seven rows before its grid must be scrolled
+            tracking.log_metrics({f"wall_seconds.{k}": v for k, v in seconds.items()}, run_id=parent)
         finally:
             tracking.end_run(parent, status)
     return PipelineResult(run_name=exp.run_name, run_dir=run_dir, parent_run_id=parent, tracking_uri=uri,
@@ -461,22 +615,48 @@ def _metric_lines(checkpoint: Path) -> list[str]:
     return lines
 
 
+def _headline_lines(result: PipelineResult) -> list[str]:
+    """The CLAP and generation figures of the parent run (the retrieval ones come from the checkpoint)."""
+    from ciap_lib import tracking
+
+    m = tracking.run_metrics(result.parent_run_id, result.tracking_uri)
+    keys = [k for k in ("clap_mean_cosine", "clap_score", "seconds_per_clip") if k in m]
+    return ["generation and CLAP alignment:"] + [f"  {k:<26s} {m[k]:7.3f}" for k in keys] if keys else []
+
+
+def _mlflow_ui_lines(result: PipelineResult) -> list[str]:
+    """How to open this run in the MLflow UI: the command (for a local store) and the runs-table link."""
+    from ciap_lib import tracking
+
+    uri = result.tracking_uri
+    base = tracking.ui_base_url(uri)
+    exp_id = tracking.client(uri).get_run(result.parent_run_id).info.experiment_id
+    lines = ["open the MLflow UI (select parent runs and press Compare to see them side by side):"]
+    if not uri.startswith(("http://", "https://")):
+        lines.append(f"  .venv/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri {uri}")
+    lines.append(f"  {tracking.experiment_ui_url(base, exp_id)}")
+    return lines
+
+
 def summary(result: PipelineResult) -> str:
-    """What to open next: the MLflow UI, JupyterLab, the WAVs."""
+    """What to open next: the MLflow UI, JupyterLab, the WAVs; how to rerun it."""
     uri = result.tracking_uri
     lines = [f"pipeline run {result.run_name} finished; parent MLflow run {result.parent_run_id}"]
     for nb, s in result.seconds.items():
         lines.append(f"  {nb:<26s} {s:7.1f} s")
     lines.append(f"  {'total':<26s} {sum(result.seconds.values()):7.1f} s")
     lines += _metric_lines(result.checkpoint)
+    lines += _headline_lines(result)
     lines += [
         f"executed notebooks (.ipynb + .html): {_rel(result.run_dir)}/",
         f"checkpoint: {result.checkpoint}",
         f"WAVs: {_rel(result.wav_dir)}/ (and in MLflow, run 04_generation, artifacts wavs/)",
-        "open the MLflow UI:",
-        f"  .venv/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri {uri}   # then http://127.0.0.1:5000",
+        *_mlflow_ui_lines(result),
         "open the notebooks:",
         "  .venv/bin/jupyter lab --ip 127.0.0.1 --no-browser notebooks/",
+        "rerun it (same parameters, -p to change some):",
+        f"  .venv/bin/python -m ciap_lib run --from-run {result.parent_run_id}"
+        + (f" --tracking-uri {uri}" if uri != f"sqlite:///{repo_root() / 'mlflow.db'}" else ""),
     ]
     return "\n".join(lines)
 
@@ -529,3 +709,15 @@ def paired_cosine(image_emb: Any, audio_emb: Any) -> float:
     if a.shape != b.shape:
         raise ValueError(f"paired_cosine: shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
     return float((a * b).sum(-1).mean())
+
+
+def verify_frozen_audioldm(generator: Any) -> dict[str, str]:
+    """After generating with ``generator`` (``ciap_lib.ui.generation``): for diffusion, check the whole frozen
+    AudioLDM (every weight frozen, eval mode, state-dict fingerprint as taken at load:
+    ``FrozenAudioLDM.assert_unchanged``, which raises otherwise) and return the MLflow tags recording it
+    (``audioldm.frozen_check``, ``audioldm.fingerprint``); {} for the retrieval fallback."""
+    audioldm = getattr(generator, "audioldm", None)
+    if not getattr(generator, "is_diffusion", False) or audioldm is None:
+        return {}
+    audioldm.assert_unchanged()
+    return {"audioldm.frozen_check": "passed", "audioldm.fingerprint": audioldm.reference_fingerprint}

@@ -13,6 +13,7 @@ Every logging helper takes an optional ``run_id``; without it the active run is 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -33,7 +34,17 @@ NOTEBOOK_TAG = "ciap.notebook"
 #: tag marking a pipeline parent run
 PIPELINE_TAG = "ciap.pipeline"
 PARENT_TAG = "mlflow.parentRunId"
+#: tag of a pipeline parent run started with ``--from-run``: the run it reran
+FROM_RUN_TAG = "ciap.from_run"
 DEFAULT_EXPERIMENT = "ciap"
+#: experiment tag naming the kind of an experiment for the MLflow UI; ``custom_model_development`` is the UI's own
+#: enum value for "model training" (the UI sets this tag when a user picks the kind).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+#: MLflow 3.17's UI picks the page of an experiment from its "GenAI | Model training" switch (the URL parameter
+#: ``workflowType``, else the browser's localStorage, default GenAI), not from the tag above (checked in its
+#: bundle: the tag lookup sits behind a feature flag that is on). So the links printed for users carry it.
+UI_WORKFLOW_PARAM = "workflowType=machine_learning"
 _MAX_PARAM_LEN = 6000
 
 
@@ -66,7 +77,9 @@ def _artifact_location(tracking_uri: str, experiment_name: str) -> str | None:
 def setup(tracking_uri: str | None = None, experiment_name: str = DEFAULT_EXPERIMENT) -> str:
     """Point MLflow at ``tracking_uri`` ("" / None = default) and ensure the experiment exists.
 
-    Returns the experiment id.
+    The experiment carries the tag ``mlflow.experimentKind = custom_model_development`` (set at creation, and
+    added to an existing experiment that lacks it; a kind a user picked in the UI is kept), so the MLflow UI
+    opens it on its runs table. Returns the experiment id.
     """
     uri = tracking_uri or default_tracking_uri()
     mlflow.set_tracking_uri(uri)
@@ -74,14 +87,40 @@ def setup(tracking_uri: str | None = None, experiment_name: str = DEFAULT_EXPERI
     exp = client.get_experiment_by_name(experiment_name)
     if exp is not None:
         exp_id = exp.experiment_id
+        if EXPERIMENT_KIND_TAG not in exp.tags:
+            client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     else:
         try:
             exp_id = client.create_experiment(experiment_name,
-                                              artifact_location=_artifact_location(uri, experiment_name))
+                                              artifact_location=_artifact_location(uri, experiment_name),
+                                              tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except mlflow.exceptions.MlflowException:  # created concurrently
             exp_id = client.get_experiment_by_name(experiment_name).experiment_id
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
+
+
+def ui_base_url(tracking_uri: str | None = None, port: int = 5000) -> str:
+    """Where the MLflow UI of ``tracking_uri`` is: the server itself for an http(s) tracking URI, else the
+    ``mlflow ui --host 127.0.0.1 --port <port>`` the summary tells users to start."""
+    uri = tracking_uri or default_tracking_uri()
+    if urlparse(uri).scheme in ("http", "https"):
+        return uri.rstrip("/")
+    return f"http://127.0.0.1:{port}"
+
+
+def experiment_ui_url(base_url: str, experiment_id: str) -> str:
+    """The MLflow UI page of an experiment's runs table, in the model-training view."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{UI_WORKFLOW_PARAM}"
+
+
+def compare_ui_url(base_url: str, run_ids: Sequence[str], experiment_id: str) -> str:
+    """The MLflow UI comparison of ``run_ids`` (parameters and metrics side by side), in the model-training view."""
+    from urllib.parse import quote
+
+    runs = quote(json.dumps(list(run_ids), separators=(",", ":")))
+    return (f"{base_url.rstrip('/')}/#/compare-runs?runs={runs}"
+            f"&experiments={quote(json.dumps([str(experiment_id)]))}&{UI_WORKFLOW_PARAM}")
 
 
 def client(tracking_uri: str | None = None) -> MlflowClient:
@@ -250,6 +289,84 @@ def child_runs(parent_run_id: str, tracking_uri: str | None = None) -> list:
     parent = c.get_run(parent_run_id)
     return c.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
                          order_by=["attributes.start_time ASC"])
+
+
+@dataclasses.dataclass
+class LoggedPipelineRun:
+    """What a pipeline parent run recorded, for rerunning it (:func:`logged_pipeline_run`).
+
+    ``experiment_yaml``: the text of its ``experiment.yaml`` artifact (the validated experiment as run);
+    ``git_commits``: ``{"pipeline" or notebook name: git_commit tag}``; ``data_fingerprints``:
+    ``{split: {notebook: data_fingerprint.<split> tag}}`` from its nested runs."""
+
+    run_id: str
+    run_name: str
+    experiment_name: str
+    experiment_yaml: str
+    git_commits: dict[str, str]
+    data_fingerprints: dict[str, dict[str, str]]
+
+
+def logged_pipeline_run(run_id: str, tracking_uri: str | None = None) -> LoggedPipelineRun:
+    """Read back the pipeline run ``run_id`` (a notebook's nested run id means its pipeline run).
+
+    LookupError naming the run and the store when there is no such run, when it is not a pipeline run, or
+    when it has no ``experiment.yaml`` artifact.
+    """
+    uri = tracking_uri or default_tracking_uri()
+    c = client(uri)
+    try:
+        run = c.get_run(run_id)
+    except mlflow.exceptions.MlflowException as e:
+        raise LookupError(f"no MLflow run {run_id!r} in {uri}") from e
+    parent_id = run.data.tags.get(PARENT_TAG)
+    if parent_id and NOTEBOOK_TAG in run.data.tags:  # a notebook's nested run: rerun its pipeline
+        run = c.get_run(parent_id)
+    rid = run.info.run_id
+    if run.data.tags.get(PIPELINE_TAG) != "1":
+        raise LookupError(f"MLflow run {rid} ({run.info.run_name}) is not a pipeline run "
+                          f"(no tag {PIPELINE_TAG}; pipeline runs are made by `python -m ciap_lib run`)")
+    try:
+        text = read_artifact_text(rid, "experiment.yaml", uri)
+    except (mlflow.exceptions.MlflowException, OSError) as e:
+        raise LookupError(f"MLflow run {rid} ({run.info.run_name}) has no experiment.yaml artifact "
+                          f"to rerun: {e}") from e
+    commits = {"pipeline": run.data.tags.get("git_commit", "")}
+    fingerprints: dict[str, dict[str, str]] = {}
+    for child in child_runs(rid, uri):
+        name = child.data.tags.get(NOTEBOOK_TAG, child.info.run_name)
+        if child.data.tags.get("git_commit"):
+            commits[name] = child.data.tags["git_commit"]
+        for k, v in child.data.tags.items():
+            if k.startswith("data_fingerprint."):
+                fingerprints.setdefault(k[len("data_fingerprint."):], {})[name] = v
+    exp = c.get_experiment(run.info.experiment_id)
+    return LoggedPipelineRun(run_id=rid, run_name=run.info.run_name, experiment_name=exp.name,
+                             experiment_yaml=text, git_commits=commits, data_fingerprints=fingerprints)
+
+
+def read_artifact_text(run_id: str, artifact_path: str, tracking_uri: str | None = None) -> str:
+    """The text of one artifact file of ``run_id`` (downloaded to a temporary folder, without a progress bar)."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    name = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=tmp,
+                                                        tracking_uri=tracking_uri or mlflow.get_tracking_uri())
+            return Path(local).read_text(encoding="utf-8")
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def run_metrics(run_id: str, tracking_uri: str | None = None) -> dict[str, float]:
+    """The latest value of every metric of ``run_id``."""
+    return dict(client(tracking_uri).get_run(run_id).data.metrics)
 
 
 # ---------------------------------------------------------------------------------------------

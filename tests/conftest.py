@@ -9,5 +9,6 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 # 255 s retrying vs 25 s offline).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# Session fixtures shared across test folders (tiny AudioLDM checkpoint: tests/fixtures/audioldm.py).
-pytest_plugins = ["fixtures.audioldm", "fixtures.metric_weights"]
+# Session fixtures shared across test folders (tiny AudioLDM checkpoint: tests/fixtures/audioldm.py; random-weight
+# metric models: tests/fixtures/metric_weights.py; real pipeline runs in one MLflow store: tests/fixtures/pipeline.py).
+pytest_plugins = ["fixtures.audioldm", "fixtures.metric_weights", "fixtures.pipeline"]

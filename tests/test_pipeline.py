@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from pathlib import Path
 
 import mlflow
@@ -19,32 +18,18 @@ import soundfile as sf
 from ciap_lib import pipeline, tracking
 from ciap_lib.checkpoint import load_checkpoint
 from ciap_lib.cli import main as cli_main
+from fixtures import pipeline as pipe_fx
 
 ROOT = Path(__file__).resolve().parent.parent
-N_TRAIN, N_VAL, EPOCHS, DURATION = 48, 24, 2, 2.5
+N_TRAIN, N_VAL, EPOCHS, DURATION = pipe_fx.N_TRAIN, pipe_fx.N_VAL, pipe_fx.EPOCHS, pipe_fx.DURATION
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_audioldm_ckpt):
-    """One pipeline run of all four notebooks; every test below asserts on it.
-
-    ``tiny_audioldm_ckpt``: engineer C's session fixture (tests/fixtures/audioldm.py), the tiny AudioLDM in
-    the original checkpoint format, so notebook 04 runs real diffusion through the frozen-model bridge."""
-    tmp = tmp_path_factory.mktemp("pipeline")
-    audioldm = tiny_audioldm_ckpt
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    exp = pipeline.load_experiment(ROOT / "experiments" / "default.yaml", [
-        f"data.root={tmp / 'syn'}", f"data.n_train={N_TRAIN}", f"data.n_val={N_VAL}", "data.image_size=32",
-        "data.n_examples=2", "model=debug", f"epochs={EPOCHS}", "batch_size=16", f"train.ckpt_dir={tmp / 'ckpt'}",
-        f"generation.duration={DURATION}", "generation.steps=2", "generation.n_images=2",
-        f"generation.audioldm={audioldm}", "evaluate.heatmap_size=8", "run_name=test-run",
-    ])
-    t0 = time.perf_counter()
-    result = pipeline.run_pipeline(exp, tracking_uri=uri, runs_dir=tmp / "runs", echo=lambda s: None)
-    result.wall = time.perf_counter() - t0
-    client = tracking.client(uri)
-    children = {r.data.tags[tracking.NOTEBOOK_TAG]: r for r in tracking.child_runs(result.parent_run_id, uri)}
-    return result, uri, client, children, tmp
+def run(pipeline_store, default_pipeline_run):
+    """The default pipeline run of all four notebooks (session fixture ``default_pipeline_run``,
+    tests/fixtures/pipeline.py, shared with the browser test); every test below asserts on it."""
+    r = default_pipeline_run
+    return r.result, pipeline_store.uri, pipeline_store.client, r.children, pipeline_store.tmp
 
 
 def test_parent_and_nested_runs(run):
@@ -59,7 +44,7 @@ def test_parent_and_nested_runs(run):
         assert r.data.tags[tracking.PARENT_TAG] == result.parent_run_id
         assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", r.data.tags["git_commit"]), nb  # HEAD may move meanwhile
     for nb in pipeline.NOTEBOOKS:
-        assert parent.data.metrics[f"seconds.{nb}"] > 0
+        assert parent.data.metrics[f"wall_seconds.{nb}"] > 0
 
 
 def test_params(run):
@@ -171,11 +156,161 @@ def test_summary_says_where_things_are_and_how_well_it_did(run):
     result, *_ = run
     text = pipeline.summary(result)
     ck = load_checkpoint(result.checkpoint)
-    lines = {ln.split()[0]: ln.split()[1] for ln in text.splitlines() if ln.startswith("  ") and ln.split()}
+    lines = {ln.split()[0]: ln.split()[1] for ln in text.splitlines() if ln.startswith("  ") and len(ln.split()) > 1}
     assert lines["i2a_R@1"] == f"{ck['metrics']['i2a_R@1']:.3f}"
     assert lines["a2i_median_rank"] == f"{ck['metrics']['a2i_median_rank']:.3f}"
     assert "mlflow ui --host 127.0.0.1" in text and "jupyter lab --ip 127.0.0.1" in text
     assert str(pipeline._rel(result.wav_dir)) in text
+    exp_id = tracking.client(result.tracking_uri).get_run(result.parent_run_id).info.experiment_id
+    assert f"http://127.0.0.1:5000/#/experiments/{exp_id}/runs?workflowType=machine_learning" in text
+    assert f"python -m ciap_lib run --from-run {result.parent_run_id} --tracking-uri {result.tracking_uri}" in text
+    m = client_metrics(result)
+    assert lines["clap_score"] == f"{m['clap_score']:.3f}" and lines["seconds_per_clip"] == f"{m['seconds_per_clip']:.3f}"
+
+
+def client_metrics(result) -> dict:
+    return tracking.client(result.tracking_uri).get_run(result.parent_run_id).data.metrics
+
+
+# ------------------------------------------------------------------ what "compare runs" on parent runs shows
+def test_parent_run_carries_headline_figures_and_resolved_params(run):
+    """The headline figures of the nested runs and the parameters as built sit on the parent run."""
+    result, uri, client, children, _ = run
+    parent = client.get_run(result.parent_run_id)
+    m, m2, m4 = parent.data.metrics, children["02_training"].data.metrics, children["04_generation"].data.metrics
+    for d in ("i2a", "a2i"):
+        assert m[f"val_{d}_R_at_1"] == m2[f"final_{d}_R_at_1"] == m2[f"{d}_R_at_1"]  # the last epoch's val R@1
+        assert m[f"val_{d}_class_R_at_1"] == m2[f"final_{d}_class_R_at_1"]  # the synthetic set has labels
+    assert m["clap_score"] == m4["clap_score"] and m["seconds_per_clip"] == m4["seconds_per_clip"] > 0
+    assert "clap_mean_cosine" not in m  # logmel_cnn mode: 03 has no CLAP alignment to report
+    p = parent.data.params
+    assert p["train.image_backbone"] == "None"  # the override as given ...
+    assert {k: p[f"resolved.{k}"] for k in ("model", "image_backbone", "image_size", "audio_encoder", "loss",
+                                            "epochs")} == {  # ... and what was built
+        "model": "debug", "image_backbone": "tiny_cnn", "image_size": "32", "audio_encoder": "logmel_cnn",
+        "loss": "infonce", "epochs": str(EPOCHS)}
+    exp = client.get_experiment(parent.info.experiment_id)
+    assert exp.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+# --------------------------------------------------------------------- the CLAP-aligned pipeline, end to end
+def test_clap_pipeline_end_to_end(clap_pipeline_run, pipeline_store):
+    """Notebooks 02-04 in clap mode on the tiny AudioLDM: the image tower trains against the frozen CLAP audio
+    tower, 03 measures the CLAP alignment, 04 generates by diffusion; all of it lands in MLflow."""
+    from fixtures.pipeline import CLAP_DATA, DURATION, EPOCHS
+
+    r, client = clap_pipeline_run, pipeline_store.client
+    parent = client.get_run(r.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert list(r.children) == ["02_training", "03_retrieval_evaluation", "04_generation"]
+    assert all(c.info.status == "FINISHED" for c in r.children.values())
+    # 02: trained against CLAP features of every clip (computed once by the frozen tower, cached on disk)
+    train = r.children["02_training"]
+    assert train.data.tags["audio_encoder"] == "clap"
+    cached = list((pipeline_store.tmp / "clap-cache").rglob("*.npy"))
+    assert len(cached) == CLAP_DATA["n_train"] + CLAP_DATA["n_val"]
+    hist = client.get_metric_history(train.info.run_id, "train_loss")
+    assert [h.step for h in hist] == list(range(1, EPOCHS + 1)) and all(math.isfinite(h.value) for h in hist)
+    assert 0 <= train.data.metrics["final_i2a_R_at_1"] <= 1
+    assert r.checkpoint.is_file()
+    # 03: the CLAP alignment of the image embeddings
+    cos = r.children["03_retrieval_evaluation"].data.metrics["clap_mean_cosine"]
+    assert math.isfinite(cos) and -1 <= cos <= 1
+    html = (r.run_dir / "03_retrieval_evaluation.html").read_text()
+    assert "paired <strong>CLAP audio embeddings</strong>" in html and f"{cos:.3f}" in html
+    # 04: real diffusion, frozen weights checked after generating, WAVs of the asked duration
+    gen = r.children["04_generation"]
+    assert gen.data.tags["generator"] == "diffusion"
+    assert gen.data.tags["audioldm.frozen_check"] == "passed" and len(gen.data.tags["audioldm.fingerprint"]) >= 16
+    (wav,) = sorted(r.wav_dir.glob("*.wav"))
+    info = sf.info(str(wav))
+    assert info.samplerate == 16000 and info.frames == int(DURATION * 16000)
+    assert [a for a in tracking.list_artifacts(gen.info.run_id, tracking_uri=pipeline_store.uri)
+            if a.startswith("wavs/")] == [f"wavs/{wav.name}"]
+    # the parent run: headline figures and the parameters as built
+    m, p = parent.data.metrics, parent.data.params
+    for k in ("val_i2a_R_at_1", "val_a2i_R_at_1", "val_i2a_class_R_at_1", "clap_mean_cosine", "clap_score",
+              "seconds_per_clip"):
+        assert math.isfinite(m[k]), k
+    assert m["clap_mean_cosine"] == cos and m["clap_score"] == gen.data.metrics["clap_score"]
+    assert (p["resolved.model"], p["resolved.audio_encoder"], p["resolved.image_backbone"]) == (
+        "clap_aligned", "clap", "tiny_cnn")
+
+
+# ------------------------------------------------------------------------------ output a user can act on
+NOISE = ("Kernel is running over TCP without encryption", "onesided")
+
+
+def test_run_output_and_notebooks_hold_no_known_noise(clap_pipeline_run, default_pipeline_run):
+    """What `python -m ciap_lib run` prints and what the executed notebooks hold: the summary, without
+    ipykernel's TCP warning (one per notebook before) or torchaudio's onesided deprecation warning (raised by
+    the CLAP audio tower in 02 and 04)."""
+    out = clap_pipeline_run.output
+    assert "pipeline run clap-run finished" in out and "clap_mean_cosine" in out and "--from-run" in out
+    for text in NOISE:
+        assert text not in out, text
+    for r in (clap_pipeline_run, default_pipeline_run):
+        for nb in r.children:
+            for path in (r.run_dir / f"{nb}.ipynb", r.run_dir / f"{nb}.html"):
+                body = path.read_text()
+                for text in NOISE:
+                    assert text not in body, f"{path.name}: {text}"
+
+
+def test_kernels_start_with_transport_encryption():
+    """The kernel manager config passed through papermill: CurveZMQ keys when the kernelspec supports them."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    cfg = pipeline.kernel_manager_config("ciap")
+    declared = KernelSpecManager().get_kernel_spec("ciap").metadata.get("supported_encryption")
+    if declared:
+        assert cfg.KernelManager.transport_encryption == "auto"
+    else:
+        assert cfg.KernelManager.transport == "ipc"
+
+
+# ------------------------------------------------------------------------------------ rerun a logged run
+def test_from_run_check_names_what_differs(run, tmp_path, capsys):
+    result, uri, client, children, tmp = run
+    rc = cli_main(["run", "--from-run", result.parent_run_id, "--tracking-uri", uri, "--check"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and f"run {result.parent_run_id} (test-run): parameters OK" in out
+    assert "the code differs" not in err and "the data differs" not in err  # same checkout, same data
+    # another data folder: named, with its fingerprint then
+    rc = cli_main(["run", "--from-run", result.parent_run_id, "--tracking-uri", uri, "--check",
+                   "-p", f"data.root={tmp_path / 'elsewhere'}"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "warning: the data differs" in err and "elsewhere" in err
+    assert children["02_training"].data.tags["data_fingerprint.train"] in err
+    # a nested run's id means its pipeline run; bad ids and bad arguments are errors
+    assert cli_main(["run", "--from-run", children["03_retrieval_evaluation"].info.run_id, "--tracking-uri", uri,
+                     "--check"]) == 0
+    assert "(test-run): parameters OK" in capsys.readouterr().out
+    assert cli_main(["run", "--from-run", "0" * 32, "--tracking-uri", uri, "--check"]) == 2
+    assert f"no MLflow run '{'0' * 32}'" in capsys.readouterr().err
+    assert cli_main(["run", str(ROOT / "experiments" / "default.yaml"), "--from-run", result.parent_run_id]) == 2
+    assert cli_main(["run"]) == 2
+    assert "exactly one of" in capsys.readouterr().err
+
+
+def test_from_run_reruns_and_tags_the_new_run(run, tmp_path):
+    """What `python -m ciap_lib run --from-run <id>` does after its checks: a new pipeline run with the logged
+    parameters (+ -p), tagged with the run it came from. No notebook is run (the notebooks themselves are
+    exercised by the runs above), which keeps this test at about a second."""
+    result, uri, client, children, tmp = run
+    exp, logged = pipeline.experiment_from_run(result.parent_run_id, ["data.n_examples=1", "run_name=rerun"],
+                                               tracking_uri=uri)
+    new = pipeline.run_pipeline(exp, tracking_uri=uri, notebooks=(), runs_dir=tmp_path / "runs",
+                                echo=lambda _: None, from_run=logged.run_id)
+    parent = client.get_run(new.parent_run_id)
+    assert parent.info.run_name == "rerun" and parent.info.status == "FINISHED"
+    assert parent.data.tags[tracking.FROM_RUN_TAG] == result.parent_run_id
+    old = client.get_run(result.parent_run_id).data.params
+    differs = {k for k in set(old) | set(parent.data.params) if old.get(k) != parent.data.params.get(k)}
+    assert differs == {"run_name", "train.run_name", "data.n_examples"}
+    assert parent.data.params["data.n_examples"] == "1"
+    assert "experiment.yaml" in tracking.list_artifacts(new.parent_run_id, tracking_uri=uri)  # rerunnable in turn
+    client.delete_run(new.parent_run_id)  # keep the shared store to the two pipeline runs the browser test compares
 
 
 def test_failing_cell_is_surfaced(tmp_path):

@@ -3,6 +3,7 @@ pipeline parent + nested notebook runs, MLflowCallback on a real (tiny) training
 notebooks as .ipynb + HTML, dataset inputs with the data fingerprint as digest, run comparison."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 
@@ -155,3 +156,136 @@ def test_compare_runs_table(store):
     assert list(df["pipeline_run"]) == ["cmp-run", "cmp-run"]
     assert sorted(df["params.lr"].astype(float)) == [0.01, 0.1]
     assert sorted(df["metrics.val_loss"]) == pytest.approx([0.1, 1.0])
+
+
+# ------------------------------------------------------------------------------ the MLflow UI's experiment kind
+def test_experiment_opens_in_the_model_training_view(store):
+    """MLflow 3's UI opens an experiment on its GenAI overview unless ``mlflow.experimentKind`` says otherwise."""
+    from mlflow.tracking import MlflowClient
+
+    uri, _ = store
+    c = MlflowClient(uri)
+    new = tracking.setup(uri, "t-kind-new")
+    assert c.get_experiment(new).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    old = c.create_experiment("t-kind-old")  # made before the tag existed: no kind
+    assert tracking.EXPERIMENT_KIND_TAG not in c.get_experiment(old).tags
+    assert tracking.setup(uri, "t-kind-old") == old
+    assert c.get_experiment(old).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    picked = c.create_experiment("t-kind-picked", tags={tracking.EXPERIMENT_KIND_TAG: "genai_development"})
+    tracking.setup(uri, "t-kind-picked")  # a kind a user chose in the UI is kept
+    assert c.get_experiment(picked).tags[tracking.EXPERIMENT_KIND_TAG] == "genai_development"
+
+
+# ------------------------------------------------------------------- parent run: headline figures, resolved params
+def test_headline_figures_of_the_nested_runs_go_onto_the_parent(store):
+    from ciap_lib import pipeline
+
+    uri, _ = store
+    parent = tracking.start_pipeline_run("headline", {"x": 1}, tracking_uri=uri, experiment_name="t-head")
+    logged = {"02_training": {"final_i2a_R_at_1": 0.25, "final_a2i_R_at_1": 0.5, "final_i2a_class_R_at_1": 0.75,
+                              "i2a_R_at_1": 0.1, "val_loss": 2.0},
+              "03_retrieval_evaluation": {"clap_mean_cosine": 0.3, "i2a_R_at_1": 0.2},
+              "04_generation": {"clap_score": 0.4, "seconds_per_clip": 1.5, "n_clips": 2}}
+    for nb, metrics in logged.items():
+        with tracking.notebook_run(nb, parent_run_id=parent, tracking_uri=uri, experiment_name="t-head"):
+            tracking.log_metrics(metrics)
+    assert pipeline.headline_metrics(parent, "01_data_exploration", uri) == {}
+    assert pipeline.headline_metrics(parent, "02_training", uri) == {
+        "val_i2a_R_at_1": 0.25, "val_a2i_R_at_1": 0.5, "val_i2a_class_R_at_1": 0.75}  # no a2i class R@1 logged
+    assert pipeline.headline_metrics(parent, "03_retrieval_evaluation", uri) == {"clap_mean_cosine": 0.3}
+    assert pipeline.headline_metrics(parent, "04_generation", uri) == {"clap_score": 0.4, "seconds_per_clip": 1.5}
+    other = tracking.start_pipeline_run("no-children", {}, tracking_uri=uri, experiment_name="t-head")
+    assert pipeline.headline_metrics(other, "02_training", uri) == {}
+
+
+@pytest.mark.parametrize("name, overrides, want", [
+    ("default", ["model=debug"], {"model": "debug", "image_backbone": "tiny_cnn", "image_size": 32,
+                                  "audio_encoder": "logmel_cnn", "loss": "infonce", "epochs": 12}),
+    ("default", [], {"model": "default", "image_backbone": "resnet18", "image_size": 64}),
+    ("clap_aligned", ["train.image_backbone=tiny_cnn", "epochs=3", "loss=cosine"],
+     {"model": "clap_aligned", "image_backbone": "tiny_cnn", "audio_encoder": "clap", "epochs": 3, "loss": "cosine"}),
+    ("seed", [], {"image_backbone": "resnet18", "image_pretrained": "imagenet", "audio_encoder": "mlp",
+                  "image_size": 224}),
+])
+def test_resolved_params_name_what_is_built(name, overrides, want):
+    """``train.image_backbone`` is None (= the model's own) unless overridden; the parent run logs what is built."""
+    from ciap_lib import pipeline
+
+    exp = pipeline.load_experiment(tracking.repo_root() / "experiments" / f"{name}.yaml", overrides,
+                                   check_paths=False)
+    got = pipeline.resolved_params(exp)
+    assert {k: got[k] for k in want} == want
+    assert None not in got.values()
+
+
+# ---------------------------------------------------------------------------------- rerunning a logged run
+def _logged_pipeline(uri: str, data_root, commit: str, fingerprint: str, tmp_path, name: str = "logged") -> str:
+    """A parent run the way the pipeline logs one (experiment.yaml artifact, git commit) and a nested run that
+    recorded ``fingerprint`` for the train split at ``commit``."""
+    import yaml
+
+    from ciap_lib import pipeline
+
+    exp = pipeline.load_experiment(tracking.repo_root() / "experiments" / "default.yaml",
+                                   [f"data.root={data_root}", "model=debug", "epochs=2", f"run_name={name}"])
+    exp.train["run_name"] = exp.run_name  # as run_pipeline does
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
+    parent = tracking.start_pipeline_run(name, exp.to_dict(), tracking_uri=uri, experiment_name="t-rerun",
+                                         tags={"git_commit": commit})
+    tracking.log_artifact(tmp_path / "experiment.yaml", run_id=parent)
+    with tracking.notebook_run("02_training", parent_run_id=parent, tracking_uri=uri, experiment_name="t-rerun",
+                               tags={"git_commit": commit}):
+        tracking.set_tags({"data_fingerprint.train": fingerprint})
+    tracking.end_run(parent)
+    return parent
+
+
+def test_experiment_from_run_reads_back_what_ran(store, dataset, tmp_path):
+    from ciap_lib import pipeline
+
+    uri, _ = store
+    parent = _logged_pipeline(uri, dataset, "a" * 40, dataset_fingerprint(dataset / "train"), tmp_path)
+    exp, logged = pipeline.experiment_from_run(parent, ["epochs=5", "generation.duration=3.0"], tracking_uri=uri)
+    assert logged.run_id == parent and logged.run_name == "logged" and logged.experiment_name == "t-rerun"
+    assert exp.train["epochs"] == 5 and exp.train["model"] == "debug" and exp.generation["duration"] == 3.0
+    assert exp.data["root"] == str(dataset) and exp.train["data"] == str(dataset)
+    assert exp.run_name == ""  # a fresh name, not the logged run's
+    assert parent in exp.source
+    assert logged.data_fingerprints == {"train": {"02_training": dataset_fingerprint(dataset / "train")}}
+    assert pipeline.rerun_warnings(logged, exp, git_commit="a" * 40) == []  # same commit, same data
+    assert logged.git_commits == {"pipeline": "a" * 40, "02_training": "a" * 40}
+    # a nested run's id means its pipeline run
+    child = tracking.find_notebook_run(parent, "02_training", uri)
+    assert pipeline.experiment_from_run(child, tracking_uri=uri)[1].run_id == parent
+    # bad ids are errors naming them
+    with pytest.raises(pipeline.ConfigError, match="no MLflow run 'nope'"):
+        pipeline.experiment_from_run("nope", tracking_uri=uri)
+    with tracking.notebook_run("lonely", tracking_uri=uri, experiment_name="t-rerun") as r:
+        pass
+    with pytest.raises(pipeline.ConfigError, match="not a pipeline run"):
+        pipeline.experiment_from_run(r.info.run_id, tracking_uri=uri)
+    with pytest.raises(pipeline.ConfigError, match="experiment.yaml: train: .*'epochs'"):
+        pipeline.experiment_from_run(parent, ["epochs=many"], tracking_uri=uri)
+
+
+def test_rerun_warns_when_code_or_data_differ(store, dataset, tmp_path):
+    from ciap_lib import pipeline
+
+    uri, _ = store
+    parent = _logged_pipeline(uri, dataset, "0" * 40, "0123456789abcdef", tmp_path, name="old")
+    exp, logged = pipeline.experiment_from_run(parent, tracking_uri=uri)
+    code, data = pipeline.rerun_warnings(logged, exp, git_commit="1" * 40)
+    assert code.startswith("the code differs") and "0" * 40 in code and "1" * 40 in code
+    assert f"git diff {'0' * 40} --stat" in code
+    assert data.startswith("the data differs") and "0123456789abcdef" in data
+    assert dataset_fingerprint(dataset / "train") in data and "train" in data
+    # the data folder is gone today
+    exp2, _ = pipeline.experiment_from_run(parent, [f"data.root={tmp_path / 'gone'}"], tracking_uri=uri)
+    (msg,) = [m for m in pipeline.rerun_warnings(logged, exp2, git_commit="0" * 40) if "data" in m]
+    assert "does not exist now" in msg and "notebook 01 rebuilds the synthetic set" in msg
+    # committed then, uncommitted changes now: differs; uncommitted changes on both sides: may differ
+    assert pipeline.rerun_warnings(logged, exp2, git_commit="0" * 40 + "-dirty")[0].startswith("the code differs")
+    dirty = dataclasses.replace(logged, git_commits={"pipeline": "0" * 40 + "-dirty"})
+    assert pipeline.rerun_warnings(dirty, exp, git_commit="0" * 40 + "-dirty")[0].startswith("the code may differ")
+    unknown = dataclasses.replace(logged, git_commits={"pipeline": "unknown"})
+    assert pipeline.rerun_warnings(unknown, exp, git_commit="0" * 40)[0].startswith("the code cannot be compared")
