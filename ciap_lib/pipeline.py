@@ -29,6 +29,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
+from ciap_lib.paths import repo_root
+
 NOTEBOOKS: tuple[str, ...] = ("01_data_exploration", "02_training", "03_retrieval_evaluation", "04_generation")
 KERNEL_NAME = "ciap"
 TOP_LEVEL = {"name": "default", "experiment_name": "ciap", "run_name": ""}
@@ -110,9 +112,6 @@ class PipelineResult:
     seconds: dict[str, float]
     wav_dir: Path
 
-
-def repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------------------------------------

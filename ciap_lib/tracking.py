@@ -27,6 +27,7 @@ import mlflow
 import numpy as np
 from mlflow.tracking import MlflowClient
 
+from ciap_lib.paths import repo_root
 from ciap_lib.callbacks import Callback
 
 #: tag naming the notebook of a nested run
@@ -47,10 +48,6 @@ EXPERIMENT_KIND = "custom_model_development"
 UI_WORKFLOW_PARAM = "workflowType=machine_learning"
 _MAX_PARAM_LEN = 6000
 
-
-def repo_root() -> Path:
-    """The repository root (the folder holding ``ciap_lib/``)."""
-    return Path(__file__).resolve().parent.parent
 
 
 def default_tracking_uri() -> str:

@@ -5,7 +5,6 @@ executed notebooks (.ipynb + .html). Plus: a failing cell is surfaced with the e
 bad parameters fail before any heavy work with a message naming the parameter."""
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path

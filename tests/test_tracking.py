@@ -4,7 +4,6 @@ notebooks as .ipynb + HTML, dataset inputs with the data fingerprint as digest, 
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 
 import mlflow
@@ -17,6 +16,7 @@ from matplotlib.figure import Figure
 from ciap_lib import tracking
 from ciap_lib.config import TrainConfig
 from ciap_lib.pairs import dataset_fingerprint
+from ciap_lib.paths import repo_root
 from ciap_lib.synthetic import make_synthetic_dataset
 from ciap_lib.train import train
 
@@ -39,7 +39,7 @@ def dataset(tmp_path_factory):
 def test_default_tracking_uri(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = tracking.default_tracking_uri()
-    assert uri == f"sqlite:///{tracking.repo_root() / 'mlflow.db'}"
+    assert uri == f"sqlite:///{repo_root() / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert tracking.default_tracking_uri() == "http://127.0.0.1:5999"
 
@@ -211,7 +211,7 @@ def test_resolved_params_name_what_is_built(name, overrides, want):
     """``train.image_backbone`` is None (= the model's own) unless overridden; the parent run logs what is built."""
     from ciap_lib import pipeline
 
-    exp = pipeline.load_experiment(tracking.repo_root() / "experiments" / f"{name}.yaml", overrides,
+    exp = pipeline.load_experiment(repo_root() / "experiments" / f"{name}.yaml", overrides,
                                    check_paths=False)
     got = pipeline.resolved_params(exp)
     assert {k: got[k] for k in want} == want
@@ -226,7 +226,7 @@ def _logged_pipeline(uri: str, data_root, commit: str, fingerprint: str, tmp_pat
 
     from ciap_lib import pipeline
 
-    exp = pipeline.load_experiment(tracking.repo_root() / "experiments" / "default.yaml",
+    exp = pipeline.load_experiment(repo_root() / "experiments" / "default.yaml",
                                    [f"data.root={data_root}", "model=debug", "epochs=2", f"run_name={name}"])
     exp.train["run_name"] = exp.run_name  # as run_pipeline does
     (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))

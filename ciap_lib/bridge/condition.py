@@ -6,7 +6,6 @@ swaps ~10% of embeddings for the unconditional one at random and re-tokenizes on
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import torch

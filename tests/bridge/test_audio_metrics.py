@@ -12,8 +12,7 @@ import torch
 
 from ciap_lib.bridge import standard_metrics
 from ciap_lib.bridge.audio_metrics import (
-    STANDARD_METRICS, ClipFeatures, StandardMetricModels, inception_score, kl_per_clip, metrics_from_features,
-    prepare_clips,
+    STANDARD_METRICS, StandardMetricModels, inception_score, kl_per_clip, prepare_clips,
 )
 from ciap_lib.bridge.metric_weights import CNN14_16K, VGGISH, MetricWeightsError
 
