@@ -35,7 +35,7 @@ bench: setup
 	$(PY) bench/demo_pipeline.py
 
 lab: setup
-	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --no-browser notebooks/
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --no-browser --KernelManager.transport_encryption=auto notebooks/
 
 mlflow-ui: setup
 	$(VENV)/bin/mlflow ui --host 127.0.0.1 --backend-store-uri sqlite:///mlflow.db
