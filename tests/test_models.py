@@ -87,11 +87,11 @@ def test_freeze_backbone_keeps_weights_and_batchnorm_stats():
     model = create_model("debug", image_backbone="resnet18", freeze_backbone=True).train()
     backbone = model.image_encoder.backbone
     assert not any(p.requires_grad for p in backbone.parameters())
-    assert not backbone.training and model.image_encoder.proj.training
+    assert not backbone.training and model.image_encoder.head.training
     before = backbone.bn1.running_mean.clone()
     model.encode_image(torch.randn(2, 3, 32, 32)).sum().backward()
     assert torch.equal(before, backbone.bn1.running_mean)
-    assert model.image_encoder.proj.weight.grad is not None
+    assert model.image_encoder.head.proj.weight.grad is not None
 
 
 def _fake_imagenet_state_dict() -> dict:
