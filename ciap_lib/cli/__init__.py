@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "run": "run",
     "import-videos": "import_videos",
     "embed": "embed",
+    "cache-features": "cache_features",
 }
 
 
