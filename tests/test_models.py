@@ -7,8 +7,8 @@ import torch
 import torchvision
 from torch import nn
 
-from ciap_lib.models import (AUDIO_ENCODERS, CIAP, MODEL_CONFIGS, ImageWeightsNotFoundError, create_model,
-                             get_model_config, imagenet_weights_file, register_audio_encoder)
+from ciap_lib.models import (AUDIO_ENCODERS, CIAP, HEADS, MODEL_CONFIGS, ImageWeightsNotFoundError, create_head,
+                             create_model, get_model_config, imagenet_weights_file, register_audio_encoder)
 
 
 def _unit(x: torch.Tensor) -> bool:
@@ -147,3 +147,19 @@ def test_load_pretrained_false_skips_weight_files(tmp_path, monkeypatch):
     model = CIAP(get_model_config("debug", image_backbone="resnet18", image_pretrained="imagenet"),
                  load_pretrained=False)
     assert model.config.image_pretrained == "imagenet"
+
+
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_heads_give_unit_vectors_of_the_embedding_size(head):
+    model = create_model("debug", head=head, head_depth=3, head_width=48).eval()
+    out = model.encode_image(torch.randn(3, 3, 32, 32))
+    assert out.shape == (3, 512) and _unit(out)
+    h = model.image_encoder.head
+    if head == "mlp":  # Linear(64->48), 3 residual blocks of two 48x48 Linears + LayerNorm, LayerNorm, Linear(48->512)
+        assert len(h.blocks) == 3 and h.inp.in_features == 64 and h.out.out_features == 512
+        assert sum(p.numel() for p in h.parameters()) == \
+            (64 * 48 + 48) + 3 * (2 * (48 * 48 + 48) + 2 * 48) + 2 * 48 + (48 * 512 + 512)
+    else:
+        assert [type(m).__name__ for m in h.children()] == ["Linear", "LayerNorm"]
+    with pytest.raises(ValueError, match="unknown head"):
+        create_head("attention", 64, model.config)
