@@ -55,7 +55,7 @@ class ModelConfig:
     image_weights_digest: str | None = None
     head: str = "linear"
     head_depth: int = 2
-    head_width: int = 1024
+    head_width: int = 512
     audio_encoder: str = "logmel_cnn"
     sample_rate: int = SAMPLE_RATE
     segment_seconds: float = 1.0
