@@ -21,7 +21,10 @@ import yaml
 
 #: TrainConfig fields that override the named model config when not None.
 MODEL_OVERRIDE_KEYS = ("embed_dim", "image_size", "image_backbone", "image_pretrained", "image_weights",
-                       "freeze_backbone", "audio_encoder")
+                       "freeze_backbone", "unfreeze_last", "head", "head_depth", "head_width", "audio_encoder")
+#: TrainConfig keys (by name; some are another module's) that turn on per-epoch image augmentation, which cached
+#: backbone features (freeze_backbone) cannot follow
+IMAGE_AUGMENT_KEYS = ("augment_image", "image_augment", "augment")
 
 
 @dataclass
@@ -37,14 +40,22 @@ class TrainConfig:
     # model: a named config of ciap_lib.models.MODEL_CONFIGS plus overrides
     model: str = "default"
     embed_dim: int | None = None
-    image_size: int | None = None
-    image_backbone: str | None = None
-    image_pretrained: str | None = None   # 'none' | 'imagenet'
-    image_weights: str | None = None      # local .pth with the backbone's ImageNet weights
-    freeze_backbone: bool | None = None
+    image_size: int | None = None         # square input px; the backbone's own when the model config leaves it unset
+    image_backbone: str | None = None     # 'resnet18' | 'resnet34' | 'resnet50' | 'tiny_cnn' | 'timm/<name>[.<tag>]'
+    image_pretrained: str | None = None   # 'none' | 'imagenet' (torchvision) | 'pretrained' (timm: the tag's weights)
+    image_weights: str | None = None      # local weights file (torchvision .pth; timm whole-model .safetensors/.pth)
+    freeze_backbone: bool | None = None   # backbone fixed; its features are cached on disk, only the head trains
+    unfreeze_last: int | None = None      # freeze_backbone false: train only the backbone's last N blocks
+    head: str | None = None               # a key of ciap_lib.models.heads.HEADS: 'linear' | 'mlp'
+    head_depth: int | None = None         # 'mlp' head: residual blocks
+    head_width: int | None = None         # 'mlp' head: hidden width
     audio_encoder: str | None = None      # 'mlp' | 'logmel_cnn' | 'clap'
+    # frozen-backbone feature cache (ciap_lib.features; filled ahead by `python -m ciap_lib cache-features`)
+    feature_cache_dir: str = "data/cache/image_features"
+    feature_precision: str = "fp32"       # 'fp32' | 'bf16' (autocast) for computing cached backbone features
     # optimisation (original design: batch 32, Adam, lr 1e-3, StepLR every 10 epochs)
-    loss: str = "infonce"                 # a key of ciap_lib.losses.LOSSES: 'infonce' | 'cosine'
+    loss: str = "infonce"                 # a key of ciap_lib.losses.LOSSES: 'infonce' | 'cosine' | 'infonce+cosine'
+    cosine_weight: float = 1.0            # 'infonce+cosine': weight of the cosine regression term
     batch_size: int = 32                  # global batch (split across ranks in distributed runs)
     epochs: int = 10
     lr: float = 1e-3
@@ -115,7 +126,7 @@ class TrainConfig:
 
 #: keys that must be > 0, and keys that must be >= 0
 _POSITIVE = ("batch_size", "epochs", "lr_step_size", "eval_batch_size", "eval_chunk_size")
-_NON_NEGATIVE = ("num_workers", "warmup_epochs", "weight_decay")
+_NON_NEGATIVE = ("num_workers", "warmup_epochs", "weight_decay", "cosine_weight")
 _RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _DEVICE = re.compile(r"cpu|auto|cuda(:\d+)?")
 
@@ -126,6 +137,7 @@ def _key(prefix: str, key: str) -> str:
 
 def _value_problems(cfg: "TrainConfig", check_paths: bool, check_weights: bool) -> list[tuple[str, str]]:
     """``[(key, problem), ...]`` for :meth:`TrainConfig.check`."""
+    from ciap_lib.features import PRECISIONS
     from ciap_lib.losses import LOSSES
     from ciap_lib.models import MODEL_CONFIGS, check_model_config, get_model_config
     from ciap_lib.optim import OPTIMIZERS, SCHEDULERS
@@ -149,6 +161,8 @@ def _value_problems(cfg: "TrainConfig", check_paths: bool, check_weights: bool) 
                                 ("lr_schedule", SCHEDULERS, "a learning-rate schedule")):
         if getattr(cfg, key) not in registry:
             out.append((key, f"{getattr(cfg, key)!r} is not {what}; choose from {sorted(registry)}"))
+    if cfg.feature_precision not in PRECISIONS:
+        out.append(("feature_precision", f"{cfg.feature_precision!r} is not one of {list(PRECISIONS)}"))
     if not _DEVICE.fullmatch(cfg.device):
         out.append(("device", f"{cfg.device!r} is not a device; use cpu, cuda, cuda:N or auto"))
     if not _RUN_NAME.fullmatch(cfg.run_name):
@@ -160,9 +174,14 @@ def _value_problems(cfg: "TrainConfig", check_paths: bool, check_weights: bool) 
         for problem in check_model_config(mc, check_weights=check_weights):
             key, _, msg = problem.partition(": ")
             out.append((key, msg))
-        if cfg.loss == "cosine" and mc.audio_encoder != "clap":
-            out.append(("loss", "'cosine' regresses onto a frozen audio tower; use it with audio_encoder 'clap' "
+        if cfg.loss in ("cosine", "infonce+cosine") and mc.audio_encoder != "clap":
+            out.append(("loss", f"{cfg.loss!r} regresses onto a frozen audio tower; use it with audio_encoder 'clap' "
                                 f"(this model's audio encoder is {mc.audio_encoder!r})"))
+        augment = [k for k in IMAGE_AUGMENT_KEYS if _enabled(getattr(cfg, k, None))]
+        if mc.freeze_backbone and augment:
+            out.append((augment[0], "per-epoch image augmentation cannot work with freeze_backbone=true: a frozen "
+                                    "backbone's features are computed once per image and cached; turn the "
+                                    "augmentation off, or set freeze_backbone=false (optionally unfreeze_last=N)"))
     if check_paths:
         root = Path(cfg.data)
         if not root.is_dir() and root != Path(TrainConfig.data):  # the embedded set is built on first use
@@ -172,6 +191,14 @@ def _value_problems(cfg: "TrainConfig", check_paths: bool, check_weights: bool) 
                 if not (root / getattr(cfg, key)).is_dir():
                     out.append((key, f"split folder {str(root / getattr(cfg, key))!r} does not exist"))
     return out
+
+
+def _enabled(value: Any) -> bool:
+    """Whether an augmentation setting turns augmentation on (True, a non-empty name other than none/off, a
+    non-empty list, a positive number)."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "none", "off", "false", "no")
+    return bool(value)
 
 
 def _hints() -> dict[str, Any]:

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ciap_lib.audio_io import (AudioInfo, BadFileError, audio_info, load_audio, load_audio_segment,
                                resampled_length, seekable)
 from ciap_lib.constants import SAMPLE_RATE
-from ciap_lib.images import load_image_uint8, normalize_image
+from ciap_lib.images import ImagePreprocess, as_preprocess, load_image_uint8, normalize_image
 from ciap_lib.pairs import BadFilesError, Pair, scan_split
 
 __all__ = ["PairDataset", "EpochSampler", "make_loader", "collate_pairs", "crop_segment"]
@@ -61,13 +61,16 @@ class PairDataset(Dataset):
     Args:
         root: dataset root holding ``<split>/`` folders (or a split folder itself when ``split`` is None).
         split: split folder name, e.g. ``"train"``.
-        image_size: output image side S.
+        image_size: the model's :class:`~ciap_lib.images.ImagePreprocess` (``model.preprocess``: size S, mean/std,
+            interpolation, crop), or a plain side S for the original design's (ImageNet mean/std, centre crop).
         train: random audio crops (seeded by ``seed``, epoch and index) when True; centre crops when False.
         sample_rate: audio rate in Hz (16000 for AudioLDM/CLAP).
         segment_seconds: audio segment length (T = round(sample_rate * segment_seconds)).
         skip_bad: skip and report bad/unpaired files instead of raising :class:`BadFileError`.
         audio_features: optional precomputed audio features (e.g. CLAP, (512,)) keyed by
             ``str(pair.audio.resolve())``; then ``item["audio"]`` is that feature and audio is not decoded.
+        image_features: optional cached backbone features ((F,), ``ciap_lib.features``) keyed by
+            ``str(pair.image.resolve())``; then ``item["image"]`` is that feature and images are not decoded.
         seed: base seed of the random crops.
         cache: ``"auto"`` (default: ``"preload"`` when :meth:`estimated_bytes` <= ``cache_max_bytes``, else
             ``"lazy"``); ``"preload"`` (decode every pair now, with threads; also a full validation);
@@ -75,16 +78,17 @@ class PairDataset(Dataset):
             not seekable (ogg, mp3), up to ``cache_max_bytes``; long wav/flac are read by seeking); ``"none"``.
         cache_max_bytes: memory budget of the cache per process.
 
-    Items: ``{"image": float32 (3,S,S), "audio": float32 (T,) or feature (F,), "label": long (-1 if none),
+    Items: ``{"image": float32 (3,S,S) or feature (F,), "audio": float32 (T,) or feature (F,), "label": long (-1 if none),
     "index": long}``. An index may also be an ``(index, epoch)`` tuple (what :class:`EpochSampler` yields),
     which makes random crops reproducible per epoch even in persistent worker processes.
     """
 
-    def __init__(self, root: PathLike, split: str | None, image_size: int, train: bool,
+    def __init__(self, root: PathLike, split: str | None, image_size: ImagePreprocess | int, train: bool,
                  sample_rate: int = SAMPLE_RATE, segment_seconds: float = 1.0, skip_bad: bool = False,
                  audio_features: Mapping[str, torch.Tensor] | None = None, seed: int = 0,
-                 cache: str = "auto", cache_max_bytes: int = 2 * 1024 ** 3):
-        if image_size <= 0:
+                 cache: str = "auto", cache_max_bytes: int = 2 * 1024 ** 3,
+                 image_features: Mapping[str, torch.Tensor] | None = None):
+        if not isinstance(image_size, ImagePreprocess) and (isinstance(image_size, bool) or image_size <= 0):
             raise ValueError(f"PairDataset: image_size must be positive, got {image_size}")
         if sample_rate <= 0 or segment_seconds <= 0:
             raise ValueError(f"PairDataset: sample_rate ({sample_rate}) and segment_seconds "
@@ -97,7 +101,8 @@ class PairDataset(Dataset):
         if not self.split_dir.is_dir():
             raise FileNotFoundError(f"PairDataset: split folder {self.split_dir} does not exist "
                                     f"(root={self.root}, split={split!r})")
-        self.image_size = int(image_size)
+        self.preprocess = as_preprocess(image_size)
+        self.image_size = self.preprocess.size
         self.train = bool(train)
         self.sample_rate = int(sample_rate)
         self.segment_seconds = float(segment_seconds)
@@ -125,6 +130,16 @@ class PairDataset(Dataset):
                 raise BadFilesError(self.split_dir, missing)
             self.skipped += missing
             pairs, self.audio_features = keep, feats
+        self.image_features: dict[str, torch.Tensor] | None = None
+        if image_features is not None:
+            have = {str(p.image.resolve()) for p in pairs} & set(image_features)
+            missing = [(p.image, "no cached image feature for this file (image_features key missing)")
+                       for p in pairs if str(p.image.resolve()) not in have]
+            if missing and not skip_bad:
+                raise BadFilesError(self.split_dir, missing)
+            self.skipped += missing
+            pairs = [p for p in pairs if str(p.image.resolve()) in have]
+            self.image_features = {k: torch.as_tensor(image_features[k]).float() for k in have}
         self.pairs: list[Pair] = pairs
         self.classes: list[str] = sorted({p.label for p in pairs if p.label is not None})
         self._class_index = {c: i for i, c in enumerate(self.classes)}
@@ -159,7 +174,7 @@ class PairDataset(Dataset):
 
     def estimated_bytes(self) -> int:
         """Estimated memory of a full decoded cache (uint8 images + float32 mono audio at the target rate)."""
-        total = self.image_size * self.image_size * 3 * len(self.pairs)
+        total = 0 if self.image_features is not None else self.image_size * self.image_size * 3 * len(self.pairs)
         if self.audio_features is None:
             total += sum(4 * resampled_length(self._info(p).frames, self._info(p).sample_rate, self.sample_rate)
                          for p in self.pairs)
@@ -176,12 +191,13 @@ class PairDataset(Dataset):
         self.epoch = int(epoch)
 
     # ------------------------------------------------------------------ decoding and caching
-    def _decode(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Image uint8 (S,S,3) and the whole clip float32 (T,) (from the cache when there)."""
+    def _decode(self, i: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Image uint8 (S,S,3) (None with cached image features) and the whole clip float32 (T,) (from the cache
+        when there)."""
         p = self.pairs[i]
         img = self._images.get(i)
-        if img is None:
-            img = load_image_uint8(p.image, self.image_size)
+        if img is None and self.image_features is None:
+            img = load_image_uint8(p.image, self.preprocess)
         wav = None
         if self.audio_features is None:
             wav = self._audio.get(i)
@@ -220,8 +236,8 @@ class PairDataset(Dataset):
         out[:seg.shape[0]] = seg
         return out
 
-    def _store(self, i: int, img: np.ndarray, wav: np.ndarray | None) -> None:
-        if i not in self._images and self._cached_bytes + img.nbytes <= self.cache_max_bytes:
+    def _store(self, i: int, img: np.ndarray | None, wav: np.ndarray | None) -> None:
+        if img is not None and i not in self._images and self._cached_bytes + img.nbytes <= self.cache_max_bytes:
             self._images[i] = img
             self._cached_bytes += img.nbytes
         if wav is not None:
@@ -275,16 +291,20 @@ class PairDataset(Dataset):
             index += len(self.pairs)
         if not 0 <= index < len(self.pairs):
             raise IndexError(f"PairDataset index {index} out of range [0, {len(self.pairs)})")
-        img = self._images.get(index)
-        if img is None:
-            img = load_image_uint8(self.pairs[index].image, self.image_size)
-            if self.cache_mode in ("lazy", "preload"):
-                self._store(index, img, None)
+        if self.image_features is not None:
+            image = self.image_features[str(self.pairs[index].image.resolve())]
+        else:
+            img = self._images.get(index)
+            if img is None:
+                img = load_image_uint8(self.pairs[index].image, self.preprocess)
+                if self.cache_mode in ("lazy", "preload"):
+                    self._store(index, img, None)
+            image = normalize_image(img, self.preprocess.mean, self.preprocess.std)
         if self.audio_features is not None:
             audio = self.audio_features[str(self.pairs[index].audio.resolve())]
         else:
             audio = torch.from_numpy(self._segment(index, epoch))
-        return {"image": normalize_image(img), "audio": audio,
+        return {"image": image, "audio": audio,
                 "label": self._labels[index], "index": torch.tensor(index, dtype=torch.long)}
 
 

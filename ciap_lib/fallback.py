@@ -110,7 +110,7 @@ class NearestNeighbourGenerator:
         if split and not (root / split).is_dir():
             raise ValueError(f"NearestNeighbourGenerator.from_dataset: data folder {str(root / split)!r} does not "
                              "exist (the fallback needs the training pairs to retrieve from)")
-        ds = PairDataset(root, split, image_size=mc.image_size, train=False, sample_rate=mc.sample_rate,
+        ds = PairDataset(root, split, model.preprocess, train=False, sample_rate=mc.sample_rate,
                          segment_seconds=mc.segment_seconds, skip_bad=skip_bad)
         if match == "audio":
             _, keys, _ = embed_dataset(model, ds, batch_size=batch_size)
@@ -129,9 +129,15 @@ class NearestNeighbourGenerator:
 
     # ------------------------------------------------------------------ info
     @property
+    def preprocess(self) -> Any:
+        """How query images must be prepared (the CIAP model's ``ImagePreprocess``, stored in its checkpoint):
+        ``ciap_lib.images.load_image(path, generator.preprocess)``."""
+        return self.model.preprocess
+
+    @property
     def image_size(self) -> int:
         """Side S of the (B,3,S,S) images ``generate`` expects (the CIAP model's)."""
-        return int(self.model.config.image_size)
+        return int(self.preprocess.size)
 
     @property
     def label(self) -> str:

@@ -1,5 +1,12 @@
-"""Parameter-free contrastive losses (the model owns the logit scale, as in open_clip)."""
+"""Contrastive and regression losses, a registry of names (the model owns the logit scale, as in open_clip).
+
+``create_loss(name, **params)`` builds one; :func:`loss_from_config` takes the parameters a loss declares in its
+``__init__`` (e.g. ``cosine_weight``) from the training config.
+"""
 from __future__ import annotations
+
+import inspect
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,11 +56,57 @@ class CosineRegressionLoss(nn.Module):
         return {"loss": 1.0 - cos, "cosine": cos}
 
 
-LOSSES: dict[str, type[nn.Module]] = {"infonce": ClipLoss, "cosine": CosineRegressionLoss}
+class InfoNCECosineLoss(nn.Module):
+    """InfoNCE plus ``cosine_weight`` times the cosine regression loss: contrast the image embedding against the
+    batch and pull it onto its paired (frozen, e.g. CLAP) audio embedding, the V2A-Mapper target.
+
+    Args:
+        cosine_weight: weight of ``1 - cos`` (0 = plain InfoNCE).
+    Returns (forward): ``{"loss": infonce + cosine_weight * (1 - cos), "loss_infonce", "loss_cosine", "cosine"}``.
+    """
+
+    def __init__(self, cosine_weight: float = 1.0):
+        super().__init__()
+        if not cosine_weight >= 0:
+            raise ValueError(f"cosine_weight must be >= 0, got {cosine_weight!r}")
+        self.cosine_weight = float(cosine_weight)
+        self.infonce = ClipLoss()
+        self.cosine = CosineRegressionLoss()
+
+    def forward(self, image_features: torch.Tensor, audio_features: torch.Tensor,
+                logit_scale: torch.Tensor) -> dict[str, torch.Tensor]:
+        nce = self.infonce(image_features, audio_features, logit_scale)["loss"]
+        cos = self.cosine(image_features, audio_features)
+        return {"loss": nce + self.cosine_weight * cos["loss"], "loss_infonce": nce, "loss_cosine": cos["loss"],
+                "cosine": cos["cosine"]}
 
 
-def create_loss(name: str) -> nn.Module:
-    """``"infonce"`` -> :class:`ClipLoss`, ``"cosine"`` -> :class:`CosineRegressionLoss`."""
+LOSSES: dict[str, type[nn.Module]] = {"infonce": ClipLoss, "cosine": CosineRegressionLoss,
+                                      "infonce+cosine": InfoNCECosineLoss}
+
+
+def loss_param_names(name: str) -> list[str]:
+    """The parameters loss ``name`` takes (its ``__init__`` arguments), e.g. ``["cosine_weight"]``."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}")
-    return LOSSES[name]()
+    params = inspect.signature(LOSSES[name]).parameters.values()
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def create_loss(name: str, **params: Any) -> nn.Module:
+    """The loss ``name`` of ``LOSSES`` built with ``params`` (only those it takes; others are an error)."""
+    unknown = sorted(set(params) - set(loss_param_names(name)))
+    if unknown:
+        raise ValueError(f"loss {name!r} takes {loss_param_names(name) or 'no parameters'}, not {unknown}")
+    return LOSSES[name](**params)
+
+
+def loss_params(name: str, config: Any) -> dict[str, Any]:
+    """The parameters of loss ``name`` read from ``config`` (attributes of the same names, when it has them)."""
+    return {p: getattr(config, p) for p in loss_param_names(name) if hasattr(config, p)}
+
+
+def loss_from_config(config: Any) -> nn.Module:
+    """``create_loss(config.loss, **loss_params(config.loss, config))``: e.g. ``cosine_weight`` from a
+    ``TrainConfig``."""
+    return create_loss(config.loss, **loss_params(config.loss, config))

@@ -547,6 +547,8 @@ class MLflowCallback(Callback):
     def on_train_start(self, cfg, model) -> None:
         d = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(vars(cfg))
         log_params(d, run_id=self._rid())
+        if hasattr(model, "summary"):  # the resolved image side: backbone, weights digest, head, preprocessing
+            log_params(model.summary(), run_id=self._rid(), prefix="model.")
         tags = {}
         if model is not None:
             n = sum(p.numel() for p in model.parameters())

@@ -23,8 +23,8 @@ from ciap_lib.config import TrainConfig, save_config
 from ciap_lib.callbacks import Callback
 from ciap_lib.data import PairDataset, make_loader
 from ciap_lib.embedding import embed_dataset
-from ciap_lib.losses import create_loss
-from ciap_lib.models import CIAP, create_model
+from ciap_lib.losses import create_loss, loss_from_config, loss_params
+from ciap_lib.models import CIAP, CachedFeatureCIAP, create_model
 from ciap_lib.optim import create_optimizer, create_scheduler
 from ciap_lib.progress import progress
 from ciap_lib.retrieval import retrieval_metrics
@@ -66,17 +66,18 @@ def compute_loss(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, aud
 @torch.no_grad()
 def metrics_from_embeddings(image_emb: torch.Tensor, audio_emb: torch.Tensor, labels: torch.Tensor | None,
                             logit_scale: float, loss_name: str = "infonce", loss_batch_size: int = 32,
-                            chunk_size: int = 4096) -> dict[str, float]:
-    """``val_loss`` (the training loss over consecutive batches of ``loss_batch_size`` rows, averaged)
-    plus :func:`~ciap_lib.retrieval.retrieval_metrics` over all N rows (default method: the exact one; class
-    R@1 when some ``labels`` are >= 0)."""
-    loss_fn = create_loss(loss_name)
+                            chunk_size: int = 4096, loss_kwargs: Mapping[str, Any] | None = None
+                            ) -> dict[str, float]:
+    """``val_loss`` (the training loss, built with ``loss_kwargs``, over consecutive batches of ``loss_batch_size``
+    rows, averaged) plus :func:`~ciap_lib.retrieval.retrieval_metrics` over all N rows (default method: the exact
+    one; class R@1 when some ``labels`` are >= 0)."""
+    loss_fn = create_loss(loss_name, **(loss_kwargs or {}))
     n = image_emb.shape[0]
     scale = torch.tensor(float(logit_scale))
     losses, weights = [], []
     for s in range(0, n, loss_batch_size):
         e = min(n, s + loss_batch_size)
-        if e - s < 2 and loss_name == "infonce" and losses:
+        if e - s < 2 and loss_name.startswith("infonce") and losses:
             break  # a 1-row batch has no negatives
         losses.append(float(loss_fn(image_emb[s:e], audio_emb[s:e], scale)["loss"]))
         weights.append(e - s)
@@ -89,7 +90,7 @@ def metrics_from_embeddings(image_emb: torch.Tensor, audio_emb: torch.Tensor, la
 def evaluate(model: CIAP, dataset: torch.utils.data.Dataset, batch_size: int = 128,
              audio_features: Mapping[str, torch.Tensor] | None = None, loss: str = "infonce",
              loss_batch_size: int = 32, chunk_size: int = 4096, num_workers: int = 0,
-             progress: bool = False) -> dict[str, float]:
+             progress: bool = False, loss_kwargs: Mapping[str, Any] | None = None) -> dict[str, float]:
     """Validation loss and retrieval metrics of ``model`` on ``dataset`` (a :class:`PairDataset`).
 
     ``audio_features`` (precomputed CLAP features keyed by resolved audio path) must already be in the
@@ -100,7 +101,7 @@ def evaluate(model: CIAP, dataset: torch.utils.data.Dataset, batch_size: int = 1
                          "build PairDataset(..., audio_features=...) instead")
     img, aud, labels = embed_dataset(model, dataset, batch_size, num_workers, progress=progress)
     return metrics_from_embeddings(img, aud, labels, float(model.logit_scale.exp()), loss,
-                                   loss_batch_size, chunk_size)
+                                   loss_batch_size, chunk_size, loss_kwargs)
 
 
 def _local_batch(cfg: TrainConfig, info: D.DistInfo) -> int:
@@ -110,6 +111,37 @@ def _local_batch(cfg: TrainConfig, info: D.DistInfo) -> int:
         raise ValueError(f"config key 'batch_size' ({cfg.batch_size}, the global batch) must be divisible by "
                          f"the number of processes ({info.world_size})")
     return cfg.batch_size // info.world_size
+
+
+def _cached_image_features(cfg: TrainConfig, model: CIAP, info: D.DistInfo
+                           ) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
+    """With a frozen backbone: the cached features of every train/val image (each rank computes its shard of the
+    missing ones, then all read all), and what happened (``{"model": summary, "image_features": counts}``);
+    without: (None, ``{"model": summary}``)."""
+    from ciap_lib.features import CacheReport, feature_key, image_features
+    from ciap_lib.pairs import scan_pairs
+
+    extra: dict[str, Any] = {"model": model.summary()}
+    if not model.image_encoder.frozen:
+        return None, extra
+    paths = []
+    for split in (cfg.train_split, cfg.val_split):
+        pairs, _ = scan_pairs(Path(cfg.data) / split, skip_bad=cfg.skip_bad)
+        paths += [p.image for p in pairs]
+    key = feature_key(model, cfg.feature_precision)
+    report = CacheReport()
+    kw = dict(batch_size=cfg.eval_batch_size, skip_bad=cfg.skip_bad)
+    if info.enabled:  # each rank fills its shard, then every rank reads them all (cache hits)
+        image_features(model.image_encoder.backbone, key, paths, cfg.feature_cache_dir, rank=info.rank,
+                       world_size=info.world_size, report=report, progress=info.is_main, **kw)
+        D.barrier(info)
+    features = image_features(model.image_encoder.backbone, key, paths, cfg.feature_cache_dir,
+                              report=CacheReport() if info.enabled else report, progress=info.is_main, **kw)
+    extra["image_features"] = report.to_dict()
+    if info.is_main:
+        print(f"image features ({cfg.feature_precision}, {report.folder}): {report.computed} computed, "
+              f"{report.cached} from the cache", file=sys.stderr)
+    return features, extra
 
 
 def train(cfg: TrainConfig, callbacks: Sequence[Callback] = (),
@@ -144,9 +176,11 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
                          "ciap_lib.workflows.fit (it computes them) or pass audio_features"
                          if audio_features is None else
                          f"audio_features were given but audio_encoder={mc.audio_encoder!r} encodes waveforms")
-    loss_fn = create_loss(cfg.loss)
-    ds_kw = dict(image_size=mc.image_size, sample_rate=mc.sample_rate, segment_seconds=mc.segment_seconds,
-                 skip_bad=cfg.skip_bad, audio_features=audio_features, seed=cfg.seed)
+    loss_fn = loss_from_config(cfg)
+    model.to(info.device)
+    image_features, extra = _cached_image_features(cfg, model, info)  # frozen backbone: features, not images
+    ds_kw = dict(image_size=model.preprocess, sample_rate=mc.sample_rate, segment_seconds=mc.segment_seconds,
+                 skip_bad=cfg.skip_bad, audio_features=audio_features, seed=cfg.seed, image_features=image_features)
     train_ds = PairDataset(cfg.data, cfg.train_split, train=True, **ds_kw)
     val_ds = PairDataset(cfg.data, cfg.val_split, train=False, **ds_kw) if info.is_main else None
     if len(train_ds) < cfg.batch_size:
@@ -181,10 +215,11 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
     if info.is_main:
         cfg.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, cfg.checkpoint_dir / "config.yaml")
-    net: nn.Module = model
+    step_model: nn.Module = model if image_features is None else CachedFeatureCIAP(model)  # the head alone
+    net: nn.Module = step_model
     if info.enabled:
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+            step_model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
     if info.is_main:
         for cb in callbacks:
             cb.on_train_start(cfg, model)
@@ -216,8 +251,9 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
         if info.is_main:
             metrics = {"epoch": float(epoch + 1), "train_loss": total / max(count, 1), "lr": lr,
                        "logit_scale": float(model.logit_scale.detach().exp())}
-            metrics.update(evaluate(model, val_ds, cfg.eval_batch_size, loss=cfg.loss,
-                                    loss_batch_size=cfg.batch_size, chunk_size=cfg.eval_chunk_size))
+            metrics.update(evaluate(step_model, val_ds, cfg.eval_batch_size, loss=cfg.loss,
+                                    loss_batch_size=cfg.batch_size, chunk_size=cfg.eval_chunk_size,
+                                    loss_kwargs=loss_params(cfg.loss, cfg)))
             history.append(metrics)
             save_checkpoint(ckpt_path, model, cfg, epoch + 1, optimizer, scheduler, history, metrics)
             print(f"epoch {epoch + 1}/{cfg.epochs} train_loss {metrics['train_loss']:.4f} "
@@ -229,7 +265,7 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
 
     history = D.broadcast_object(history, info)
     result = TrainResult(history=history, metrics=dict(history[-1]) if history else {}, checkpoint=ckpt_path,
-                         config=cfg, seconds=time.time() - t0)
+                         config=cfg, seconds=time.time() - t0, extra=extra)
     if info.is_main:
         for cb in callbacks:
             cb.on_train_end(result)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ciap_lib.config import TrainConfig
+from ciap_lib.losses import loss_params
 from ciap_lib.models import get_model_config
 from ciap_lib.callbacks import Callback
 from ciap_lib.train import TrainResult, evaluate, train
@@ -75,7 +76,8 @@ def load_eval_split(checkpoint: str | Path, data: str | Path | None = None, spli
                     skip_bad: bool = False, cache: str = "auto", device: str = "cpu", audioldm: Any = None,
                     **bridge_kw: Any) -> EvalSplit:
     """Checkpoint -> model -> (CLAP audio features, for 'clap' checkpoints) -> evaluation dataset: the one path
-    that ``evaluate``, ``embed`` and notebook 03 take.
+    that ``evaluate``, ``embed`` and notebook 03 take. Images are prepared as the checkpoint stores
+    (``model.preprocess``: the backbone's size, mean/std, interpolation and crop at training time).
 
     Args:
         checkpoint: a CIAP checkpoint (``ciap_lib.checkpoint.load_ciap``).
@@ -104,7 +106,7 @@ def load_eval_split(checkpoint: str | Path, data: str | Path | None = None, spli
         if audioldm is None:
             audioldm = load_audioldm(cfg.audioldm)
         features = clap_audio_features(audioldm, [p.audio for p in pairs], cfg.clap_cache_dir, **bridge_kw)
-    ds = PairDataset(root, sub, image_size=mc.image_size, train=False, sample_rate=mc.sample_rate,
+    ds = PairDataset(root, sub, model.preprocess, train=False, sample_rate=mc.sample_rate,
                      segment_seconds=mc.segment_seconds, skip_bad=skip_bad, audio_features=features, seed=cfg.seed,
                      cache=cache)
     return EvalSplit(model=model, config=cfg, dataset=ds)
@@ -119,7 +121,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
     ev = load_eval_split(checkpoint, data, split, skip_bad=skip_bad, device=device, audioldm=audioldm, **bridge_kw)
     cfg = ev.config
     metrics = evaluate(ev.model, ev.dataset, batch_size=batch_size, loss=cfg.loss, loss_batch_size=cfg.batch_size,
-                       chunk_size=cfg.eval_chunk_size, num_workers=num_workers, progress=progress)
+                       chunk_size=cfg.eval_chunk_size, num_workers=num_workers, progress=progress,
+                       loss_kwargs=loss_params(cfg.loss, cfg))
     metrics["n_pairs"] = float(len(ev.dataset))
     metrics["n_skipped"] = float(len(ev.dataset.skipped))
     return metrics

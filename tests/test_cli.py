@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -159,3 +160,21 @@ def test_convert_checkpoint_cli(tmp_path, capsys, caplog):
     assert any("old.pt" in r.getMessage() and "arbitrary code" in r.getMessage() for r in caplog.records)
     model, cfg = load_ciap(tmp_path / "new.pt")
     assert cfg.model == "debug" and model.config.audio_encoder == "mlp"
+
+
+def test_clip_mapper_without_its_weights_stops_at_check_with_the_file_it_needs(tmp_path):
+    """The V2A-Mapper setup needs CLIP's weights; without them `run --check` names the model, where it looked and
+    how to get them (nothing is downloaded, nothing heavy starts)."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "TORCH_HOME": str(tmp_path / "torch"),
+           "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "ciap_lib", "run", str(root / "experiments" / "clip_mapper.yaml"),
+                        "--check"], capture_output=True, text=True, timeout=300, env=env, cwd=root)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for words in ("train.image_pretrained", "vit_base_patch32_clip_224.openai",
+                  str(tmp_path / "hub" / "models--timm--vit_base_patch32_clip_224.openai"), "model.safetensors",
+                  "hf download timm/vit_base_patch32_clip_224.openai", "image_weights=", "image_pretrained=none"):
+        assert words in r.stderr, (words, r.stderr)
+    assert "cache-features" in subprocess.run([sys.executable, "-m", "ciap_lib", "--help"], capture_output=True,
+                                              text=True, timeout=300, cwd=root).stdout

@@ -106,6 +106,13 @@ def test_train_set_and_run_p_and_flags_share_the_parser():
     ("image_backbone", "vgg", ["image_backbone", "'vgg'", "resnet18"]),
     ("audio_encoder", "wav2vec", ["audio_encoder", "'wav2vec'", "logmel_cnn"]),
     ("grad_clip", 0.0, ["grad_clip", "positive"]),
+    ("image_backbone", "timm/not_a_timm_model", ["image_backbone", "timm does not know", "not_a_timm_model"]),
+    ("image_pretrained", "pretrained", ["image_pretrained", "'pretrained'", "'imagenet'"]),  # default ResNet18
+    ("head", "transformer", ["head", "'transformer'", "linear", "mlp"]),
+    ("head_width", 0, ["head_width", "positive"]),
+    ("unfreeze_last", 0, ["unfreeze_last", "positive"]),
+    ("cosine_weight", -1.0, ["cosine_weight", ">= 0"]),
+    ("feature_precision", "fp16", ["feature_precision", "'fp16'", "bf16"]),
 ])
 def test_check_names_the_key_the_value_and_what_is_allowed(key, value, words):
     cfg = TrainConfig.from_dict({key: value})
@@ -138,3 +145,33 @@ def test_missing_pretrained_weights_are_named_by_check(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "resnet18" in msg and str(tmp_path / "torch") in msg and "download" in msg
     assert "image_pretrained=none" in msg
+
+
+def test_new_image_side_keys_are_model_overrides_and_combinations_are_checked():
+    cfg = load_config(None, ["image_backbone=timm/vit_base_patch32_clip_224.openai", "head=mlp", "head_depth=3",
+                             "head_width=256", "unfreeze_last=2", "loss=infonce+cosine", "cosine_weight=0.5"])
+    assert cfg.model_overrides() == {"image_backbone": "timm/vit_base_patch32_clip_224.openai", "head": "mlp",
+                                     "head_depth": 3, "head_width": 256, "unfreeze_last": 2}
+    with pytest.raises(ValueError) as e:
+        cfg.check()
+    assert "infonce+cosine" in str(e.value) and "audio_encoder 'clap'" in str(e.value)
+    with pytest.raises(ValueError, match="unfreeze_last.*freeze_backbone is true"):
+        TrainConfig.from_dict({"freeze_backbone": True, "unfreeze_last": 1}).check()
+    TrainConfig.from_dict({"model": "clip_mapper", "loss": "infonce+cosine"}).check()  # weights not looked up
+
+
+def test_image_augmentation_with_a_frozen_cached_backbone_is_an_error():
+    from ciap_lib.config import IMAGE_AUGMENT_KEYS
+
+    assert "augment_image" in IMAGE_AUGMENT_KEYS  # the recipe's key, by name
+    for value, bad in [(True, True), ("flip_crop", True), ("none", False), (False, False)]:
+        cfg = TrainConfig.from_dict({"freeze_backbone": True})
+        cfg.augment_image = value  # what the recipe's TrainConfig field will hold
+        if bad:
+            with pytest.raises(ValueError, match="augment_image.*freeze_backbone=true.*cached"):
+                cfg.check()
+        else:
+            cfg.check()
+    cfg = TrainConfig.from_dict({"freeze_backbone": False})
+    cfg.augment_image = True
+    cfg.check()  # end to end, augmentation is fine

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -114,3 +115,19 @@ def test_torchrun_train_then_resume_with_one_process(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     ck = load_checkpoint(ckpt)
     assert ck["epoch"] == 2 and [h["epoch"] for h in ck["history"]] == [1.0, 2.0]
+
+
+def test_torchrun_train_with_a_frozen_backbone_shards_the_feature_cache(tmp_path):
+    """Each rank computes its shard of the missing backbone features, then all read all; DDP trains the head."""
+    data = make_synthetic_dataset(tmp_path / "data", n_train=16, n_val=8, image_size=32)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "-m", "ciap_lib", "train", "--data", str(data), "--set", "model=debug", "batch_size=8", "num_workers=0",
+           "image_backbone=timm/ciap_tiny_vit_clip.test", "freeze_backbone=true", "head=mlp", "head_width=32",
+           "epochs=1", f"ckpt_dir={tmp_path / 'ckpt'}", f"feature_cache_dir={tmp_path / 'cache'}", "run_name=frozen"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=Path(__file__).parent.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 24  # every train and val image, once
+    ck = load_checkpoint(tmp_path / "ckpt" / "frozen" / "last.pt")
+    assert ck["epoch"] == 1 and ck["model_config"]["freeze_backbone"] is True
+    assert ck["model_config"]["image_preprocess"]["mean"][0] == pytest.approx(0.48145466)

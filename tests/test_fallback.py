@@ -118,3 +118,21 @@ def test_bad_inputs_raise_clear_errors(gen, model, tmp_path):
 def test_helpers():
     np.testing.assert_array_equal(fit_length(np.ones(3), 5), [1, 1, 1, 0, 0])
     np.testing.assert_array_equal(fit_length(np.arange(6), 4), [0, 1, 2, 3])
+
+
+def test_queries_and_index_use_the_preprocessing_the_checkpoint_stores(data_root, tmp_path):
+    from fixtures.preprocess import STORED, stored_preprocess_checkpoint
+
+    from ciap_lib.checkpoint import load_ciap
+
+    model, _ = load_ciap(stored_preprocess_checkpoint(tmp_path, data_root))
+    g = NearestNeighbourGenerator.from_dataset(model, data_root, "train", match="image")
+    assert g.preprocess == STORED and g.image_size == 32
+    ds = PairDataset(data_root, "train", STORED, train=False)
+    with torch.no_grad():  # the index holds the embeddings of the images prepared the stored way
+        stored = model.encode_image(torch.stack([load_image(p.image, g.preprocess) for p in ds.pairs]))
+        imagenet = model.encode_image(torch.stack([load_image(p.image, 32) for p in ds.pairs]))
+    same, other = float((stored - g.keys).abs().max()), float((imagenet - g.keys).abs().max())
+    assert same < 1e-6 and other > 1e-5  # (a random tiny ViT maps all images close together)
+    [m] = g.search(load_image(ds.pairs[5].image, g.preprocess)[None])
+    assert m.index == 5 and m.score > 0.99999

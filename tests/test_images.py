@@ -66,3 +66,56 @@ def test_load_image_from_bytes(odd_imgs):
     assert torch.equal(load_image(memoryview(imgs["cmyk"].read_bytes()), S), t)
     with pytest.raises(BadFileError, match="<bytes>"):
         load_image(b"not an image", S)
+
+
+CLIP = dict(mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
+
+
+@pytest.mark.parametrize("crop_mode", ["center", "squash", "border"])
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_preprocessing_equals_timms_eval_transform(tmp_path, crop_mode, interpolation):
+    """load_image with an ImagePreprocess gives what timm's own eval transform (create_transform) gives."""
+    from PIL import Image
+    from timm.data import create_transform
+
+    from ciap_lib.images import ImagePreprocess
+
+    rng = np.random.default_rng(0)
+    pp = ImagePreprocess(size=S, interpolation=interpolation, crop_pct=0.9, crop_mode=crop_mode, **CLIP)
+    timm_tf = create_transform(input_size=(3, S, S), interpolation=interpolation, crop_pct=0.9, crop_mode=crop_mode,
+                               **CLIP)
+    for w, h in [(97, 61), (40, 130), (31, 33), (100, 100)]:
+        path = tmp_path / f"{w}x{h}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        with Image.open(path) as im:
+            ref = timm_tf(im.convert("RGB"))
+        got = load_image(path, pp)
+        assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-5), (w, h)
+        assert torch.allclose(denormalize_image(got, pp.mean, pp.std),
+                              torch.from_numpy(load_image_uint8(path, pp)).permute(2, 0, 1) / 255, atol=1e-5)
+
+
+def test_preprocess_round_trips_as_plain_values_and_checks_its_values():
+    from ciap_lib.images import IMAGENET_MEAN, ImagePreprocess
+
+    pp = ImagePreprocess(size=48, interpolation="bilinear", crop_pct=0.875, crop_mode="squash", **CLIP)
+    d = pp.to_dict()
+    assert all(isinstance(v, (int, float, str, list)) for v in d.values())
+    assert ImagePreprocess.from_dict(d) == pp and pp.scale_size == 54
+    assert ImagePreprocess(S) == ImagePreprocess(S, IMAGENET_MEAN)  # the original design
+    assert torch.equal(load_image(_png_bytes(), S), load_image(_png_bytes(), ImagePreprocess(S)))
+    for bad, words in [({**d, "crop_mode": "zoom"}, "crop_mode"), ({**d, "crop_pct": 0}, "crop_pct"),
+                       ({**d, "interpolation": "cubic"}, "interpolation"), ({**d, "std": [1, 0, 1]}, "std"),
+                       ({**d, "gamma": 2}, "keys"), ({"mean": [0, 0, 0]}, "'size' required")]:
+        with pytest.raises(ValueError, match=words):
+            ImagePreprocess.from_dict(bad, "checkpoint x.pt")
+
+
+def _png_bytes() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.arange(40 * 50 * 3, dtype=np.uint8).reshape(40, 50, 3)).save(buf, format="PNG")
+    return buf.getvalue()

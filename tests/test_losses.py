@@ -1,11 +1,12 @@
-"""Symmetric InfoNCE and cosine regression: finite, symmetric, matched < shuffled, grads reach the scale."""
+"""Symmetric InfoNCE, cosine regression and their sum: finite, symmetric, matched < shuffled, grads reach the scale,
+parameters (cosine_weight) from the config."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ciap_lib.losses import ClipLoss, CosineRegressionLoss, create_loss
+from ciap_lib.losses import ClipLoss, CosineRegressionLoss, InfoNCECosineLoss, create_loss
 
 
 def _feats(b=8, d=16, noise=0.3, seed=0):
@@ -64,3 +65,34 @@ def test_cosine_regression_zero_when_equal_and_bad_shapes():
     assert isinstance(create_loss("cosine"), CosineRegressionLoss)
     with pytest.raises(ValueError, match="unknown loss"):
         create_loss("triplet")
+
+
+def test_infonce_plus_cosine_interpolates_between_its_terms():
+    torch.manual_seed(3)
+    img = F.normalize(torch.randn(8, 16), dim=-1).requires_grad_()
+    aud = F.normalize(torch.randn(8, 16), dim=-1)
+    scale = torch.tensor(10.0)
+    nce = ClipLoss()(img, aud, scale)["loss"]
+    cos = CosineRegressionLoss()(img, aud)["loss"]
+    zero = create_loss("infonce+cosine", cosine_weight=0.0)(img, aud, scale)
+    assert torch.equal(zero["loss"], nce)  # weight 0 is InfoNCE exactly
+    big = create_loss("infonce+cosine", cosine_weight=1e4)(img, aud, scale)
+    assert torch.allclose(big["loss"], nce + 1e4 * cos) and float(1e4 * cos / big["loss"]) > 0.999
+    g_big, = torch.autograd.grad(big["loss"], img)
+    g_cos, = torch.autograd.grad(cos, img)
+    assert F.cosine_similarity(g_big.flatten(), g_cos.flatten(), dim=0) > 0.999  # dominated by the cosine term
+    assert set(big) == {"loss", "loss_infonce", "loss_cosine", "cosine"}
+
+
+def test_losses_take_their_parameters_from_the_config():
+    from ciap_lib.config import load_config
+    from ciap_lib.losses import LOSSES, loss_from_config, loss_param_names
+
+    assert {"infonce", "cosine", "infonce+cosine"} <= set(LOSSES)
+    assert loss_param_names("infonce+cosine") == ["cosine_weight"] and loss_param_names("infonce") == []
+    loss = loss_from_config(load_config(None, loss="infonce+cosine", cosine_weight=0.25))
+    assert isinstance(loss, InfoNCECosineLoss) and loss.cosine_weight == 0.25
+    with pytest.raises(ValueError, match="takes no parameters"):
+        create_loss("infonce", cosine_weight=1.0)
+    with pytest.raises(ValueError, match="cosine_weight must be >= 0"):
+        create_loss("infonce+cosine", cosine_weight=-1.0)

@@ -7,8 +7,8 @@ import torch
 import torchvision
 from torch import nn
 
-from ciap_lib.models import (AUDIO_ENCODERS, CIAP, MODEL_CONFIGS, ImageWeightsNotFoundError, create_model,
-                             get_model_config, imagenet_weights_file, register_audio_encoder)
+from ciap_lib.models import (AUDIO_ENCODERS, CIAP, HEADS, MODEL_CONFIGS, ImageWeightsNotFoundError, create_head,
+                             create_model, get_model_config, imagenet_weights_file, register_audio_encoder)
 
 
 def _unit(x: torch.Tensor) -> bool:
@@ -87,11 +87,11 @@ def test_freeze_backbone_keeps_weights_and_batchnorm_stats():
     model = create_model("debug", image_backbone="resnet18", freeze_backbone=True).train()
     backbone = model.image_encoder.backbone
     assert not any(p.requires_grad for p in backbone.parameters())
-    assert not backbone.training and model.image_encoder.proj.training
+    assert not backbone.training and model.image_encoder.head.training
     before = backbone.bn1.running_mean.clone()
     model.encode_image(torch.randn(2, 3, 32, 32)).sum().backward()
     assert torch.equal(before, backbone.bn1.running_mean)
-    assert model.image_encoder.proj.weight.grad is not None
+    assert model.image_encoder.head.proj.weight.grad is not None
 
 
 def _fake_imagenet_state_dict() -> dict:
@@ -164,3 +164,19 @@ def test_crafted_image_weights_are_refused_by_name(tmp_path, monkeypatch):
             create_model("debug", image_backbone="resnet18", image_pretrained="imagenet", **kw)
         assert str(path) in str(e.value) and "io.open" in str(e.value)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_heads_give_unit_vectors_of_the_embedding_size(head):
+    model = create_model("debug", head=head, head_depth=3, head_width=48).eval()
+    out = model.encode_image(torch.randn(3, 3, 32, 32))
+    assert out.shape == (3, 512) and _unit(out)
+    h = model.image_encoder.head
+    if head == "mlp":  # Linear(64->48), 3 residual blocks of two 48x48 Linears + LayerNorm, LayerNorm, Linear(48->512)
+        assert len(h.blocks) == 3 and h.inp.in_features == 64 and h.out.out_features == 512
+        assert sum(p.numel() for p in h.parameters()) == \
+            (64 * 48 + 48) + 3 * (2 * (48 * 48 + 48) + 2 * 48) + 2 * 48 + (48 * 512 + 512)
+    else:
+        assert [type(m).__name__ for m in h.children()] == ["Linear", "LayerNorm"]
+    with pytest.raises(ValueError, match="unknown head"):
+        create_head("attention", 64, model.config)

@@ -440,7 +440,7 @@ def test_missing_experiment_file_and_unknown_kernel(tmp_path, capsys):
     assert "no-such-kernel-xyz" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["default", "seed", "clap_aligned"])
+@pytest.mark.parametrize("name", ["default", "seed", "clap_aligned", "clip_mapper"])
 def test_experiment_files_validate(name):
     exp = pipeline.load_experiment(ROOT / "experiments" / f"{name}.yaml", check_paths=False)
     assert exp.name == name

@@ -105,6 +105,10 @@ def test_mlflow_callback_logs_params_metrics_checkpoint(store, dataset, tmp_path
     assert 0.0 <= r.data.metrics["i2a_R_at_1"] <= 1.0
     assert r.data.metrics["final_val_loss"] == pytest.approx(result.metrics["val_loss"])
     assert int(r.data.tags["model.n_params"]) > 0
+    summary = result.extra["model"]  # the resolved image side, as params: backbone, weights digest, head, ...
+    assert r.data.params["model.image_backbone"] == "tiny_cnn" and r.data.params["model.head"] == "linear"
+    assert r.data.params["model.image_weights_digest"] == summary["image_weights_digest"]
+    assert len(summary["image_weights_digest"]) == 64 and r.data.params["model.preprocess.size"] == "32"
     assert tracking.list_artifacts(run.info.run_id, tracking_uri=uri) == ["checkpoint/last.pt"]
 
 

@@ -115,3 +115,21 @@ def test_clap_mode_goes_through_the_bridge(data, tmp_path, tiny_audioldm_ckpt, t
     metrics = evaluate_checkpoint(result.checkpoint, data, audioldm=tiny_audioldm)  # same weights, loaded once
     assert metrics["val_loss"] == pytest.approx(result.metrics["val_loss"], abs=1e-4)
     assert metrics["n_pairs"] == 8
+
+
+# ------------------------------------------------------------------------------------------------ preprocessing
+def test_load_eval_split_prepares_images_as_the_checkpoint_stores(data, tmp_path):
+    import torch
+
+    from fixtures.preprocess import STORED, stored_preprocess_checkpoint
+
+    from ciap_lib.images import ImagePreprocess, load_image
+    from ciap_lib.workflows import load_eval_split
+
+    ev = load_eval_split(stored_preprocess_checkpoint(tmp_path, data))
+    assert ev.model.preprocess == STORED and ev.dataset.preprocess == STORED  # stored values round-trip
+    assert ImagePreprocess.from_dict(ev.model.config.image_preprocess) == STORED
+    item = ev.dataset[0]["image"]
+    path = ev.dataset.pairs[0].image
+    assert torch.equal(item, load_image(path, STORED))
+    assert not torch.allclose(item, load_image(path, 32), atol=0.05)  # not ImageNet's normalization and crop

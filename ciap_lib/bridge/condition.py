@@ -16,8 +16,8 @@ AUDIOLDM_EMBED_DIM = 512
 
 
 class CIAPCondStage(nn.Module):
-    """Wraps a trained CIAP model's image tower. ``forward(images (B,3,S,S) ImageNet-normalized)``
-    -> (B, 1, 512) unit vectors. Raises ``ValueError`` if the model's embedding size is not 512."""
+    """Wraps a trained CIAP model's image tower. ``forward(images (B,3,S,S) prepared as ``self.preprocess``
+    says)`` -> (B, 1, 512) unit vectors. Raises ``ValueError`` if the model's embedding size is not 512."""
 
     def __init__(self, ciap_model: nn.Module, source: str = "CIAP model"):
         super().__init__()
@@ -40,14 +40,20 @@ class CIAPCondStage(nn.Module):
         return cls(model, source=f"CIAP checkpoint {str(path)!r}")
 
     @property
+    def preprocess(self):
+        """The model's ``ciap_lib.images.ImagePreprocess`` (stored in its checkpoint)."""
+        return self.model.preprocess
+
+    @property
     def image_size(self) -> int:
-        return int(self.model.config.image_size)
+        return int(self.preprocess.size)
 
     def load_images(self, images: Sequence[str | os.PathLike | bytes]) -> torch.Tensor:
-        """Image files (or bytes) -> (B, 3, S, S) at this model's image size (``ciap_lib.data.load_image``)."""
+        """Image files (or bytes) -> (B, 3, S, S) prepared as the model's preprocessing says (size, mean/std,
+        interpolation, crop: ``ciap_lib.images.load_image``)."""
         from ciap_lib.images import load_image
 
-        return torch.stack([load_image(im, self.image_size) for im in images])
+        return torch.stack([load_image(im, self.preprocess) for im in images])
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "import-videos": "import_videos",
     "embed": "embed",
     "convert-checkpoint": "convert_checkpoint",
+    "cache-features": "cache_features",
 }
 
 

@@ -14,12 +14,26 @@ class ModelConfig:
 
     Attributes:
         embed_dim: size of the shared embedding (512 to condition AudioLDM).
-        image_backbone: key of ``IMAGE_BACKBONES`` (``resnet18``, ``resnet34``, ``resnet50``, ``tiny_cnn``).
-        image_pretrained: ``"none"`` (random init) or ``"imagenet"`` (torchvision's weights).
-        image_weights: optional local file with the backbone's ImageNet state dict; when unset the
-            torch hub cache (``$TORCH_HOME/hub/checkpoints``) is used, downloading when missing.
-        freeze_backbone: keep the backbone fixed (no grads, BatchNorm in eval mode).
-        image_size: square input size in pixels the data pipeline resizes to.
+        image_backbone: a backbone name (``ciap_lib.models.backbones``): ``resnet18`` (original design),
+            ``resnet34``, ``resnet50`` (torchvision), ``tiny_cnn`` (tests), or any timm model as
+            ``timm/<name>[.<tag>]`` (e.g. ``timm/vit_base_patch32_clip_224.openai``).
+        image_pretrained: ``"none"`` (random init); ``"imagenet"`` (torchvision's weights, torchvision ResNets);
+            ``"pretrained"`` (the weights the timm tag names, timm backbones).
+        image_weights: optional local weights file (torchvision: the ImageNet state dict ``.pth``; timm: the
+            whole model's ``.safetensors``/``.pth`` as timm saves it); when unset the torch hub cache (torchvision,
+            timm URLs) or the Hugging Face cache (timm) is used.
+        freeze_backbone: keep the backbone fixed (no grads, BatchNorm in eval mode); training then caches its
+            features on disk and trains only the head.
+        unfreeze_last: with ``freeze_backbone`` false, train only the last N blocks of the backbone (None: all of
+            it). Blocks: ``ciap_lib.models.backbones`` (residual blocks, transformer blocks, ...).
+        image_size: square input size in pixels; None = the backbone's own (timm's data config; 224 for the
+            torchvision ResNets, 32 for ``tiny_cnn``).
+        image_preprocess: the resolved preprocessing (``ciap_lib.images.ImagePreprocess.to_dict()``), filled in
+            when the model is built and stored in checkpoints; None = resolve it from the backbone.
+        image_weights_digest: sha256 of the backbone weights as built (before training), filled in when the model
+            is built; keys the feature cache and is logged to MLflow.
+        head: key of ``ciap_lib.models.heads.HEADS``: ``linear`` (Linear + LayerNorm) or ``mlp`` (residual MLP).
+        head_depth / head_width: residual blocks and hidden width of the ``mlp`` head.
         audio_encoder: key of ``AUDIO_ENCODERS`` (``mlp``, ``logmel_cnn``, ``clap``).
         sample_rate / segment_seconds: the audio window the encoders see (16 kHz, 1 s).
         mlp_hidden: hidden width of the ``mlp`` audio encoder (1024 in the original design).
@@ -35,7 +49,13 @@ class ModelConfig:
     image_pretrained: str = "none"
     image_weights: str | None = None
     freeze_backbone: bool = False
-    image_size: int = 224
+    unfreeze_last: int | None = None
+    image_size: int | None = None
+    image_preprocess: dict | None = None
+    image_weights_digest: str | None = None
+    head: str = "linear"
+    head_depth: int = 2
+    head_width: int = 512
     audio_encoder: str = "logmel_cnn"
     sample_rate: int = SAMPLE_RATE
     segment_seconds: float = 1.0
@@ -79,6 +99,10 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
                  audio_encoder="mlp"),
     # Image tower trained against frozen, precomputed CLAP audio embeddings (AudioLDM's space).
     "clap_aligned": dict(image_backbone="resnet18", image_size=64, audio_encoder="clap"),
+    # The V2A-Mapper setup: CLIP ViT-B/32's own 512-d image embedding (frozen, cached) -> a trainable residual
+    # MLP mapper -> CLAP space (AudioLDM's frozen CLAP audio tower). Preprocessing: CLIP's own (224 px).
+    "clip_mapper": dict(image_backbone="timm/vit_base_patch32_clip_224.openai", image_pretrained="pretrained",
+                        freeze_backbone=True, head="mlp", audio_encoder="clap"),
 }
 
 

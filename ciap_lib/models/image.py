@@ -1,168 +1,149 @@
-"""Image tower: backbone -> Linear -> LayerNorm -> L2-normalised embedding.
+"""Image tower: backbone (``ciap_lib.models.backbones``) -> head (``ciap_lib.models.heads``) -> unit vector.
 
-Backbones come from torchvision (``resnet18/34/50``) or are a tiny CNN for tests. ImageNet
-weights are torchvision's own file in the torch hub cache ``$TORCH_HOME/hub/checkpoints/<file>``, read with
-the weights-only unpickler (:func:`ciap_lib.safe_load.safe_load`); when the file is missing, torchvision's
-real code path (``weights.get_state_dict`` -> ``torch.hub.load_state_dict_from_url``) downloads it, checks
-its hash and loads it with ``weights_only=True``.
+The tower carries what its inputs must look like (``preprocess``, an :class:`~ciap_lib.images.ImagePreprocess`)
+and the identity of its backbone weights (``weights_digest``); both are stored in the model config, hence in
+checkpoints, so every image path after training prepares images exactly as training did.
+
+Which backbone parameters train: all of them (default); none (``freeze_backbone``: training then reads cached
+features, ``ciap_lib.features``); or the last ``unfreeze_last`` blocks (what a block is per backbone family:
+``ciap_lib.models.backbones``). Modules whose parameters are all frozen stay in eval mode while training (their
+BatchNorm statistics do not move).
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
-import torchvision
 from torch import nn
 
+# registered backbone families: torchvision + tiny_cnn (backbones), timm/ (timm_backbone), tiny timm test models
+from ciap_lib.images import ImagePreprocess
+from ciap_lib.models import tiny_timm  # noqa: F401  (registers the tiny timm models)
+from ciap_lib.models.backbones import (BACKBONES, Backbone, ImageWeightsNotFoundError, TinyCNN, backbone_names,
+                                       get_backbone_family, imagenet_weights_file, load_imagenet_state_dict,
+                                       weights_digest)
 from ciap_lib.models.config import ModelConfig
-from ciap_lib.safe_load import safe_load
+from ciap_lib.models.heads import HEADS, check_head_config, create_head
+from ciap_lib.models.timm_backbone import TimmFamily  # noqa: F401  (registers timm/)
+
+__all__ = ["BACKBONES", "Backbone", "IMAGE_BACKBONES", "ImageEncoder", "ImageWeightsNotFoundError", "TinyCNN",
+           "build_backbone", "check_image_config", "imagenet_weights_file", "load_imagenet_state_dict"]
+
+#: the plain (non-prefix) backbone names; any ``timm/<name>`` is accepted too
+IMAGE_BACKBONES: tuple[str, ...] = tuple(n for n in BACKBONES if not n.endswith("/"))
 
 
-class ImageWeightsNotFoundError(FileNotFoundError):
-    """Pretrained backbone weights were asked for, but the file is neither there nor downloadable; the message
-    names the model, the file looked for and how to get it."""
-
-
-_TORCHVISION: dict[str, tuple[Callable[..., nn.Module], object]] = {
-    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
-    "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights.IMAGENET1K_V1),
-    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
-}
-
-
-def imagenet_weights_file(backbone: str) -> Path:
-    """Where torchvision's hub cache expects the ImageNet weights of ``backbone``."""
-    _, weights = _TORCHVISION[backbone]
-    filename = os.path.basename(weights.url)
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
-
-
-def load_imagenet_state_dict(backbone: str, path: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
-    """ImageNet state dict of a torchvision backbone.
-
-    Args:
-        backbone: ``resnet18`` | ``resnet34`` | ``resnet50``.
-        path: a local ``.pth`` file; when None, torchvision's hub cache (download if missing).
-    Raises:
-        ImageWeightsNotFoundError: file missing and download impossible; names where to put the file.
-        UnsafeCheckpointError: the file asks for globals outside the weights-only allowlist (names them).
-    """
-    if backbone not in _TORCHVISION:
-        raise ValueError(f"image_pretrained='imagenet' needs a torchvision backbone {sorted(_TORCHVISION)}, "
-                         f"got image_backbone={backbone!r}")
-    _, weights = _TORCHVISION[backbone]
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ImageWeightsNotFoundError(f"image_weights={str(p)!r}: file not found (expected torchvision's "
-                                            f"{os.path.basename(weights.url)} from {weights.url})")
-        return safe_load(p)
-    cached = imagenet_weights_file(backbone)
-    if cached.is_file():
-        return safe_load(cached)
-    try:
-        return weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
-    except Exception as e:  # URLError, HTTPError, timeouts, ...
-        raise ImageWeightsNotFoundError(
-            f"ImageNet weights for {backbone} are not cached and could not be downloaded ({type(e).__name__}: {e}).\n"
-            f"Download {weights.url} on a machine with network access and put it at\n  {cached}\n"
-            f"(torch hub cache; set TORCH_HOME to move it), or set image_weights=<path to the .pth>, "
-            f"or use image_pretrained=none.") from e
-
-
-class TinyCNN(nn.Module):
-    """Four conv blocks with GroupNorm (batch-independent) for tests and smoke runs.
-
-    Input (B,3,H,W) -> output (B, 8*width).
-    """
-
-    def __init__(self, width: int = 8):
-        super().__init__()
-        chans = [3, width, 2 * width, 4 * width, 8 * width]
-        layers: list[nn.Module] = []
-        for cin, cout in zip(chans[:-1], chans[1:]):
-            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.GroupNorm(4, cout), nn.ReLU(inplace=True)]
-        self.net = nn.Sequential(*layers)
-        self.out_dim = chans[-1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).mean(dim=(2, 3))
-
-
-#: every ``image_backbone`` name: torchvision's ResNets and the tiny test CNN
-IMAGE_BACKBONES: tuple[str, ...] = (*_TORCHVISION, "tiny_cnn")
-PRETRAINED = ("none", "imagenet")
+def build_backbone(config: ModelConfig, load_pretrained: bool = True) -> Backbone:
+    """The backbone ``config.image_backbone`` names (weights loaded unless ``load_pretrained`` is False, used
+    when a checkpoint will overwrite them)."""
+    problems = [p for p in check_image_config(config) if not p.startswith("head")]
+    if problems:
+        raise ValueError("; ".join(problems))
+    family, arch = get_backbone_family(config.image_backbone)
+    return family.build(arch, config, load_pretrained)
 
 
 def check_image_config(config: ModelConfig, check_weights: bool = False) -> list[str]:
     """Problems with the image side of ``config`` (empty when fine), each naming the key, the rejected value
-    and what is allowed. ``check_weights``: pretrained weights must be on disk (a file, or torchvision's hub
-    cache); nothing is loaded."""
+    and what is allowed. ``check_weights``: pretrained weights must be on disk (nothing is loaded)."""
     problems = []
     name = config.image_backbone
-    if name not in IMAGE_BACKBONES:
-        problems.append(f"image_backbone: {name!r} is not one of {sorted(IMAGE_BACKBONES)}")
-    if config.image_pretrained not in PRETRAINED:
-        problems.append(f"image_pretrained: {config.image_pretrained!r} is not one of {list(PRETRAINED)}")
-    elif config.image_pretrained == "imagenet" and name == "tiny_cnn":
-        problems.append("image_pretrained: 'imagenet' needs a torchvision backbone; image_backbone 'tiny_cnn' has no "
-                        "pretrained weights (use image_pretrained=none)")
-    elif config.image_pretrained == "imagenet" and name in _TORCHVISION and check_weights:
-        path = Path(config.image_weights) if config.image_weights else imagenet_weights_file(name)
-        if not path.is_file():
-            _, weights = _TORCHVISION[name]
-            problems.append(f"image_pretrained: the ImageNet weights of {name} are not at {path}; download "
-                            f"{weights.url} on a machine with network access and put it there "
-                            f"(or set image_weights=<file>, or image_pretrained=none)")
-    if config.image_size < 8:
+    try:
+        family, arch = get_backbone_family(name)
+    except ValueError:
+        problems.append(f"image_backbone: {name!r} is not one of {backbone_names()}")
+    else:
+        if config.image_pretrained not in family.pretrained:
+            problems.append(f"image_pretrained: {config.image_pretrained!r} does not apply to image_backbone "
+                            f"{name!r}; use one of {list(family.pretrained)}")
+        else:
+            problems += family.check(arch, config, check_weights)
+    if config.image_size is not None and config.image_size < 8:
         problems.append(f"image_size: must be at least 8 pixels, got {config.image_size}")
-    return problems
-
-
-def build_backbone(config: ModelConfig, load_pretrained: bool = True) -> tuple[nn.Module, int]:
-    """Backbone without its classifier and its feature size. ``load_pretrained=False`` skips weight files
-    (used when a checkpoint will overwrite the weights anyway)."""
-    name = config.image_backbone
-    if config.image_pretrained not in ("none", "imagenet"):
-        raise ValueError(f"image_pretrained must be 'none' or 'imagenet', got {config.image_pretrained!r}")
-    if name == "tiny_cnn":
-        if config.image_pretrained != "none":
-            raise ValueError("image_backbone='tiny_cnn' has no ImageNet weights; use image_pretrained='none'")
-        net = TinyCNN(config.cnn_width)
-        return net, net.out_dim
-    if name not in _TORCHVISION:
-        raise ValueError(f"unknown image_backbone {name!r}; choose from {sorted([*_TORCHVISION, 'tiny_cnn'])}")
-    ctor, _ = _TORCHVISION[name]
-    net = ctor(weights=None)
-    if config.image_pretrained == "imagenet" and load_pretrained:
-        net.load_state_dict(load_imagenet_state_dict(name, config.image_weights))
-    dim = net.fc.in_features
-    net.fc = nn.Identity()
-    return net, dim
+    if config.image_preprocess is not None:
+        try:
+            pp = ImagePreprocess.from_dict(config.image_preprocess)
+        except ValueError as e:
+            problems.append(f"image_preprocess: {e}")
+        else:
+            if config.image_size is not None and pp.size != config.image_size:
+                problems.append(f"image_preprocess: its size {pp.size} differs from image_size {config.image_size}")
+    if config.unfreeze_last is not None:
+        if config.unfreeze_last < 1:
+            problems.append(f"unfreeze_last: must be a positive number of blocks or null, got {config.unfreeze_last}")
+        elif config.freeze_backbone:
+            problems.append("unfreeze_last: freeze_backbone is true (nothing of the backbone trains); set "
+                            "freeze_backbone=false to train its last blocks")
+    return problems + check_head_config(config)
 
 
 class ImageEncoder(nn.Module):
-    """(B,3,H,W) ImageNet-normalised images -> (B,D) unit-norm embeddings."""
+    """(B, 3, S, S) images prepared as ``self.preprocess`` says -> (B, F) backbone features -> head ->
+    (B, embed_dim) unit-norm embeddings.
+
+    Attributes:
+        backbone: (B, 3, S, S) -> (B, feature_dim).
+        head: (B, feature_dim) -> (B, embed_dim), L2-normalized (``config.head``).
+        preprocess: the stored preprocessing (``config.image_preprocess``) or, for a new model, the backbone's.
+        weights_digest: sha256 of the backbone weights as built (``config.image_weights_digest`` when rebuilt from
+            a checkpoint).
+        frozen: ``config.freeze_backbone``.
+    """
 
     def __init__(self, config: ModelConfig, load_pretrained: bool = True):
         super().__init__()
-        self.backbone, feat_dim = build_backbone(config, load_pretrained)
-        self.proj = nn.Linear(feat_dim, config.embed_dim)
-        self.norm = nn.LayerNorm(config.embed_dim)
+        built = build_backbone(config, load_pretrained)
+        self.backbone = built.net
+        self.feature_dim = built.feature_dim
+        self.head = create_head(config.head, built.feature_dim, config)
+        self.preprocess = (ImagePreprocess.from_dict(config.image_preprocess, "model config image_preprocess")
+                           if config.image_preprocess is not None else built.preprocess)
+        self.weights_digest: str | None = weights_digest(self.backbone) if load_pretrained \
+            else config.image_weights_digest
         self.frozen = config.freeze_backbone
         if self.frozen:
             self.backbone.requires_grad_(False)
+        elif config.unfreeze_last is not None:
+            self._train_last_blocks(config)
+        if config.head == "linear":
+            self._register_load_state_dict_pre_hook(_legacy_linear_head_keys)
+
+    def _train_last_blocks(self, config: ModelConfig) -> None:
+        family, arch = get_backbone_family(config.image_backbone)
+        blocks, tail = family.blocks(arch, self.backbone)
+        n = config.unfreeze_last
+        if n > len(blocks):
+            raise ValueError(f"unfreeze_last: {n} is more than the {len(blocks)} blocks of image_backbone "
+                             f"{config.image_backbone!r}")
+        trainable = {p for block in blocks[-n:] for p in block} | set(tail)
+        for pname, p in self.backbone.named_parameters():
+            p.requires_grad_(pname in trainable)
 
     def train(self, mode: bool = True) -> "ImageEncoder":
         super().train(mode)
-        if self.frozen:  # a frozen backbone keeps its BatchNorm running statistics
-            self.backbone.eval()
+        if mode:  # modules whose parameters are all frozen keep eval mode (BatchNorm statistics, dropout)
+            for m in self.backbone.modules():
+                params = list(m.parameters())
+                if params and not any(p.requires_grad for p in params):
+                    m.eval()
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"encode_image expects (B,3,H,W) images, got shape {tuple(images.shape)}")
-        return F.normalize(self.norm(self.proj(self.backbone(images))), dim=-1)
+        return self.head(self.backbone(images))
+
+    def parameter_counts(self) -> dict[str, int]:
+        """``{"backbone", "head", "trainable", "frozen"}`` parameter counts of the tower."""
+        params = list(self.parameters())
+        return {"backbone": sum(p.numel() for p in self.backbone.parameters()),
+                "head": sum(p.numel() for p in self.head.parameters()),
+                "trainable": sum(p.numel() for p in params if p.requires_grad),
+                "frozen": sum(p.numel() for p in params if not p.requires_grad)}
+
+
+def _legacy_linear_head_keys(state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """Checkpoints written before heads were a registry hold ``proj.*`` / ``norm.*`` beside the backbone: they are
+    the ``linear`` head's ``head.proj.*`` / ``head.norm.*``."""
+    for old in [k for k in state_dict if k.startswith((prefix + "proj.", prefix + "norm."))]:
+        state_dict[prefix + "head." + old[len(prefix):]] = state_dict.pop(old)

@@ -75,7 +75,7 @@ def generate_files(generator: Generator, image_paths: Sequence[str | Path], out_
     records = []
     for path in paths:
         t0 = time.perf_counter()
-        img = load_image(path, generator.image_size)[None]
+        img = load_image(path, generator.preprocess)[None]
         wave = generator.generate(images=img, duration=p.duration, steps=p.steps, guidance_scale=p.guidance_scale,
                                   seed=p.seed, sampler=p.sampler, n_candidates=p.n_candidates)[0]
         wav = write_wav(out_dir / output_name(path.name, generator), wave, SAMPLE_RATE)

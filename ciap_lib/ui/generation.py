@@ -201,7 +201,7 @@ class GenerationUI(widgets.VBox):
         self.message.value = "Generating…"
         t0 = time.perf_counter()
         try:
-            image = load_image(self.image_bytes, self.generator.image_size)[None]
+            image = load_image(self.image_bytes, self.generator.preprocess)[None]
             p = self.params()
             out = self.generator.generate(
                 images=image, duration=p.duration, steps=p.steps, guidance_scale=p.guidance_scale, seed=p.seed,

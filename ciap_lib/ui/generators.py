@@ -34,6 +34,9 @@ class Generator(Protocol):
     def label(self) -> str: ...
 
     @property
+    def preprocess(self) -> Any: ...
+
+    @property
     def image_size(self) -> int: ...
 
     def generate(self, images: torch.Tensor | None = None, image_embeds: torch.Tensor | None = None,
@@ -64,8 +67,13 @@ class DiffusionGenerator:
         self.samplers = _bridge_samplers()
 
     @property
+    def preprocess(self) -> Any:
+        """The CIAP model's ``ImagePreprocess`` (how query images are prepared)."""
+        return self.model.preprocess
+
+    @property
     def image_size(self) -> int:
-        return int(self.model.config.image_size)
+        return int(self.preprocess.size)
 
     @property
     def label(self) -> str:
