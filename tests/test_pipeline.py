@@ -73,6 +73,9 @@ def test_params(run):
     assert t["data"] == str(tmp / "syn")
     assert children["01_data_exploration"].data.params["data.n_train"] == str(N_TRAIN)
     assert children["03_retrieval_evaluation"].data.params["evaluate.split"] == "val"
+    g = children["04_generation"].data.params  # GenerationParams' guidance and device fields reach MLflow
+    assert (g["generation.negative"], g["generation.negative_text"], g["generation.mix"], g["generation.device"]) \
+        == ("[]", "None", "[]", "auto")
 
 
 def test_metrics_sane(run):

@@ -47,7 +47,7 @@ def check_inputs(duration: float = 5.0, steps: int | None = None, guidance_scale
     (``tokenizer_dir``; None: not checked here), the precomputed ``negative_embeds``/``mix_embeds``, and that
     ``device`` exists here (``cuda`` without CUDA is an error).
     (``require_cond_stage=False``: check image paths before the CIAP checkpoint is loaded.)"""
-    negative, mix = [str(p) for p in negative or []], list(mix or [])
+    negative, mix = _plain_list(negative), _plain_list(mix)
     GenerationParams(duration=duration, steps=steps, sampler=sampler, guidance_scale=guidance_scale,
                      n_candidates=n_candidates, batch_size=batch_size, precision=precision, negative=negative,
                      negative_text=negative_text, mix=mix,
@@ -91,6 +91,15 @@ def check_inputs(duration: float = 5.0, steps: int | None = None, guidance_scale
                     continue
                 if not Path(im).is_file():
                     raise ValueError(f"image {str(im)!r}: file does not exist")
+
+
+def _plain_list(items) -> list[str]:
+    """``negative`` / ``mix`` as a list of strings (one path or entry alone is a list of one)."""
+    if items is None:
+        return []
+    if isinstance(items, (str, os.PathLike)):
+        items = [items]
+    return [str(x) if isinstance(x, os.PathLike) else x for x in items]
 
 
 def _as_list(images) -> list:
@@ -153,7 +162,8 @@ def generate(audioldm: FrozenAudioLDM, images: ImageInput = None, *, image_embed
     Returns:
         float32 ``np.ndarray`` (B, round(duration * 16000)) of 16 kHz audio (and the latents if asked).
     """
-    texts = guidance.uses_text(negative_text, mix or [])
+    negative, mix = _plain_list(negative), _plain_list(mix)
+    texts = guidance.uses_text(negative_text, mix)
     if texts and tokenizer_dir is None:
         tokenizer_dir = default_tokenizer_dir(audioldm.path)
     check_inputs(duration, steps, guidance_scale, n_candidates, sampler, batch_size, precision,
@@ -172,9 +182,9 @@ def generate(audioldm: FrozenAudioLDM, images: ImageInput = None, *, image_embed
     if negative_embeds is not None:
         uncond = guidance.as_negative_rows(negative_embeds, n_images)
     else:
-        one = guidance.negative_embedding(audioldm, negative or [], negative_text, tokenizer_dir)
+        one = guidance.negative_embedding(audioldm, negative, negative_text, tokenizer_dir)
         uncond = None if one is None else one.expand(n_images, 1, AUDIOLDM_EMBED_DIM)
-    terms = (mix_embeds, mix_weights) if mix_embeds is not None else guidance.mix_terms(audioldm, mix or [], tokenizer_dir)
+    terms = (mix_embeds, mix_weights) if mix_embeds is not None else guidance.mix_terms(audioldm, mix, tokenizer_dir)
     if terms is not None:
         cond = guidance.mix_condition(cond, *terms)
 

@@ -94,3 +94,16 @@ def test_check_embeds():
         check_embeds(None, e, [0.6, 0.6])
     with pytest.raises(ValueError, match="1 weights for 2"):
         check_embeds(None, e, [0.5])
+
+
+def test_check_inputs_takes_one_path_or_entry_alone(tmp_path):
+    from ciap_lib.bridge import check_inputs
+
+    e = F.normalize(torch.randn(1, 1, 512), dim=-1)
+    with pytest.raises(ValueError, match=r"negative: audio file '.*one.wav' does not exist"):
+        check_inputs(image_embeds=e, negative=tmp_path / "one.wav")
+    with pytest.raises(ValueError, match="weight 2 is outside"):
+        check_inputs(image_embeds=e, mix="text:rain:2")
+    with pytest.raises(ValueError, match="no tokenizer folder at"):
+        check_inputs(image_embeds=e, negative_text="speech", tokenizer_dir=tmp_path / "none")
+    check_inputs(image_embeds=e, negative_text="speech")        # no tokenizer_dir: checked later, by generate()
