@@ -2,7 +2,7 @@
 
     python bench/generation.py [--durations 5 10] [--ddim-steps 200] [--fast-steps 10] [--quick]
                                [--precision bf16|fp32] [--contiguous] [--threads N] [--json out.json]
-                               [--batch-sizes 1 4 8] [--throughput-only]
+                               [--device cpu|cuda[:N]|auto] [--batch-sizes 1 4 8] [--throughput-only]
 
 Prints, per clip length: seconds per clip (end to end: sampling + VAE + HiFi-GAN, batch 1) for DDIM
 (``--ddim-steps``, AudioLDM's 200 by default) and the fast solver (DPM-Solver++ at its default steps),
@@ -17,6 +17,8 @@ Throughput: clips/s for a batch of ``--batch-sizes`` clips (5 s, the fast solver
 with the peak RSS of each, baseline batch 1 in the same run; the batch with the best clips/s whose peak stays under
 4 GB is what ``evaluate-generation`` samples with by default (``ciap_lib.bridge.evaluation.EVAL_BATCH_SIZE``).
 ``--throughput-only`` skips the per-clip-length figures above.
+``--device cuda``: the same on a GPU (bf16 weight copies there); goals on one H200: a 5 s clip in <= 0.3 s at
+batch 1, >= 20 clips/s batched (``--batch-sizes 1 8``).
 """
 from __future__ import annotations
 
@@ -81,13 +83,19 @@ def full_size_model(name: str = "audioldm-s-full") -> FrozenAudioLDM:
     return FrozenAudioLDM(ldm, Path(f"{name}-random.ckpt"), name, spec, cache_uncond=False)
 
 
-def bf16_matmul_gflops(n: int = 2048, seconds: float = 1.5) -> float:
-    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+def bf16_matmul_gflops(n: int = 2048, seconds: float = 1.5, device: str | torch.device = "cpu") -> float:
+    if torch.device(device).type == "cuda":
+        n = max(n, 8192)
+    a = torch.randn(n, n, dtype=torch.bfloat16, device=device)
+    b = torch.randn(n, n, dtype=torch.bfloat16, device=device)
+    sync = torch.cuda.synchronize if a.is_cuda else (lambda: None)
     a @ b
+    sync()
     t0, k = time.perf_counter(), 0
     while time.perf_counter() - t0 < seconds:
         a @ b
         k += 1
+        sync()
     return 2 * n ** 3 * k / (time.perf_counter() - t0) / 1e9
 
 
@@ -95,8 +103,8 @@ def count_flops(audioldm: FrozenAudioLDM, duration: float) -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
     frames = S.latent_frames(duration)
-    z = torch.randn(1, audioldm.latent_channels, frames, audioldm.latent_f_size)
-    cond = torch.nn.functional.normalize(torch.randn(1, 1, 512), dim=-1)
+    z = torch.randn(1, audioldm.latent_channels, frames, audioldm.latent_f_size, device=audioldm.device)
+    cond = torch.nn.functional.normalize(torch.randn(1, 1, 512, device=audioldm.device), dim=-1)
     out = {}
     with torch.inference_mode():
         with FlopCounterMode(display=False) as fc:
@@ -111,15 +119,16 @@ def count_flops(audioldm: FrozenAudioLDM, duration: float) -> dict[str, float]:
     return out
 
 
-def time_clip(audioldm, duration, sampler, steps, precision, repeats: int = 1) -> tuple[float, int]:
-    """Seconds for one clip (the median of ``repeats`` runs: this VM's speed drifts by ~10%) and peak RSS."""
-    emb = torch.nn.functional.normalize(torch.randn(1, 1, 512), dim=-1)
+def time_clip(audioldm, duration, sampler, steps, precision, repeats: int = 1, batch: int = 1) -> tuple[float, int]:
+    """Seconds for one clip, or for ``batch`` clips sampled together (the median of ``repeats`` runs: this VM's
+    speed drifts by ~10%), and peak RSS."""
+    emb = torch.nn.functional.normalize(torch.randn(batch, 1, 512), dim=-1)
     times = []
     with PeakRSS() as mem:
         for _ in range(repeats):
             t0 = time.perf_counter()
             generate(audioldm, image_embeds=emb, duration=duration, steps=steps, sampler=sampler,
-                     precision=precision, verify_frozen=False)
+                     precision=precision, verify_frozen=False, batch_size=batch)
             times.append(time.perf_counter() - t0)
     return statistics.median(times), mem.peak
 
@@ -163,6 +172,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeats", type=int, default=3, help="fast-solver timings are the median of this many runs")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8],
                     help="throughput: clips/s and peak RSS at each of these batch sizes (5 s clips)")
     ap.add_argument("--throughput-only", action="store_true", help="skip the per-clip-length figures")
@@ -177,13 +187,19 @@ def main(argv=None) -> int:
         audioldm = full_size_model()
     print(f"built full-size audioldm-s-full (random weights) in {time.perf_counter() - t0:.1f} s, "
           f"RSS {build_mem.peak / 2**30:.2f} GB")
+    from ciap_lib.bridge.devices import generation_device
+
+    device = generation_device(args.device)
+    audioldm.to(device)
+    cuda = device.type == "cuda"
+    print(f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if cuda else ""))
     if args.contiguous:
         for m in (audioldm.unet, audioldm.vae):
             m.to(memory_format=torch.contiguous_format)
     t0 = time.perf_counter()
     audioldm.assert_unchanged()
     t_fp = time.perf_counter() - t0
-    peak_matmul = bf16_matmul_gflops()
+    peak_matmul = bf16_matmul_gflops(device=device)
     print(f"bf16 matmul peak: {peak_matmul:.0f} GFLOP/s; fingerprint check: {t_fp:.2f} s")
     if args.precision == "bf16":
         rss0, t0 = rss_bytes(), time.perf_counter()
@@ -227,14 +243,19 @@ def main(argv=None) -> int:
                  if "extrapolated_200_steps_seconds" in d else "")
         print(f"  ddim  {d['steps']:>3} steps:       {d['seconds']:7.2f} s/clip  peak {d['peak_rss_gb']:.2f} GB  "
               f"{d['gflops_per_s']:6.0f} GFLOP/s = {100 * d['share_of_bf16_matmul']:.0f}% of bf16 matmul{extra}")
-        print(f"  ratio DDIM-200 / fast: {row['ratio_ddim200_over_fast']:.1f}x   target 5 s clip <= 5 s: "
-              f"{'n/a' if duration != 5 else 'met' if f['seconds'] <= 5 else 'NOT met'}")
+        goal = 0.3 if cuda else 5.0
+        print(f"  ratio DDIM-200 / fast: {row['ratio_ddim200_over_fast']:.1f}x   target 5 s clip <= {goal:g} s: "
+              f"{'n/a' if duration != 5 else 'met' if f['seconds'] <= goal else 'NOT met'}")
     batches = throughput(audioldm, args.batch_sizes, args.fast_steps, args.precision) if args.batch_sizes else []
-    peak_after = bf16_matmul_gflops()
+    if cuda and batches:
+        best = max(r["clips_per_s"] for r in batches)
+        print(f"  target >= 20 clips/s batched on the GPU: {'met' if best >= 20 else 'NOT met'} ({best:.1f})")
+    peak_after = bf16_matmul_gflops(device=device)
     print(f"\nbf16 matmul at the end: {peak_after:.0f} GFLOP/s (start {peak_matmul:.0f}): the shares above use the start")
     if args.json:
         Path(args.json).write_text(json.dumps({"bf16_matmul_gflops": peak_matmul, "fingerprint_check_s": t_fp,
                                                "threads": args.threads, "load_average": os.getloadavg(),
+                                               "device": str(device),
                                                "results": results, "throughput": batches}, indent=2))
     return 0
 

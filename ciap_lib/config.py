@@ -128,7 +128,9 @@ class TrainConfig:
 _POSITIVE = ("batch_size", "epochs", "lr_step_size", "eval_batch_size", "eval_chunk_size")
 _NON_NEGATIVE = ("num_workers", "warmup_epochs", "weight_decay", "cosine_weight")
 _RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
-_DEVICE = re.compile(r"cpu|auto|cuda(:\d+)?")
+#: what a ``device`` setting may say (training and generation): cpu, cuda, cuda:N or auto
+DEVICE_PATTERN = re.compile(r"cpu|auto|cuda(:\d+)?")
+DEVICE_CHOICES = "cpu, cuda, cuda:N or auto"
 
 
 def _key(prefix: str, key: str) -> str:
@@ -163,8 +165,8 @@ def _value_problems(cfg: "TrainConfig", check_paths: bool, check_weights: bool) 
             out.append((key, f"{getattr(cfg, key)!r} is not {what}; choose from {sorted(registry)}"))
     if cfg.feature_precision not in PRECISIONS:
         out.append(("feature_precision", f"{cfg.feature_precision!r} is not one of {list(PRECISIONS)}"))
-    if not _DEVICE.fullmatch(cfg.device):
-        out.append(("device", f"{cfg.device!r} is not a device; use cpu, cuda, cuda:N or auto"))
+    if not DEVICE_PATTERN.fullmatch(cfg.device):
+        out.append(("device", f"{cfg.device!r} is not a device; use {DEVICE_CHOICES}"))
     if not _RUN_NAME.fullmatch(cfg.run_name):
         out.append(("run_name", f"{cfg.run_name!r} may only hold letters, digits, '.', '_' and '-'"))
     if cfg.model not in MODEL_CONFIGS:

@@ -40,13 +40,29 @@ class DistInfo:
         return self.rank == 0
 
 
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> cuda when available else cpu; anything else as given."""
-    if device == "auto":
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> ``cuda`` when a CUDA device is available, else ``cpu``; ``cpu``, ``cuda``, ``cuda:N`` as given.
+
+    ``ValueError`` (saying what is available) for anything else, for ``cuda`` where torch sees no CUDA device,
+    and for ``cuda:N`` past the last one.
+    """
+    from ciap_lib.config import DEVICE_CHOICES, DEVICE_PATTERN
+
+    text = str(device)
+    if not DEVICE_PATTERN.fullmatch(text):
+        raise ValueError(f"device={text!r} is not a device; use {DEVICE_CHOICES}")
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available; use device=cpu or device=auto")
+    dev = torch.device(text)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch build has no CUDA support" if torch.version.cuda is None
+                   else f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA device")
+            raise ValueError(f"device={text!r} but CUDA is not available ({why}); use device=cpu or device=auto")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise ValueError(f"device={text!r} but there {'is' if n == 1 else 'are'} only {n} CUDA device(s) "
+                             f"(cuda:0{f' to cuda:{n - 1}' if n > 1 else ''})")
     return dev
 
 
@@ -59,7 +75,6 @@ def setup(device: str = "cpu") -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo(device=dev)
-    rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if dev.type == "cuda":
         dev = torch.device("cuda", local_rank)

@@ -257,6 +257,12 @@ def _section_problems(sections: dict[str, dict[str, Any]], train: dict[str, Any]
         for p in gen.get("images") or []:
             if not _resolve(p).is_file():
                 out.append(f"generation.images: file {p} does not exist")
+        if not any(k == "mix" for k, _ in params.problems()):  # unparseable mix entries are reported above
+            from ciap_lib.bridge.guidance import clip_paths
+
+            for what, p in clip_paths(params.negative, params.mix):
+                if not _resolve(p).is_file():
+                    out.append(f"generation.{what}: audio file {p} does not exist")
     return out
 
 

@@ -57,6 +57,9 @@ def test_params(run):
     assert t["data"] == str(tmp / "syn")
     assert children["01_data_exploration"].data.params["data.n_train"] == str(N_TRAIN)
     assert children["03_retrieval_evaluation"].data.params["evaluate.split"] == "val"
+    g = children["04_generation"].data.params  # GenerationParams' guidance and device fields reach MLflow
+    assert (g["generation.negative"], g["generation.negative_text"], g["generation.mix"], g["generation.device"]) \
+        == ("[]", "None", "[]", "auto")
 
 
 def test_metrics_sane(run):
@@ -367,6 +370,9 @@ def test_failing_cell_is_surfaced(tmp_path):
     ("generation.sampler=euler", "generation.sampler"),
     ("train.optimizer=sgd", "train.optimizer"),
     ("generation.n_candidates=0", "generation.n_candidates"),
+    ("generation.mix=[text:rain:1.5]", "generation.mix"),
+    ("generation.negative=[missing.wav]", "generation.negative"),
+    ("generation.device=gpu", "generation.device"),
 ])
 def test_bad_parameter_fails_before_heavy_work(override, names, tmp_path, capsys):
     rc = cli_main(["run", str(ROOT / "experiments" / "default.yaml"), "-p", override,
@@ -384,6 +390,8 @@ def test_bad_parameter_fails_before_heavy_work(override, names, tmp_path, capsys
     ("generation.sampler=euler", ["generation.sampler", "'euler'", "dpmpp", "unipc", "ddim"]),
     ("train.optimizer=sgd", ["train.optimizer", "'sgd'", "adam", "adamw"]),
     ("generation.n_candidates=0", ["generation.n_candidates", "0", ">= 1"]),
+    ("generation.mix=[rain.wav:0.5, text:sea:0.6]", ["generation.mix", "sum to 1.1", "at most 1"]),
+    ("generation.mix=[rain.wav]", ["generation.mix", "'rain.wav'", "text:<text>:<weight>"]),
 ])
 def test_check_rejects_bad_values_naming_value_and_what_is_allowed(override, words, capsys):
     """``run --check`` used to answer "parameters OK" to each of these; they then failed minutes later."""
@@ -409,6 +417,19 @@ def test_values_keep_the_type_their_parameter_takes(capsys):
     assert exp.generation["steps"] is None and exp.generation["seed"] == 7
     assert cli_main(["run", str(ROOT / "experiments" / "default.yaml"), "--check", "--run-name", "007"]) == 0
     assert "run name 007" in capsys.readouterr().out
+
+
+def test_negative_mix_and_device_are_plain_values_of_the_generation_section(tmp_path):
+    clip = tmp_path / "talk.wav"
+    clip.write_bytes(b"")
+    exp = pipeline.load_experiment(ROOT / "experiments" / "default.yaml",
+                                   [f"generation.negative=[{clip}]", "generation.negative_text=null",
+                                    f"generation.mix=[text:rain:0.3, {clip}:0.2]", "generation.device=cpu"])
+    g = exp.generation
+    assert (g["negative"], g["negative_text"], g["mix"], g["device"]) == (
+        [str(clip)], None, ["text:rain:0.3", f"{clip}:0.2"], "cpu")
+    exp = pipeline.load_experiment(ROOT / "experiments" / "default.yaml", ["generation.negative_text=speech"])
+    assert exp.generation["negative_text"] == "speech" and exp.generation["device"] == "auto"
 
 
 def test_steps_default_to_the_samplers_own_count():

@@ -277,7 +277,7 @@ def test_float32_precision_setting_is_respected_and_restored():
         torch.set_float32_matmul_precision(before)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.cuda
 def test_blocked_on_cuda_equals_cpu():
     img, aud = near_ties(600, 64, seed=4)
     labels = np.arange(600) % 5

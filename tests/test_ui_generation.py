@@ -70,6 +70,7 @@ def test_fallback_ui_click_gives_wav_of_chosen_duration(ws, fallback, duration):
     assert "NOT diffusion" in ui.status.value and "not diffusion" in ui.message.value
     assert ui.steps.disabled and ui.guidance.disabled and ui.sampler.disabled and ui.seed.disabled
     assert ui.n_candidates.disabled
+    assert ui.negative_text.disabled and ui.negative_upload.disabled and ui.mix_text.disabled and ui.mix_weight.disabled
     assert not ui.upload.disabled and not ui.duration.disabled and not ui.button.disabled
 
 
@@ -253,3 +254,76 @@ def test_batch_files_with_diffusion(ws, diffusion, tmp_path):
     # images of the user's own have no paired clip: the CLAP score is their only figure, named by its system
     m = batch.records_metrics([rec])
     assert m == {"n_clips": 1.0, "seconds_per_clip": rec["seconds"], "diffusion.clap_score": rec["clap_score"]}
+
+
+# ---------------------------------------------------------------------------------------------- guidance controls
+@pytest.fixture(scope="module")
+def diffusion_tok(diffusion, ciap, tiny_tokenizer_dir):
+    """The same tiny AudioLDM, with the tiny RoBERTa tokenizer for text negatives and mixes."""
+    return gens.DiffusionGenerator(diffusion.audioldm, ciap, name="tiny", tokenizer_dir=tiny_tokenizer_dir)
+
+
+def click(ws, generator, **set_controls):
+    """Build the UI (2.5 s, 1 step), set the controls (``name=value``; callables are called with the UI), click;
+    returns (waveform, the generate() keywords, ui)."""
+    rec = Recorder(generator)
+    ui = G.build_generation_ui(rec, duration=2.5, steps=1)
+    ui.upload.value = upload_value(png_bytes(ws))
+    for name, value in set_controls.items():
+        value(ui) if callable(value) else setattr(getattr(ui, name), "value", value)
+    wave = ui.generate()
+    assert ui.error is None, ui.error
+    return wave, rec.calls[-1], ui
+
+
+def changed_keywords(kw, base_kw) -> set:
+    return {k for k in base_kw if k not in ("images", "callback") and kw[k] != base_kw[k]}
+
+
+def test_negative_text_control_reaches_the_generator(ws, diffusion_tok, baseline):
+    base_wave, base_kw = baseline
+    assert base_kw["negative_text"] is None and base_kw["negative"] == [] and base_kw["mix"] == []
+    wave, kw, _ = click(ws, diffusion_tok, negative_text="speech")
+    assert kw["negative_text"] == "speech", "the negative text control did not reach generate(negative_text=...)"
+    assert changed_keywords(kw, base_kw) == {"negative_text"}
+    assert not np.array_equal(wave, base_wave)
+
+
+def test_negative_clip_upload_reaches_the_generator(ws, diffusion_tok, baseline, tmp_path):
+    base_wave, base_kw = baseline
+    buf = io.BytesIO()
+    sf.write(buf, 0.3 * np.random.default_rng(0).standard_normal(16000).astype(np.float32), SR, format="WAV")
+    data = buf.getvalue()
+    wave, kw, ui = click(ws, diffusion_tok,
+                         negative_upload=upload_value(data, name="talking.wav", mime="audio/wav"))
+    assert len(kw["negative"]) == 1, "the uploaded clip did not reach generate(negative=...)"
+    path = kw["negative"][0]
+    assert path.endswith("talking.wav") and open(path, "rb").read() == data
+    assert "talking.wav" in ui.negative_files.value
+    assert changed_keywords(kw, base_kw) == {"negative"}
+    assert not np.array_equal(wave, base_wave)
+    ui.negative_clear.click()
+    assert ui.params().negative == [] and ui.negative_files.value == ""
+
+
+def test_mix_weight_control_reaches_the_generator(ws, diffusion_tok, baseline):
+    base_wave, base_kw = baseline
+    wave0, kw0, _ = click(ws, diffusion_tok, mix_text="rain")          # weight 0: nothing is mixed in
+    assert kw0["mix"] == [] and np.array_equal(wave0, base_wave)
+    wave, kw, _ = click(ws, diffusion_tok, mix_text="rain", mix_weight=0.5)
+    assert kw["mix"] == ["text:rain:0.5"], "the mix weight control did not reach generate(mix=...)"
+    assert changed_keywords(kw, base_kw) == {"mix"}
+    assert not np.array_equal(wave, base_wave)
+
+
+def test_guidance_controls_start_from_the_params_and_errors_are_shown(ws, diffusion):
+    ui = G.build_generation_ui(diffusion, negative_text="speech", mix=["clip.wav:0.2", "text:rain:0.3"])
+    assert (ui.negative_text.value, ui.mix_text.value, ui.mix_weight.value) == ("speech", "rain", 0.3)
+    assert ui.params().mix == ["clip.wav:0.2", "text:rain:0.3"]
+    with pytest.raises(ValueError, match="mix"):
+        G.build_generation_ui(diffusion, mix=["text:rain:2"])
+    ui = G.build_generation_ui(diffusion, duration=2.5, steps=1)
+    ui.upload.value = upload_value(png_bytes(ws))
+    ui.negative_text.value = "speech"           # the generator has no tokenizer: a clear error in the UI
+    assert ui.generate() is None
+    assert "roberta-base" in ui.error and "save_pretrained" in ui.error

@@ -6,12 +6,15 @@ Importing this package is cheap; ``audioldm``/``diffusers`` are imported when a 
 """
 from ciap_lib.bridge.audio_metrics import STANDARD_METRICS, standard_metrics
 from ciap_lib.bridge.clap import clap_audio_features
+from ciap_lib.bridge.clap_text import TokenizerNotFoundError, clap_text_embedding
 from ciap_lib.bridge.condition import CIAPCondStage
+from ciap_lib.bridge.devices import generation_device
 from ciap_lib.bridge.generate import check_inputs, generate, write_wavs
 from ciap_lib.bridge.architecture import AudioLDMCheckpointError
 from ciap_lib.bridge.checkpoint_io import DEFAULT_MODEL, MODEL_NAMES, AudioLDMNotFoundError
 from ciap_lib.bridge.frozen import FrozenAudioLDM
 from ciap_lib.bridge.loading import load_audioldm
+from ciap_lib.bridge.guidance import MixTerm, parse_mix
 from ciap_lib.bridge.metric_weights import MetricWeightsError
 from ciap_lib.bridge.metrics import clap_frechet_distance, clap_score
 from ciap_lib.bridge.params import PRECISIONS, GenerationParams
@@ -25,4 +28,5 @@ __all__ = [
     "clap_audio_features", "clap_score", "clap_frechet_distance", "train_clap_aligned",
     "standard_metrics", "STANDARD_METRICS", "MetricWeightsError",
     "DEFAULT_SAMPLER", "DEFAULT_STEPS", "SAMPLERS", "GenerationParams", "PRECISIONS",
+    "clap_text_embedding", "TokenizerNotFoundError", "MixTerm", "parse_mix", "generation_device",
 ]

@@ -2,7 +2,12 @@
 
 ``generate(audioldm, images, cond_stage=...)`` or ``generate(audioldm, image_embeds=(B,1,512))``.
 Clip ``i``, candidate ``k`` starts from the noise of ``torch.Generator().manual_seed(seed + i *
-n_candidates + k)``: the same seed gives the same audio whatever the batch size.
+n_candidates + k)`` (drawn on the CPU, whatever the device): the same seed gives the same audio whatever the
+batch size (up to the rounding of batched kernels: bitwise for the same batch size on the CPU).
+
+What guidance steers away from and what is mixed into the condition: ``negative`` (audio clips) or
+``negative_text``, and ``mix`` (plain values, :mod:`ciap_lib.bridge.guidance`), or precomputed
+``negative_embeds`` / ``mix_embeds`` + ``mix_weights``. ``device``: ``auto``/``cpu``/``cuda[:N]``.
 """
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ciap_lib.bridge import devices, guidance
+from ciap_lib.bridge.clap_text import check_tokenizer_dir, default_tokenizer_dir
 from ciap_lib.bridge.condition import AUDIOLDM_EMBED_DIM, CIAPCondStage
 from ciap_lib.bridge.frozen import FrozenAudioLDM
 from ciap_lib.bridge.params import GenerationParams
@@ -23,17 +30,45 @@ from ciap_lib.bridge.sampling import (
 from ciap_lib.constants import SAMPLE_RATE
 
 ImageInput = torch.Tensor | Sequence[str | os.PathLike | bytes] | str | os.PathLike | None
+PathList = Sequence[str | os.PathLike] | None
 
 
 def check_inputs(duration: float = 5.0, steps: int | None = None, guidance_scale: float = 2.5,
                  n_candidates: int = 1, sampler: str = DEFAULT_SAMPLER, batch_size: int = 4,
                  precision: str = "bf16", images: ImageInput = None, image_embeds: torch.Tensor | None = None,
-                 cond_stage: CIAPCondStage | None = None, require_cond_stage: bool = True) -> None:
+                 cond_stage: CIAPCondStage | None = None, require_cond_stage: bool = True, *,
+                 negative: PathList = None, negative_text: str | None = None, mix: Sequence[str] | None = None,
+                 negative_embeds: torch.Tensor | None = None, mix_embeds: torch.Tensor | None = None,
+                 mix_weights: Sequence[float] | torch.Tensor | None = None,
+                 tokenizer_dir: str | os.PathLike | None = None, device: str | torch.device | None = None) -> None:
     """Raise a clear ``ValueError`` for any bad argument, before any heavy work: the generation parameters
-    (:meth:`GenerationParams.check`), then the images or embeddings.
+    (:meth:`GenerationParams.check`: values, mix entries and weights, device names), then the images or
+    embeddings, the negative/mix audio files (they exist), the tokenizer folder when a text is used
+    (``tokenizer_dir``; None: not checked here), the precomputed ``negative_embeds``/``mix_embeds``, and that
+    ``device`` exists here (``cuda`` without CUDA is an error).
     (``require_cond_stage=False``: check image paths before the CIAP checkpoint is loaded.)"""
+    negative, mix = _plain_list(negative), _plain_list(mix)
     GenerationParams(duration=duration, steps=steps, sampler=sampler, guidance_scale=guidance_scale,
-                     n_candidates=n_candidates, batch_size=batch_size, precision=precision).check()
+                     n_candidates=n_candidates, batch_size=batch_size, precision=precision, negative=negative,
+                     negative_text=negative_text, mix=mix,
+                     device="auto" if device is None else str(device)).check()
+    if negative_embeds is not None and (negative or negative_text):
+        raise ValueError("negative_embeds: give either negative_embeds or negative/negative_text, not both")
+    if mix_embeds is not None and mix:
+        raise ValueError("mix_embeds: give either mix_embeds + mix_weights or mix entries, not both")
+    guidance.check_files(negative, mix)
+    if tokenizer_dir is not None and guidance.uses_text(negative_text, mix):
+        check_tokenizer_dir(tokenizer_dir)
+    n_images = None
+    if isinstance(image_embeds, torch.Tensor) and image_embeds.dim() in (2, 3):
+        n_images = image_embeds.shape[0]
+    elif isinstance(images, torch.Tensor) and images.dim() == 4:
+        n_images = images.shape[0]
+    elif images is not None and not isinstance(images, torch.Tensor):
+        n_images = len(_as_list(images))
+    guidance.check_embeds(negative_embeds, mix_embeds, mix_weights, n_images)
+    if device is not None:
+        devices.generation_device(device)
     if (images is None) == (image_embeds is None):
         raise ValueError("generate: pass exactly one of images or image_embeds")
     if image_embeds is not None:
@@ -58,6 +93,15 @@ def check_inputs(duration: float = 5.0, steps: int | None = None, guidance_scale
                     raise ValueError(f"image {str(im)!r}: file does not exist")
 
 
+def _plain_list(items) -> list[str]:
+    """``negative`` / ``mix`` as a list of strings (one path or entry alone is a list of one)."""
+    if items is None:
+        return []
+    if isinstance(items, (str, os.PathLike)):
+        items = [items]
+    return [str(x) if isinstance(x, os.PathLike) else x for x in items]
+
+
 def _as_list(images) -> list:
     if isinstance(images, (str, os.PathLike, bytes, bytearray)):
         return [images]
@@ -78,7 +122,11 @@ def generate(audioldm: FrozenAudioLDM, images: ImageInput = None, *, image_embed
              cond_stage: CIAPCondStage | None = None, duration: float = 5.0, steps: int | None = None,
              guidance_scale: float = 2.5, seed: int = 0, n_candidates: int = 1, sampler: str = DEFAULT_SAMPLER,
              callback: Callable[[int, int], None] | None = None, batch_size: int = 4, precision: str = "bf16",
-             verify_frozen: bool = True, return_latents: bool = False):
+             verify_frozen: bool = True, return_latents: bool = False,
+             negative: PathList = None, negative_text: str | None = None, mix: Sequence[str] | None = None,
+             negative_embeds: torch.Tensor | None = None, mix_embeds: torch.Tensor | None = None,
+             mix_weights: Sequence[float] | torch.Tensor | None = None,
+             tokenizer_dir: str | os.PathLike | None = None, device: str | torch.device | None = None):
     """Generate one clip per image (or per row of ``image_embeds``).
 
     Args:
@@ -86,28 +134,63 @@ def generate(audioldm: FrozenAudioLDM, images: ImageInput = None, *, image_embed
         image_embeds: (B, 1, 512) or (B, 512) condition embeddings instead of images (re-normalized).
         duration: seconds, 2.5-10; the output is cropped to exactly ``round(duration * 16000)`` samples.
         steps: solver steps (None: 6 for ``dpmpp`` and ``unipc``, 200 for ``ddim``).
-        guidance_scale: classifier-free guidance against the CLAP text embedding of ``""``.
+        guidance_scale: classifier-free guidance against the CLAP text embedding of ``""`` (or the negative).
         seed: clip ``i`` candidate ``k`` uses seed ``seed + i * n_candidates + k``.
         n_candidates: generate this many per image and keep the one whose CLAP audio embedding is
-            closest (cosine) to the condition embedding.
+            closest (cosine) to the condition embedding (after ``mix``).
         callback: ``callback(done, total)`` after each solver step and each decode.
         batch_size: clips (images x candidates) sampled together.
-        precision: ``"bf16"`` (autocast in UNet/VAE/vocoder, the fast default) or ``"fp32"``.
+        precision: ``"bf16"`` (autocast in UNet/VAE/vocoder with half-precision weight copies, the fast default;
+            float16 on GPUs without bfloat16) or ``"fp32"``.
         verify_frozen: after generating, check that the weights of the AudioLDM parts this call ran still
             hash as at load (~0.5 s for audioldm-s-full's UNet, VAE and vocoder on 2 cores).
         return_latents: also return the chosen clips' latents (B, 8, T, 16).
+        negative: audio clip paths; guidance steers away from their averaged, re-normalized CLAP audio embedding
+            (the checkpoint's own CLAP audio tower) instead of ``""``.
+        negative_text: a text to steer away from instead (its CLAP text embedding; cached beside the checkpoint).
+        mix: ``"<audio path>:<w>"`` / ``"text:<text>:<w>"`` entries: the condition becomes
+            ``normalize((1 - sum(w)) * image + sum(w * other))``.
+        negative_embeds: precomputed guidance vector(s), (1, 1, 512) for every image or (B, 1, 512) one per image
+            ((512,) and (N, 512) also accepted); re-normalized. Instead of ``negative``/``negative_text``.
+        mix_embeds, mix_weights: precomputed (M, 512) embeddings and their M weights, instead of ``mix``.
+        tokenizer_dir: local RoBERTa tokenizer for the texts (default: ``roberta-base`` beside the checkpoint).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``: the model is moved there (and stays) before
+            sampling; None: wherever it is. Clear ``ValueError`` for ``cuda`` without CUDA.
+
+    Every check (parameters, images, clips, tokenizer, embeddings, device) runs before the UNet's first call.
 
     Returns:
         float32 ``np.ndarray`` (B, round(duration * 16000)) of 16 kHz audio (and the latents if asked).
     """
+    negative, mix = _plain_list(negative), _plain_list(mix)
+    texts = guidance.uses_text(negative_text, mix)
+    if texts and tokenizer_dir is None:
+        tokenizer_dir = default_tokenizer_dir(audioldm.path)
     check_inputs(duration, steps, guidance_scale, n_candidates, sampler, batch_size, precision,
-                 images, image_embeds, cond_stage)
+                 images, image_embeds, cond_stage, negative=negative, negative_text=negative_text, mix=mix,
+                 negative_embeds=negative_embeds, mix_embeds=mix_embeds, mix_weights=mix_weights,
+                 tokenizer_dir=tokenizer_dir, device=device)
     if image_embeds is None:
         cond = embed_images(images, cond_stage)
     else:
         cond = image_embeds.detach().float().reshape(image_embeds.shape[0], 1, AUDIOLDM_EMBED_DIM)
     cond = F.normalize(cond.float().cpu(), dim=-1)
     n_images, k = cond.shape[0], n_candidates
+
+    # what guidance steers away from, and what is mixed in: resolved (files read, CLAP run) before sampling
+    ran_clap = bool(negative or negative_text or mix)
+    if negative_embeds is not None:
+        uncond = guidance.as_negative_rows(negative_embeds, n_images)
+    else:
+        one = guidance.negative_embedding(audioldm, negative, negative_text, tokenizer_dir)
+        uncond = None if one is None else one.expand(n_images, 1, AUDIOLDM_EMBED_DIM)
+    terms = (mix_embeds, mix_weights) if mix_embeds is not None else guidance.mix_terms(audioldm, mix, tokenizer_dir)
+    if terms is not None:
+        cond = guidance.mix_condition(cond, *terms)
+
+    dev = audioldm.device if device is None else devices.generation_device(device)
+    devices.place(audioldm, dev)
+    half = devices.half_dtype(dev)
     steps = DEFAULT_STEPS[sampler] if steps is None else steps
     autocast = precision == "bf16"
     n_frames = latent_frames(duration)
@@ -122,15 +205,17 @@ def generate(audioldm: FrozenAudioLDM, images: ImageInput = None, *, image_embed
     for chunk in chunks:
         idx = [i * k + c for i, c in chunk]
         noise = initial_noise(audioldm, n_frames, [seed + j for j in idx])
-        c = cond[[i for i, _ in chunk]]
+        which = [i for i, _ in chunk]
+        c = cond[which]
 
         def step_cb(i: int, _n: int, base: int = done) -> None:
             if callback is not None:
                 callback(base + i, total)
 
         z = sample_latents(audioldm, c, noise, sampler=sampler, steps=steps, guidance_scale=guidance_scale,
-                           autocast=autocast, callback=step_cb)
-        w = decode_latents(audioldm, z, autocast=autocast)
+                           autocast=autocast, callback=step_cb, half=half,
+                           uncond=None if uncond is None else uncond[which])
+        w = decode_latents(audioldm, z, autocast=autocast, half=half)
         if w.shape[-1] < n_samples:  # cannot happen with latent_frames(); keep the contract explicit
             raise RuntimeError(f"decoded {w.shape[-1]} samples < {n_samples} requested")
         waves[idx] = w[:, :n_samples].cpu()
@@ -145,8 +230,8 @@ def generate(audioldm: FrozenAudioLDM, images: ImageInput = None, *, image_embed
         pick = torch.arange(n_images) * k + best
     else:
         pick = torch.arange(n_images)
-    if verify_frozen:  # the parts this call ran: UNet, VAE + vocoder, and CLAP when it ranked candidates
-        audioldm.assert_unchanged(("unet", "vae", "clap") if k > 1 else ("unet", "vae"))
+    if verify_frozen:  # the parts this call ran: UNet, VAE + vocoder, and CLAP when it embedded clips or texts
+        audioldm.assert_unchanged(("unet", "vae", "clap") if k > 1 or ran_clap else ("unet", "vae"))
     out = waves[pick].numpy().astype(np.float32)
     return (out, latents[pick]) if return_latents else out
 

@@ -6,16 +6,20 @@ before any model is loaded, with a message naming the parameter, the rejected va
 
 ``steps=None`` means the sampler's own count (:data:`~ciap_lib.bridge.sampling.DEFAULT_STEPS`: 6 for the fast
 solvers, 200 for AudioLDM's DDIM).
+
+Every value is a plain type (numbers, strings, lists of strings), so the pipeline's YAML, papermill and MLflow carry
+them as they are. ``negative``/``negative_text``/``mix`` are parsed and explained in :mod:`ciap_lib.bridge.guidance`.
 """
 from __future__ import annotations
 
 import math
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
 from ciap_lib.bridge.sampling import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLERS
-from ciap_lib.config import check_type
+from ciap_lib.bridge.guidance import spec_problems
+from ciap_lib.config import DEVICE_CHOICES, DEVICE_PATTERN, check_type
 from ciap_lib.constants import check_duration
 
 PRECISIONS: tuple[str, ...] = ("bf16", "fp32")
@@ -33,7 +37,15 @@ class GenerationParams:
         seed: clip ``i`` candidate ``k`` starts from the noise of seed ``seed + i * n_candidates + k``.
         n_candidates: clips sampled per image; the one closest to the condition in CLAP space is kept.
         batch_size: clips (images x candidates) sampled together.
-        precision: ``bf16`` (bf16 weight copies under autocast) or ``fp32``.
+        precision: ``bf16`` (half-precision weight copies under autocast: bfloat16, or float16 on GPUs without
+            bfloat16) or ``fp32``.
+        negative: audio clip paths; guidance steers away from their averaged CLAP audio embedding instead of
+            the CLAP text embedding of ``""``.
+        negative_text: a text to steer away from instead (``"speech"``; needs a local RoBERTa tokenizer); not
+            together with ``negative``. None or ``""``: the default ``""``.
+        mix: entries ``"<audio path>:<w>"`` / ``"text:<text>:<w>"``; the condition becomes
+            ``normalize((1 - sum(w)) * image + sum(w * other))`` (each w in [0, 1], sum <= 1).
+        device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
     """
 
     duration: float = 5.0
@@ -44,6 +56,10 @@ class GenerationParams:
     n_candidates: int = 1
     batch_size: int = 4
     precision: str = "bf16"
+    negative: list[str] = field(default_factory=list)
+    negative_text: str | None = None
+    mix: list[str] = field(default_factory=list)
+    device: str = "auto"
 
     @property
     def resolved_steps(self) -> int:
@@ -93,6 +109,9 @@ class GenerationParams:
             out.append(("seed", f"must be an integer, got {self.seed!r}"))
         if self.precision not in PRECISIONS:
             out.append(("precision", f"{self.precision!r} is not one of {list(PRECISIONS)}"))
+        out += spec_problems(self.negative, self.negative_text, self.mix)
+        if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device):
+            out.append(("device", f"{self.device!r} is not a device; use {DEVICE_CHOICES}"))
         return out
 
     def check(self, prefix: str = "") -> "GenerationParams":

@@ -15,7 +15,8 @@ while AudioLDM's own 200-step DDIM is ~3 % off: it starts at t=996, not 999 (sta
 ``tests/bridge/test_sampling.py`` checks the shipped count against both.
 
 Classifier-free guidance uses the CLAP text embedding of ``""`` as the unconditional vector:
-``eps = eps("") + g * (eps(cond) - eps(""))``, as AudioLDM's sampler does.
+``eps = eps("") + g * (eps(cond) - eps(""))``, as AudioLDM's sampler does; a negative (``uncond``, from
+``ciap_lib.bridge.guidance``) takes the place of ``""``.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from typing import Callable
 
 import torch
 
+from ciap_lib.bridge import devices
 from ciap_lib.bridge.frozen import FrozenAudioLDM
 from ciap_lib.constants import SAMPLE_RATE
 
@@ -77,17 +79,25 @@ def initial_noise(audioldm: FrozenAudioLDM, n_frames: int, seeds: list[int]) -> 
 
 
 def predict_noise(audioldm: FrozenAudioLDM, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
-                  guidance_scale: float, autocast: bool = False) -> torch.Tensor:
-    """Guided epsilon for latents ``x`` (N,8,T,16) at timestep ``t`` with ``cond`` (N,1,512)."""
+                  guidance_scale: float, autocast: bool = False, uncond: torch.Tensor | None = None,
+                  half: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Guided epsilon for latents ``x`` (N,8,T,16) at timestep ``t`` with ``cond`` (N,1,512).
+
+    ``uncond``: what guidance steers away from, (1,1,512) or (N,1,512); default ``audioldm.uncond_embedding``
+    (the CLAP text embedding of ``""``). The UNet sees ``cat([uncond, cond])`` as its film condition.
+    ``autocast``: run under autocast to ``half`` (bfloat16, or float16 on GPUs without bf16) with weight copies.
+    """
     n = x.shape[0]
     if guidance_scale != 1.0:
-        uncond = audioldm.uncond_embedding.to(cond.dtype).expand(n, 1, cond.shape[-1])
-        x_in, c_in = torch.cat([x, x]), torch.cat([uncond, cond])
+        u = audioldm.uncond_embedding if uncond is None else uncond
+        u = u.to(device=cond.device, dtype=cond.dtype).reshape(-1, 1, cond.shape[-1]).expand(n, 1, cond.shape[-1])
+        x_in, c_in = torch.cat([x, x]), torch.cat([u, cond])
     else:
         x_in, c_in = x, cond
     ts = torch.full((x_in.shape[0],), int(t), dtype=torch.long, device=x.device)
-    unet, _ = audioldm.sampling_modules("bf16" if autocast else "fp32")
-    with torch.autocast("cpu" if x.device.type == "cpu" else x.device.type, dtype=torch.bfloat16, enabled=autocast):
+    dtype = half if autocast else None
+    unet, _ = devices.sampling_modules(audioldm, dtype)
+    with devices.autocast(x.device, dtype):
         eps = unet(x_in, ts, c_film=[c_in])      # what LatentDiffusion.apply_model does for film conditioning
     eps = eps.float()
     if guidance_scale != 1.0:
@@ -98,9 +108,12 @@ def predict_noise(audioldm: FrozenAudioLDM, x: torch.Tensor, t: torch.Tensor, co
 
 def sample_latents(audioldm: FrozenAudioLDM, cond: torch.Tensor, noise: torch.Tensor, *,
                    sampler: str = DEFAULT_SAMPLER, steps: int | None = None, guidance_scale: float = 2.5,
-                   autocast: bool = False, callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Run the solver from ``noise`` (N,8,T,16) under condition ``cond`` (N,1,512) -> latents (N,8,T,16).
+                   autocast: bool = False, callback: Callable[[int, int], None] | None = None,
+                   uncond: torch.Tensor | None = None, half: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """Run the solver from ``noise`` (N,8,T,16) under condition ``cond`` (N,1,512) -> latents (N,8,T,16),
+    on the model's device.
 
+    ``uncond`` ((1,1,512) or (N,1,512)): the guidance vector in place of ``""`` (see :func:`predict_noise`).
     ``callback(step, total)`` is called after every solver step.
     """
     if cond.dim() != 3 or cond.shape[0] != noise.shape[0] or cond.shape[1] != 1:
@@ -109,26 +122,29 @@ def sample_latents(audioldm: FrozenAudioLDM, cond: torch.Tensor, noise: torch.Te
     extra = {"eta": 0.0} if sampler == "ddim" else {}
     device = audioldm.device
     cond = cond.to(device=device, dtype=torch.float32)
+    if uncond is not None:
+        uncond = uncond.to(device=device, dtype=torch.float32)
     with torch.inference_mode():
         x = noise.to(device=device, dtype=torch.float32) * sched.init_noise_sigma
         total = len(sched.timesteps)
         for i, t in enumerate(sched.timesteps):
             x_in = sched.scale_model_input(x, t)
-            eps = predict_noise(audioldm, x_in, t, cond, guidance_scale, autocast=autocast)
+            eps = predict_noise(audioldm, x_in, t, cond, guidance_scale, autocast=autocast, uncond=uncond, half=half)
             x = sched.step(eps, t, x, **extra).prev_sample
             if callback is not None:
                 callback(i + 1, total)
     return x
 
 
-def decode_latents(audioldm: FrozenAudioLDM, latents: torch.Tensor, autocast: bool = False) -> torch.Tensor:
+def decode_latents(audioldm: FrozenAudioLDM, latents: torch.Tensor, autocast: bool = False,
+                   half: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """Latents (N,8,T,16) -> 16 kHz waveforms (N, T*4*160) via the frozen VAE and HiFi-GAN."""
-    with torch.inference_mode(), torch.autocast("cpu" if latents.device.type == "cpu" else latents.device.type,
-                                                dtype=torch.bfloat16, enabled=autocast):
+    dtype = half if autocast else None
+    with torch.inference_mode(), devices.autocast(latents.device, dtype):
         z = latents
         if torch.max(torch.abs(z)) > 1e2:  # as audioldm's generate_sample
             z = torch.clip(z, min=-10, max=10)
-        _, vae = audioldm.sampling_modules("bf16" if autocast else "fp32")
+        _, vae = devices.sampling_modules(audioldm, dtype)
         mel = vae.decode(1.0 / audioldm.ldm.scale_factor * z)        # as LatentDiffusion.decode_first_stage: (N, 1, T*4, 64)
         wave = vae.vocoder(mel.squeeze(1).permute(0, 2, 1))          # (N, 1, T*4*160)
     return wave.squeeze(1).float()

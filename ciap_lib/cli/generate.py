@@ -1,4 +1,9 @@
-"""``python -m ciap_lib generate --image x.jpg [more | a folder] --checkpoint ciap.pt --out out.wav|outdir``"""
+"""``python -m ciap_lib generate --image x.jpg [more | a folder] --checkpoint ciap.pt --out out.wav|outdir``
+
+Also ``--negative a.wav b.wav`` or ``--negative-text "speech"`` (what guidance steers away from), ``--mix
+clip.wav:0.3 text:rain:0.2`` (mixed into the condition), ``--tokenizer-dir DIR`` (a local RoBERTa tokenizer for
+texts) and ``--device auto|cpu|cuda[:N]``; see ``ciap_lib.bridge.guidance`` and ``ciap_lib.bridge.devices``.
+"""
 from __future__ import annotations
 
 import argparse
@@ -30,7 +35,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-candidates", type=int, default=d.n_candidates,
                         help="sample N clips per image, keep the one closest to the image in CLAP space")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"clips sampled together (default {d.batch_size})")
-    parser.add_argument("--precision", default=d.precision, choices=PRECISIONS)
+    parser.add_argument("--precision", default=d.precision, choices=PRECISIONS,
+                        help="bf16: half-precision weight copies under autocast (float16 on GPUs without bf16)")
+    parser.add_argument("--negative", nargs="+", default=list(d.negative), metavar="AUDIO",
+                        help="audio clip(s) to steer away from: their averaged CLAP audio embedding replaces the "
+                             "'' text embedding in guidance")
+    parser.add_argument("--negative-text", default=d.negative_text, metavar="TEXT",
+                        help="a text to steer away from instead, e.g. 'speech' (needs --tokenizer-dir)")
+    parser.add_argument("--mix", nargs="+", default=list(d.mix), metavar="ENTRY",
+                        help="mix into the image condition: AUDIO:W or text:TEXT:W, 0 <= W <= 1, weights summing "
+                             "to <= 1; condition = normalize((1 - sum W) * image + sum W * other)")
+    parser.add_argument("--tokenizer-dir", default=None, metavar="DIR",
+                        help="local RoBERTa tokenizer for --negative-text / text: mix entries (default: "
+                             "roberta-base/ beside the AudioLDM checkpoint); nothing is downloaded")
+    parser.add_argument("--device", default=d.device, metavar="DEVICE",
+                        help=f"auto (CUDA when available), cpu, cuda or cuda:N (default {d.device})")
     parser.add_argument("--clap-score", action="store_true", help="print each clip's CLAP score (CLAP-space cosine)")
 
 
@@ -57,7 +76,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ciap_lib.bridge import (AudioLDMCheckpointError, AudioLDMNotFoundError, CIAPCondStage, check_inputs,
                                  clap_score, generate, load_audioldm, write_wavs)
+    from ciap_lib.bridge.clap_text import default_tokenizer_dir
     from ciap_lib.bridge.generate import embed_images
+    from ciap_lib.bridge.guidance import uses_text
+    from ciap_lib.bridge.loading import resolve_checkpoint
 
     try:
         images = _images(args.image)
@@ -70,11 +92,16 @@ def run(args: argparse.Namespace) -> int:
             targets = [out / f"{im.stem}.wav" for im in images]
             if len({t.name for t in targets}) != len(targets):
                 raise ValueError("--image: two images share a file stem; their WAVs would collide")
+        tokenizer_dir = args.tokenizer_dir
+        if tokenizer_dir is None and uses_text(args.negative_text, args.mix):
+            tokenizer_dir = default_tokenizer_dir(resolve_checkpoint(args.audioldm, args.ckpt_dir)[0])
+        guide = dict(negative=args.negative, negative_text=args.negative_text, mix=args.mix,
+                     tokenizer_dir=tokenizer_dir, device=args.device)
         check_inputs(args.duration, args.steps, args.guidance_scale, args.n_candidates, args.sampler,
-                     args.batch_size, args.precision, images=images, require_cond_stage=False)
+                     args.batch_size, args.precision, images=images, require_cond_stage=False, **guide)
         cond_stage = CIAPCondStage.from_checkpoint(args.checkpoint)
         check_inputs(args.duration, args.steps, args.guidance_scale, args.n_candidates, args.sampler,
-                     args.batch_size, args.precision, images=images, cond_stage=cond_stage)
+                     args.batch_size, args.precision, images=images, cond_stage=cond_stage, **guide)
         if not cond_stage.clap_aligned:
             print("generate: note: this CIAP model was not trained CLAP-aligned (audio_encoder 'clap'); its "
                   "embeddings are not in CLAP space, so AudioLDM will not follow them", file=sys.stderr)
@@ -90,10 +117,15 @@ def run(args: argparse.Namespace) -> int:
         bar.n = done
         bar.refresh()
 
-    waves = generate(audioldm, image_embeds=cond, duration=args.duration, steps=args.steps,
-                     guidance_scale=args.guidance_scale, seed=args.seed, n_candidates=args.n_candidates,
-                     sampler=args.sampler, callback=progress, batch_size=args.batch_size, precision=args.precision)
-    bar.close()
+    # an unreadable negative/mix clip or tokenizer raises ValueError inside generate(), before any sampling;
+    # main() prints it as one line (exit 2)
+    try:
+        waves = generate(audioldm, image_embeds=cond, **guide, duration=args.duration, steps=args.steps,
+                         guidance_scale=args.guidance_scale, seed=args.seed, n_candidates=args.n_candidates,
+                         sampler=args.sampler, callback=progress, batch_size=args.batch_size,
+                         precision=args.precision)
+    finally:
+        bar.close()
     paths = write_wavs(waves, targets)
     scores = clap_score(audioldm, waves, cond) if args.clap_score else None
     for i, (im, p) in enumerate(zip(images, paths)):

@@ -23,7 +23,7 @@ from ciap_lib.models.backbones import (BACKBONES, Backbone, ImageWeightsNotFound
                                        get_backbone_family, imagenet_weights_file, load_imagenet_state_dict,
                                        weights_digest)
 from ciap_lib.models.config import ModelConfig
-from ciap_lib.models.heads import HEADS, check_head_config, create_head
+from ciap_lib.models.heads import check_head_config, create_head
 from ciap_lib.models.timm_backbone import TimmFamily  # noqa: F401  (registers timm/)
 
 __all__ = ["BACKBONES", "Backbone", "IMAGE_BACKBONES", "ImageEncoder", "ImageWeightsNotFoundError", "TinyCNN",

@@ -4,6 +4,7 @@
 >>> ui = build_generation_ui(gen)     # in a notebook: display(ui) (or leave it last in a cell)
 >>> ui.set_image(png_bytes)           # what the FileUpload does
 >>> ui.duration.value = 4.0
+>>> ui.negative_text.value = "speech" # steer away from speech (needs the generator's local RoBERTa tokenizer)
 >>> ui.button.click()                 # what a click does; ui.waveform / ui.wav_bytes hold the result
 
 Inline audio is ``IPython.display.Audio`` HTML (an embedded WAV, ``<audio controls>``, no autoplay), which
@@ -22,6 +23,7 @@ from typing import Any
 import ipywidgets as widgets
 import numpy as np
 
+from ciap_lib.bridge.guidance import TEXT_PREFIX, parse_mix
 from ciap_lib.bridge.params import GenerationParams
 from ciap_lib.bridge.sampling import DEFAULT_STEPS
 from ciap_lib.constants import MAX_DURATION, MIN_DURATION, SAMPLE_RATE, check_duration
@@ -77,6 +79,12 @@ class GenerationUI(widgets.VBox):
     sampler's callback), ``status`` (HTML: which generator, diffusion or retrieval), ``audio`` (HTML holding the
     ``IPython.display.Audio`` player).
 
+    Guidance (``GenerationParams.negative`` / ``negative_text`` / ``mix``): ``negative_text`` (Text: what to steer
+    away from, e.g. "speech"), ``negative_upload`` (FileUpload of audio clips to steer away from; kept in a
+    temporary folder, listed in ``negative_files``, emptied by ``negative_clear``), ``mix_text`` (Text) and
+    ``mix_weight`` (FloatSlider 0–1): the condition becomes ``normalize((1 - w) * image + w * text)``. The params'
+    other mix entries (clips, further texts) are kept as they are.
+
     Results of the latest click: ``waveform`` ((T,) float32, 16 kHz), ``wav_bytes`` (the WAV in the player),
     ``error`` (the exception text, or None), ``seconds``.
     """
@@ -112,6 +120,26 @@ class GenerationUI(widgets.VBox):
         self.n_candidates = widgets.IntSlider(value=int(p.n_candidates), min=1, max=max(8, p.n_candidates),
                                               description="Candidates", style=style, disabled=not diffusion,
                                               tooltip="clips per image; the closest to the image in CLAP space is kept")
+        # guidance: what to steer away from, what to mix in
+        self.negative_clips: list[str] = list(p.negative)
+        self._upload_dir: str | None = None
+        self.negative_text = widgets.Text(value=p.negative_text or "", placeholder="e.g. speech",
+                                          description="Avoid (text)", style=style, disabled=not diffusion,
+                                          tooltip="guidance steers away from this text's CLAP embedding instead of ''")
+        self.negative_upload = widgets.FileUpload(accept="audio/*", multiple=True, description="Avoid (clips)",
+                                                  disabled=not diffusion,
+                                                  tooltip="guidance steers away from these clips' CLAP embedding")
+        self.negative_clear = widgets.Button(description="Clear clips", disabled=not diffusion,
+                                             tooltip="forget the clips to avoid")
+        self.negative_files = widgets.HTML()
+        at = next((i for i, m in enumerate(p.mix) if m.startswith(TEXT_PREFIX)), None)  # shown in the controls
+        first = parse_mix(p.mix[at]) if at is not None else None
+        self._mix_rest = [m for i, m in enumerate(p.mix) if i != at]
+        self.mix_text = widgets.Text(value=first.value if first else "", placeholder="e.g. rain",
+                                     description="Mix in (text)", style=style, disabled=not diffusion)
+        self.mix_weight = widgets.FloatSlider(value=first.weight if first else 0.0, min=0.0, max=1.0, step=0.05,
+                                              description="Mix weight", style=style, disabled=not diffusion,
+                                              tooltip="condition = normalize((1 - w) * image + w * text)")
         self.button = widgets.Button(description="Generate", button_style="primary", icon="play",
                                      tooltip="Generate audio for the uploaded image")
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="Progress", style=style)
@@ -124,16 +152,58 @@ class GenerationUI(widgets.VBox):
         self.upload.observe(self._on_upload, names="value")
         self.sampler.observe(self._on_sampler, names="value")
         self.button.on_click(self.generate)
+        self.negative_upload.observe(self._on_negative_upload, names="value")
+        self.negative_clear.on_click(self._on_negative_clear)
+        self._show_negative_files()
         controls = widgets.VBox([self.duration, self.sampler, self.steps, self.guidance, self.seed, self.n_candidates])
-        super().__init__([self.status, widgets.HBox([widgets.VBox([self.upload, self.preview]), controls]),
+        steer = widgets.VBox([self.negative_text, widgets.HBox([self.negative_upload, self.negative_clear]),
+                              self.negative_files, self.mix_text, self.mix_weight])
+        super().__init__([self.status, widgets.HBox([widgets.VBox([self.upload, self.preview]), controls, steer]),
                           widgets.HBox([self.button, self.progress]), self.message, self.audio])
 
     def params(self) -> GenerationParams:
         """The generation parameters the controls show now (checked)."""
+        mix = list(self._mix_rest)
+        if self.mix_text.value and float(self.mix_weight.value) > 0:
+            mix.append(f"{TEXT_PREFIX}{self.mix_text.value}:{float(self.mix_weight.value):g}")
         return GenerationParams.from_dict({
             **self._base.to_dict(), "duration": float(self.duration.value), "steps": int(self.steps.value),
             "sampler": self.sampler.value, "guidance_scale": float(self.guidance.value), "seed": int(self.seed.value),
-            "n_candidates": int(self.n_candidates.value)}).check()
+            "n_candidates": int(self.n_candidates.value), "negative": list(self.negative_clips),
+            "negative_text": self.negative_text.value or None, "mix": mix}).check()
+
+    # -- clips to steer away from --------------------------------------------------------------------------
+    def _on_negative_upload(self, change: dict) -> None:
+        """Uploaded clips replace the clips to avoid; their bytes go to a temporary folder (atomic writes)."""
+        import tempfile
+
+        from ciap_lib.atomic import atomic_path
+
+        if not change["new"]:
+            return
+        if self._upload_dir is None:
+            self._upload_dir = tempfile.mkdtemp(prefix="ciap-negative-")
+        paths = []
+        for i, f in enumerate(change["new"]):
+            content = f["content"]
+            data = content.tobytes() if hasattr(content, "tobytes") else bytes(content)
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f.get("name") or "clip.wav")
+            path = f"{self._upload_dir}/{len(self.negative_clips) + i:03d}_{name}"
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(data)
+            paths.append(path)
+        self.negative_clips = paths
+        self._show_negative_files()
+
+    def _on_negative_clear(self, _button: Any = None) -> None:
+        self.negative_clips = []
+        self._show_negative_files()
+
+    def _show_negative_files(self) -> None:
+        import os
+
+        names = ", ".join(_html.escape(os.path.basename(p)) for p in self.negative_clips)
+        self.negative_files.value = f"Avoiding: {names}" if names else ""
 
     def _on_sampler(self, change: dict) -> None:
         """A new sampler brings its own step count, unless the user had set another than the old one's."""
@@ -205,7 +275,8 @@ class GenerationUI(widgets.VBox):
             p = self.params()
             out = self.generator.generate(
                 images=image, duration=p.duration, steps=p.steps, guidance_scale=p.guidance_scale, seed=p.seed,
-                sampler=p.sampler, n_candidates=p.n_candidates, callback=self._callback)
+                sampler=p.sampler, n_candidates=p.n_candidates, callback=self._callback, negative=p.negative,
+                negative_text=p.negative_text, mix=p.mix, device=p.device)
         except Exception as e:  # shown in the UI; the notebook keeps running
             self._fail(f"{type(e).__name__}: {e}")
             self.progress.bar_style = "danger"
@@ -233,6 +304,7 @@ def build_generation_ui(generator: Generator, params: GenerationParams | None = 
 
     Its controls start at ``params`` (default: :class:`~ciap_lib.bridge.GenerationParams`'s defaults) with
     ``overrides`` (any of its fields: ``duration``, ``steps``, ``guidance_scale``, ``seed``, ``sampler``,
-    ``n_candidates``) applied; bad values raise a ``ValueError`` naming them.
+    ``n_candidates``, ``negative``, ``negative_text``, ``mix``, ...) applied; bad values raise a ``ValueError``
+    naming them.
     """
     return GenerationUI(generator, params, **overrides)

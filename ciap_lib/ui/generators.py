@@ -1,7 +1,8 @@
 """The generators notebook 04 and its UI drive, and how one is chosen.
 
 Two generators share one ``generate(images=None, image_embeds=None, cond_stage=None, duration=5.0, steps=None,
-guidance_scale=2.5, seed=0, n_candidates=1, sampler="dpmpp", callback=None) -> (B, T)`` signature:
+guidance_scale=2.5, seed=0, n_candidates=1, sampler="dpmpp", callback=None, negative=None, negative_text=None,
+mix=None, device=None) -> (B, T)`` signature:
 
 * :class:`DiffusionGenerator`: the frozen AudioLDM (``ciap_lib.bridge``) conditioned on CIAP image embeddings;
 * :class:`ciap_lib.fallback.NearestNeighbourGenerator`: retrieval of the closest training clip, used when no
@@ -12,7 +13,7 @@ guidance_scale=2.5, seed=0, n_candidates=1, sampler="dpmpp", callback=None) -> (
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -42,7 +43,9 @@ class Generator(Protocol):
     def generate(self, images: torch.Tensor | None = None, image_embeds: torch.Tensor | None = None,
                  cond_stage: Any = None, duration: float = 5.0, steps: int | None = None,
                  guidance_scale: float = 2.5, seed: int = 0, n_candidates: int = 1, sampler: str = "dpmpp",
-                 callback: Callable[..., Any] | None = None) -> np.ndarray: ...
+                 callback: Callable[..., Any] | None = None, negative: Sequence[str] | None = None,
+                 negative_text: str | None = None, mix: Sequence[str] | None = None,
+                 device: str | None = None) -> np.ndarray: ...
 
 
 class DiffusionGenerator:
@@ -52,18 +55,22 @@ class DiffusionGenerator:
         audioldm: a loaded ``FrozenAudioLDM`` (``ciap_lib.bridge.load_audioldm``).
         ciap_model: the CIAP model whose image tower conditions AudioLDM (``CIAPCondStage``).
         name: what to call the checkpoint in the label (its name or path).
+        tokenizer_dir: local RoBERTa tokenizer for ``negative_text`` / ``text:`` mix entries (None: ``roberta-base``
+            beside the AudioLDM checkpoint).
     """
 
     kind = "diffusion"
     is_diffusion = True
 
-    def __init__(self, audioldm: Any, ciap_model: torch.nn.Module, name: str = "") -> None:
+    def __init__(self, audioldm: Any, ciap_model: torch.nn.Module, name: str = "",
+                 tokenizer_dir: str | Path | None = None) -> None:
         from ciap_lib import bridge  # lazy: imports audioldm / diffusers
 
         self.audioldm = audioldm
         self.model = ciap_model.eval()
         self.cond_stage = bridge.CIAPCondStage(ciap_model)
         self.name = str(name)
+        self.tokenizer_dir = tokenizer_dir
         self.samplers = _bridge_samplers()
 
     @property
@@ -86,15 +93,20 @@ class DiffusionGenerator:
     def generate(self, images: torch.Tensor | None = None, image_embeds: torch.Tensor | None = None,
                  cond_stage: Any = None, duration: float = 5.0, steps: int | None = None,
                  guidance_scale: float = 2.5, seed: int = 0, n_candidates: int = 1, sampler: str = "dpmpp",
-                 callback: Callable[..., Any] | None = None) -> np.ndarray:
-        """(B, T) float32 16 kHz waveforms, T = round(duration * 16000); see ``ciap_lib.bridge.generate``."""
+                 callback: Callable[..., Any] | None = None, negative: Sequence[str] | None = None,
+                 negative_text: str | None = None, mix: Sequence[str] | None = None,
+                 device: str | None = None) -> np.ndarray:
+        """(B, T) float32 16 kHz waveforms, T = round(duration * 16000); see ``ciap_lib.bridge.generate``
+        (``negative``/``negative_text``/``mix``: what guidance steers away from and what is mixed in;
+        ``device``: ``auto``/``cpu``/``cuda[:N]``, None = where the model is)."""
         from ciap_lib import bridge
 
         return np.asarray(bridge.generate(
             self.audioldm, images=images, image_embeds=image_embeds,
             cond_stage=cond_stage if cond_stage is not None else (self.cond_stage if image_embeds is None else None),
             duration=duration, steps=steps, guidance_scale=guidance_scale, seed=seed, n_candidates=n_candidates,
-            sampler=sampler, callback=callback), dtype=np.float32)
+            sampler=sampler, callback=callback, negative=negative, negative_text=negative_text, mix=mix,
+            tokenizer_dir=self.tokenizer_dir, device=device), dtype=np.float32)
 
     def clap_score(self, waveforms: np.ndarray, images: torch.Tensor) -> np.ndarray:
         """(B,) cosine between each image's condition embedding and its clip's CLAP audio embedding
@@ -126,8 +138,9 @@ def missing_audioldm_notice(error: BaseException | str, name: str) -> str:
 
 def load_generator(ciap_model: torch.nn.Module, audioldm: str = "audioldm-s-full", ckpt_dir: str | Path = "ckpt",
                    data: str | Path = "data/synthetic", split: str = "train",
-                   allow_fallback: bool = True) -> tuple[Any, str]:
+                   allow_fallback: bool = True, tokenizer_dir: str | Path | None = None) -> tuple[Any, str]:
     """The diffusion generator when the AudioLDM checkpoint loads, else the labelled retrieval fallback.
+    (``tokenizer_dir``: see :class:`DiffusionGenerator`; None or "" = the default place.)
 
     Returns ``(generator, notice)``; ``notice`` is "" for diffusion, else the explanation to show (where to put
     the checkpoint, how to download it, that the fallback is retrieval). With ``allow_fallback=False`` the
@@ -147,7 +160,7 @@ def load_generator(ciap_model: torch.nn.Module, audioldm: str = "audioldm-s-full
                 raise
             error = e
         else:
-            return DiffusionGenerator(ldm, ciap_model, name=audioldm), ""
+            return DiffusionGenerator(ldm, ciap_model, name=audioldm, tokenizer_dir=tokenizer_dir or None), ""
     notice = missing_audioldm_notice(error, audioldm)
     return NearestNeighbourGenerator.from_dataset(ciap_model, data, split), notice
 

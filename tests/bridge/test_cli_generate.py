@@ -65,3 +65,56 @@ def test_generate_trust_checkpoint_flag(tiny_audioldm_ckpt_numpy, ciap_workspace
     assert "numpy." in capsys.readouterr().err
     assert main(base + ["--trust-checkpoint"]) == 0
     assert sf.read(tmp_path / "x.wav")[0].shape == (40000,)
+
+
+def test_generate_negative_mix_device_flags_reach_generate(tiny_audioldm, ciap_workspace, tiny_tokenizer_dir,
+                                                            tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    import ciap_lib.bridge as bridge
+
+    clip = tmp_path / "speech.wav"
+    sf.write(clip, 0.3 * np.random.default_rng(1).standard_normal(16000), 16000)
+    calls = []
+    real = bridge.generate
+
+    def recording(*a, **kw):
+        calls.append(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(bridge, "load_audioldm", lambda *_a, **_k: tiny_audioldm)   # the session model: no reload
+    monkeypatch.setattr(bridge, "generate", recording)
+    img = sorted((ciap_workspace["data"] / "val").glob("*.png"))[0]
+    out = tmp_path / "x.wav"
+    rc = main(["generate", "--image", str(img), "--checkpoint", str(ciap_workspace["checkpoint"]),
+               "--audioldm", "tiny.ckpt", "--out", str(out), "--duration", "2.5", "--steps", "1",
+               "--negative", str(clip), "--mix", "text:rain:0.3", f"{clip}:0.2",
+               "--tokenizer-dir", str(tiny_tokenizer_dir), "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    kw = calls[-1]
+    assert kw["negative"] == [str(clip)] and kw["mix"] == ["text:rain:0.3", f"{clip}:0.2"]
+    assert kw["tokenizer_dir"] == str(tiny_tokenizer_dir) and kw["device"] == "cpu" and kw["negative_text"] is None
+    assert sf.info(out).frames == 40000
+
+
+def test_generate_bad_negative_mix_device_fail_before_loading(ciap_workspace, tmp_path, capsys, monkeypatch):
+    """Each is exit 2 with one message naming the problem, before the (missing) AudioLDM checkpoint is loaded."""
+    import torch
+
+    img = sorted((ciap_workspace["data"] / "val").glob("*.png"))[0]
+    base = ["generate", "--image", str(img), "--checkpoint", str(ciap_workspace["checkpoint"]),
+            "--audioldm", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x.wav")]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for flags, words in [
+        (["--mix", "a.wav:1.5"], ["mix: 'a.wav:1.5': weight 1.5 is outside [0, 1]"]),
+        (["--mix", "text:rain:0.6", "text:sea:0.6"], ["sum to 1.2"]),
+        (["--negative", str(tmp_path / "nope.wav")], ["negative: audio file", "nope.wav"]),
+        (["--negative-text", "speech"], [str(tmp_path / "roberta-base"), "save_pretrained", "--tokenizer-dir"]),
+        (["--device", "cuda"], ["device='cuda' but CUDA is not available"]),
+        (["--device", "gpu"], ["device: 'gpu' is not a device"]),
+    ]:
+        assert main(base + flags) == 2, flags
+        err = capsys.readouterr().err
+        for w in words:
+            assert w in err, (flags, err)
+        assert "missing.ckpt" not in err, "the flags must be checked before the AudioLDM checkpoint is loaded"
