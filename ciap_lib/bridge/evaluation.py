@@ -473,7 +473,8 @@ def _generate_diffusion(ldm: FrozenAudioLDM, cond: torch.Tensor, todo: list[int]
         waves = generate(ldm, image_embeds=cond[a:a + len(run)], duration=params.duration, steps=params.steps,
                          sampler=params.sampler, guidance_scale=params.guidance_scale,
                          seed=params.seed + a * params.n_candidates, n_candidates=params.n_candidates,
-                         batch_size=params.batch_size, precision=params.precision)
+                         batch_size=params.batch_size, precision=params.precision, negative=params.negative,
+                         negative_text=params.negative_text, mix=params.mix)
         paths = [clip_path(out, "diffusion", i, pairs[i].image) for i in run]
         write_wavs(waves, paths)
         entry["clips"].update({str(i): p.relative_to(out).as_posix() for i, p in zip(run, paths)})
