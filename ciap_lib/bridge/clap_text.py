@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ciap_lib.atomic import atomic_path
-from ciap_lib.bridge.loading import FrozenAudioLDM
+from ciap_lib.bridge.frozen import FrozenAudioLDM
 
 log = logging.getLogger(__name__)
 

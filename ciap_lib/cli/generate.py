@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from ciap_lib.bridge.clap_text import default_tokenizer_dir
     from ciap_lib.bridge.generate import embed_images
     from ciap_lib.bridge.guidance import uses_text
-    from ciap_lib.bridge.loading import resolve_checkpoint
+    from ciap_lib.bridge.checkpoint_io import resolve_checkpoint
 
     try:
         images = _images(args.image)

@@ -9,7 +9,7 @@ import torch
 
 from ciap_lib.bridge import TokenizerNotFoundError, clap_text_embedding
 from ciap_lib.bridge import clap_text as T
-from ciap_lib.bridge.loading import empty_text_tokens
+from ciap_lib.bridge.frozen import empty_text_tokens
 
 
 def test_tokenizes_as_audioldm_and_empty_text_is_the_uncond_vector(tiny_audioldm, tiny_tokenizer_dir):
