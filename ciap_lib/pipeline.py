@@ -56,15 +56,17 @@ NOTEBOOK_SECTIONS: dict[str, tuple[str, ...]] = {
     "04_generation": ("data", "generation"),
 }
 #: the headline figures copied from the nested runs onto the parent run (run_pipeline does it after each
-#: notebook): (notebook, metric of its nested run) -> metric of the parent run
-HEADLINE_METRICS: dict[tuple[str, str], str] = {
-    ("02_training", "final_i2a_R_at_1"): "val_i2a_R_at_1",
-    ("02_training", "final_a2i_R_at_1"): "val_a2i_R_at_1",
-    ("02_training", "final_i2a_class_R_at_1"): "val_i2a_class_R_at_1",
-    ("02_training", "final_a2i_class_R_at_1"): "val_a2i_class_R_at_1",
-    ("03_retrieval_evaluation", "clap_mean_cosine"): "clap_mean_cosine",
-    ("04_generation", "clap_score"): "clap_score",
-    ("04_generation", "seconds_per_clip"): "seconds_per_clip",
+#: notebook): (notebook, name on the parent run) -> the nested run's metrics it is taken from (the first logged)
+HEADLINE_METRICS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("02_training", "val_i2a_R_at_1"): ("final_i2a_R_at_1",),
+    ("02_training", "val_a2i_R_at_1"): ("final_a2i_R_at_1",),
+    ("02_training", "val_i2a_class_R_at_1"): ("final_i2a_class_R_at_1",),
+    ("02_training", "val_a2i_class_R_at_1"): ("final_a2i_class_R_at_1",),
+    ("03_retrieval_evaluation", "clap_mean_cosine"): ("clap_mean_cosine",),
+    # 04: diffusion's figures (the evaluation of val pairs, or images of the user's own); never the retrieval
+    # baseline's, which is not generation
+    ("04_generation", "clap_score"): ("diffusion.clap_score",),
+    ("04_generation", "seconds_per_clip"): ("diffusion.seconds_per_clip",),
 }
 #: TrainConfig fields logged on the parent run as ``resolved.<key>`` (their value in force, see resolved_params)
 RESOLVED_TRAIN_KEYS = ("loss", "epochs", "batch_size", "lr")
@@ -382,7 +384,7 @@ def rerun_warnings(logged: Any, exp: Experiment, git_commit: str | None = None) 
     split's ``data_fingerprint.<split>`` recorded on its nested runs vs the fingerprint of ``exp``'s data now.
     One plain sentence per difference; [] when nothing differs."""
     from ciap_lib import tracking
-    from ciap_lib.data import dataset_fingerprint
+    from ciap_lib.pairs import dataset_fingerprint
 
     now = git_commit or tracking.git_commit()
     where = f"run {logged.run_id} ({logged.run_name})"
@@ -461,14 +463,15 @@ def headline_metrics(parent_run_id: str, notebook: str, tracking_uri: str | None
     parent run ({} when the notebook has no nested run or logged none of them)."""
     from ciap_lib import tracking
 
-    wanted = {src: dst for (nb, src), dst in HEADLINE_METRICS.items() if nb == notebook}
+    wanted = {dst: srcs for (nb, dst), srcs in HEADLINE_METRICS.items() if nb == notebook}
     if not wanted:
         return {}
     child = tracking.find_notebook_run(parent_run_id, notebook, tracking_uri)
     if child is None:
         return {}
     metrics = tracking.run_metrics(child, tracking_uri)
-    return {dst: metrics[src] for src, dst in wanted.items() if src in metrics}
+    return {dst: next(metrics[s] for s in srcs if s in metrics) for dst, srcs in wanted.items()
+            if any(s in metrics for s in srcs)}
 
 
 def notebook_parameters(exp: Experiment, notebook: str, *, parent_run_id: str, tracking_uri: str,

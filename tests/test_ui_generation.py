@@ -253,7 +253,7 @@ def test_batch_files_with_diffusion(ws, diffusion, tmp_path):
     assert -1.0 <= rec["clap_score"] <= 1.0 and "CLAP score" in rec["note"]
     # images of the user's own have no paired clip: the CLAP score is their only figure, named by its system
     m = batch.records_metrics([rec])
-    assert m == {"n_clips": 1.0, "seconds_per_clip": rec["seconds"], "diffusion.clap_score": rec["clap_score"]}
+    assert m == {"n_clips": 1.0, "diffusion.seconds_per_clip": rec["seconds"], "diffusion.clap_score": rec["clap_score"]}
 
 
 # ---------------------------------------------------------------------------------------------- guidance controls

@@ -93,14 +93,17 @@ def generate_files(generator: Generator, image_paths: Sequence[str | Path], out_
 
 def records_metrics(records: Sequence[dict[str, Any]]) -> dict[str, float]:
     """MLflow figures of :func:`generate_files` records (images of the user's own, no reference clips):
-    ``n_clips``, ``seconds_per_clip`` and, for diffusion, ``<kind>.clap_score`` (the mean CLAP score, the only
-    figure an image without a paired clip has)."""
+    ``n_clips``, ``<kind>.seconds_per_clip`` and, for diffusion, ``<kind>.clap_score`` (the mean CLAP score, the
+    only figure an image without a paired clip has); ``<kind>`` is ``diffusion`` or ``retrieval``, as in the
+    evaluation report's figures."""
     if not records:
         return {}
-    out = {"n_clips": float(len(records)), "seconds_per_clip": sum(r["seconds"] for r in records) / len(records)}
+    kind = records[0]["kind"]
+    out = {"n_clips": float(len(records)),
+           f"{kind}.seconds_per_clip": sum(r["seconds"] for r in records) / len(records)}
     scores = [r["clap_score"] for r in records if "clap_score" in r]
     if scores:
-        out[f"{records[0]['kind']}.clap_score"] = sum(scores) / len(scores)
+        out[f"{kind}.clap_score"] = sum(scores) / len(scores)
     return out
 
 
