@@ -40,7 +40,7 @@ TOP_LEVEL = {"name": "default", "experiment_name": "ciap", "run_name": ""}
 #: ``generation`` section also holds every field of ``ciap_lib.bridge.GenerationParams`` (its defaults and types).
 SECTIONS: dict[str, dict[str, Any]] = {
     "data": {"root": "data/synthetic", "synthetic": True, "n_train": 384, "n_val": 96, "seed": 0,
-             "image_size": 96, "seconds": 1.5, "n_examples": 4},
+             "image_size": 96, "seconds": 1.5, "held_out_conditions": False, "n_examples": 4},
     "evaluate": {"split": "val", "top_k": 5, "heatmap_size": 32, "max_points": 1000, "explore_index": 0,
                  "batch_size": 64},
     "generation": {"images": [], "n_images": 2, "audioldm": "audioldm-s-full"},
