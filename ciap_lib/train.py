@@ -49,18 +49,21 @@ def seed_everything(seed: int) -> None:
 
 
 def compute_loss(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, audio: torch.Tensor,
-                 info: D.DistInfo = D.DistInfo()) -> dict[str, torch.Tensor]:
+                 info: D.DistInfo = D.DistInfo(), labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Forward one (local) batch and the loss over the global batch.
 
     Args:
         model: CIAP or DDP(CIAP).
         images: (b,3,S,S); audio: (b,T) waveforms or (b,F) features; b = local batch.
+        labels: (b,) long class per pair (-1 = unlabelled), gathered across ranks with the features.
     Returns:
         the loss dict (``"loss"`` has the graph), computed over all ranks' embeddings (W*b rows).
     """
     out = model(images, audio)
     img, aud = D.gather_features(out["image_features"], out["audio_features"], info)
-    return loss_fn(img, aud, out["logit_scale"])
+    if labels is not None:
+        labels = D.gather_labels(labels.to(img.device), info)
+    return loss_fn(img, aud, out["logit_scale"], labels=labels)
 
 
 @torch.no_grad()
@@ -73,13 +76,16 @@ def metrics_from_embeddings(image_emb: torch.Tensor, audio_emb: torch.Tensor, la
     one; class R@1 when some ``labels`` are >= 0)."""
     loss_fn = create_loss(loss_name, **(loss_kwargs or {}))
     n = image_emb.shape[0]
+    if labels is not None:
+        labels = torch.as_tensor(labels).long()
     scale = torch.tensor(float(logit_scale))
     losses, weights = [], []
     for s in range(0, n, loss_batch_size):
         e = min(n, s + loss_batch_size)
         if e - s < 2 and loss_name.startswith("infonce") and losses:
             break  # a 1-row batch has no negatives
-        losses.append(float(loss_fn(image_emb[s:e], audio_emb[s:e], scale)["loss"]))
+        lab = None if labels is None else labels[s:e]
+        losses.append(float(loss_fn(image_emb[s:e], audio_emb[s:e], scale, labels=lab)["loss"]))
         weights.append(e - s)
     metrics = {"val_loss": float(np.average(losses, weights=weights))}
     metrics.update(retrieval_metrics(image_emb, audio_emb, labels, chunk_size=chunk_size))
@@ -233,7 +239,8 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
         for batch in bar:
             images = batch["image"].to(info.device, non_blocking=True)
             audio = batch["audio"].to(info.device, non_blocking=True)
-            losses = compute_loss(net, loss_fn, images, audio, info)
+            labels = batch["label"].to(info.device, non_blocking=True)
+            losses = compute_loss(net, loss_fn, images, audio, info, labels=labels)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             if cfg.grad_clip:
