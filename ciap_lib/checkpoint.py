@@ -108,6 +108,15 @@ def save_checkpoint(path: str | os.PathLike, model: CIAP, config: TrainConfig, e
     return atomic_save(obj, path)
 
 
+def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Atomically copy checkpoint ``src`` to ``dst`` (e.g. ``last.pt`` to ``best.pt``)."""
+    import shutil
+
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(dst)
+
+
 def convert_command(path: str | os.PathLike) -> str:
     """The command that rewrites the old-format checkpoint ``path`` in the current format."""
     p = Path(path)
