@@ -233,7 +233,9 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
             print(f"resumed {ckpt_path} after epoch {start_epoch}", file=sys.stderr)
     best_path = cfg.checkpoint_dir / "best.pt"
     best = selection.Best.from_history(select, history)  # resume: the best so far, so a worse epoch cannot replace it
-    if info.is_main and best.epoch is not None and best.epoch == start_epoch and not best_path.is_file():
+    if info.is_main and start_epoch == 0:
+        best_path.unlink(missing_ok=True)  # a fresh run: an earlier run's best.pt under this name is not its best
+    elif info.is_main and best.epoch == start_epoch and not best_path.is_file():
         copy_checkpoint(ckpt_path, best_path)
     stopped = cfg.patience is not None and bool(history) and best.stale(start_epoch) >= cfg.patience
     if info.rank:  # distinct randomness per rank beyond the shared data order

@@ -192,3 +192,13 @@ def test_selectable_metrics_are_what_validation_computes():
     assert resolve_metric(None, has_labels=False) == "i2a_R@1"
     with pytest.raises(ValueError, match="needs labels"):
         resolve_metric("a2i_class_R@1", has_labels=False)
+
+
+def test_a_fresh_run_drops_an_earlier_best_pt(small_data, tmp_path, monkeypatch):
+    _scripted(monkeypatch, [0.9, float("nan")])
+    train(_cfg(small_data, tmp_path, run_name="again", epochs=1, select_metric="i2a_R@1"))
+    best_pt = tmp_path / "ckpt" / "again" / "best.pt"
+    assert best_pt.is_file()
+    r = train(_cfg(small_data, tmp_path, run_name="again", epochs=1, select_metric="i2a_R@1"))  # NaN: never best
+    assert not best_pt.exists() and r.extra["best"] == {"epoch": None, "metric": "i2a_R@1", "value": None,
+                                                        "path": None}
