@@ -55,7 +55,8 @@ class TrainConfig:
     feature_precision: str = "fp32"       # 'fp32' | 'bf16' (autocast) for computing cached backbone features
     # optimisation (original design: batch 32, Adam, lr 1e-3, StepLR every 10 epochs)
     loss: str = "infonce"                 # a key of ciap_lib.losses.LOSSES: 'infonce' | 'infonce_labels' (same-class
-                                          #   pairs in a batch are positives; -1 = unlabelled) | 'cosine' | 'infonce+cosine'
+                                          #   pairs in a batch are positives, -1 = unlabelled) | 'cosine'
+                                          #   | 'infonce+cosine'
     cosine_weight: float = 1.0            # 'infonce+cosine': weight of the cosine regression term
     batch_size: int = 32                  # global batch (split across ranks in distributed runs)
     epochs: int = 10
@@ -75,9 +76,9 @@ class TrainConfig:
     resume: bool = False                  # continue from <ckpt_dir>/<run_name>/last.pt when present
     eval_batch_size: int = 128
     eval_chunk_size: int = 4096
-    select_metric: str | None = None      # validation metric that picks <ckpt_dir>/<run_name>/best.pt ('val_loss', 'i2a_R@1',
-                                          #   'a2i_median_rank', ...; loss/rank: lower is better); None = 'i2a_class_R@1'
-                                          #   when the val split has labels, else 'i2a_R@1'
+    select_metric: str | None = None      # validation metric picking <ckpt_dir>/<run_name>/best.pt: 'val_loss',
+                                          #   'i2a_R@1', 'a2i_median_rank', ... (loss/rank: lower is better);
+                                          #   None = 'i2a_class_R@1' when the val split has labels, else 'i2a_R@1'
     patience: int | None = None           # early stopping: stop after this many epochs without a better select_metric
     # bridge ('clap' audio encoder)
     audioldm: str = "audioldm-s-full"     # AudioLDM checkpoint name or path

@@ -24,7 +24,8 @@ def _check(image_features: torch.Tensor, audio_features: torch.Tensor) -> None:
 
 
 def _check_labels(labels: torch.Tensor, batch: int) -> None:
-    if labels.shape != (batch,) or labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+    integer = not (labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool)
+    if labels.shape != (batch,) or not integer:
         raise ValueError(f"labels must be a ({batch},) integer tensor (class per pair, -1 = unlabelled), "
                          f"got shape {tuple(labels.shape)} and dtype {labels.dtype}")
 

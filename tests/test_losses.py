@@ -102,7 +102,8 @@ def test_losses_take_their_parameters_from_the_config():
         create_loss("infonce+cosine", cosine_weight=-1.0)
 
 
-@pytest.mark.parametrize("labels", [None, torch.arange(8), torch.full((8,), -1), torch.tensor([5, -1, 2, 0, -1, 7, 1, -1])])
+@pytest.mark.parametrize("labels", [None, torch.arange(8), torch.full((8,), -1),
+                                    torch.tensor([5, -1, 2, 0, -1, 7, 1, -1])])
 def test_label_infonce_equals_infonce_when_all_labels_differ(labels):
     img, aud = _feats()
     scale = torch.tensor(1 / 0.07)
