@@ -108,6 +108,30 @@ def save_checkpoint(path: str | os.PathLike, model: CIAP, config: TrainConfig, e
     return atomic_save(obj, path)
 
 
+def copy_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Atomically copy checkpoint ``src`` to ``dst`` (e.g. ``last.pt`` to ``best.pt``)."""
+    import shutil
+
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(dst)
+
+
+def pick_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint to use from a training run: given its folder or its ``last.pt``, ``best.pt`` beside it when
+    present (the epoch with the best ``select_metric``), else ``last.pt``; any other file as given. The one rule
+    notebooks 03 and 04 and the pipeline's summary follow."""
+    p = Path(path)
+    if p.is_dir():
+        folder = p
+    elif p.name == "last.pt":
+        folder = p.parent
+    else:
+        return p
+    best = folder / "best.pt"
+    return best if best.is_file() else folder / "last.pt"
+
+
 def convert_command(path: str | os.PathLike) -> str:
     """The command that rewrites the old-format checkpoint ``path`` in the current format."""
     p = Path(path)

@@ -54,7 +54,9 @@ class TrainConfig:
     feature_cache_dir: str = "data/cache/image_features"
     feature_precision: str = "fp32"       # 'fp32' | 'bf16' (autocast) for computing cached backbone features
     # optimisation (original design: batch 32, Adam, lr 1e-3, StepLR every 10 epochs)
-    loss: str = "infonce"                 # a key of ciap_lib.losses.LOSSES: 'infonce' | 'cosine' | 'infonce+cosine'
+    loss: str = "infonce"                 # a key of ciap_lib.losses.LOSSES: 'infonce' | 'infonce_labels' (same-class
+                                          #   pairs in a batch are positives, -1 = unlabelled) | 'cosine'
+                                          #   | 'infonce+cosine'
     cosine_weight: float = 1.0            # 'infonce+cosine': weight of the cosine regression term
     batch_size: int = 32                  # global batch (split across ranks in distributed runs)
     epochs: int = 10
@@ -74,6 +76,10 @@ class TrainConfig:
     resume: bool = False                  # continue from <ckpt_dir>/<run_name>/last.pt when present
     eval_batch_size: int = 128
     eval_chunk_size: int = 4096
+    select_metric: str | None = None      # validation metric picking <ckpt_dir>/<run_name>/best.pt: 'val_loss',
+                                          #   'i2a_R@1', 'a2i_median_rank', ... (loss/rank: lower is better);
+                                          #   None = 'i2a_class_R@1' when the val split has labels, else 'i2a_R@1'
+    patience: int | None = None           # early stopping: stop after this many epochs without a better select_metric
     # bridge ('clap' audio encoder)
     audioldm: str = "audioldm-s-full"     # AudioLDM checkpoint name or path
     clap_cache_dir: str = "data/cache/clap"
@@ -143,6 +149,7 @@ def _value_problems(cfg: "TrainConfig", check_paths: bool, check_weights: bool) 
     from ciap_lib.losses import LOSSES
     from ciap_lib.models import MODEL_CONFIGS, check_model_config, get_model_config
     from ciap_lib.optim import OPTIMIZERS, SCHEDULERS
+    from ciap_lib.selection import selectable_metrics
 
     out: list[tuple[str, str]] = []
     for key in _POSITIVE:
@@ -165,6 +172,11 @@ def _value_problems(cfg: "TrainConfig", check_paths: bool, check_weights: bool) 
             out.append((key, f"{getattr(cfg, key)!r} is not {what}; choose from {sorted(registry)}"))
     if cfg.feature_precision not in PRECISIONS:
         out.append(("feature_precision", f"{cfg.feature_precision!r} is not one of {list(PRECISIONS)}"))
+    if cfg.select_metric is not None and cfg.select_metric not in selectable_metrics():
+        out.append(("select_metric", f"{cfg.select_metric!r} is not a validation metric; choose from "
+                                     f"{selectable_metrics()} or null (the default)"))
+    if cfg.patience is not None and cfg.patience < 1:
+        out.append(("patience", f"must be a positive integer or null (no early stopping), got {cfg.patience!r}"))
     if not DEVICE_PATTERN.fullmatch(cfg.device):
         out.append(("device", f"{cfg.device!r} is not a device; use {DEVICE_CHOICES}"))
     if not _RUN_NAME.fullmatch(cfg.run_name):

@@ -132,6 +132,16 @@ def gather_features(image_features: torch.Tensor, audio_features: torch.Tensor,
     return out[0], out[1]
 
 
+def gather_labels(labels: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """All-gather (b,) local labels into (W*b,) global ones in the rank order of :func:`gather_features` (no
+    gradient). With one process the input is returned unchanged."""
+    if not info.enabled:
+        return labels
+    shards = [torch.empty_like(labels) for _ in range(info.world_size)]
+    dist.all_gather(shards, labels.contiguous())
+    return torch.cat(shards, dim=0)
+
+
 def broadcast_object(obj, info: DistInfo, src: int = 0):
     """``obj`` from rank ``src`` on every rank (no-op for one process)."""
     if not info.enabled:

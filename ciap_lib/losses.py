@@ -1,5 +1,9 @@
 """Contrastive and regression losses, a registry of names (the model owns the logit scale, as in open_clip).
 
+Every loss is called ``loss_fn(image_features, audio_features, logit_scale, labels=None)``: ``labels`` (B,) long class
+per pair, -1 = unlabelled. Only ``infonce_labels`` uses them; the others accept and ignore them, so callers have one
+call signature.
+
 ``create_loss(name, **params)`` builds one; :func:`loss_from_config` takes the parameters a loss declares in its
 ``__init__`` (e.g. ``cosine_weight``) from the training config.
 """
@@ -19,6 +23,22 @@ def _check(image_features: torch.Tensor, audio_features: torch.Tensor) -> None:
                          f"got {tuple(image_features.shape)} and {tuple(audio_features.shape)}")
 
 
+def _check_labels(labels: torch.Tensor, batch: int) -> None:
+    integer = not (labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool)
+    if labels.shape != (batch,) or not integer:
+        raise ValueError(f"labels must be a ({batch},) integer tensor (class per pair, -1 = unlabelled), "
+                         f"got shape {tuple(labels.shape)} and dtype {labels.dtype}")
+
+
+def positive_targets(labels: torch.Tensor) -> torch.Tensor:
+    """(B,B) soft targets of multi-positive InfoNCE: row i is uniform over i's positives, ``{i}`` plus every j with
+    ``labels[j] == labels[i] >= 0``. An unlabelled pair (-1) is a positive of itself alone. Symmetric."""
+    same = (labels[:, None] == labels[None, :]) & (labels[:, None] >= 0)
+    same |= torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    same = same.float()
+    return same / same.sum(dim=1, keepdim=True)
+
+
 class ClipLoss(nn.Module):
     """Symmetric InfoNCE over the in-batch similarity matrix.
 
@@ -28,18 +48,52 @@ class ClipLoss(nn.Module):
         image_features: (B,D) unit-norm.
         audio_features: (B,D) unit-norm.
         logit_scale: scalar, linear space (``model.logit_scale.exp()``).
+        labels: accepted and ignored (``infonce_labels`` uses them).
     Returns:
         ``{"loss": (loss_i2a + loss_a2i) / 2, "loss_i2a", "loss_a2i"}`` (scalars).
     """
 
     def forward(self, image_features: torch.Tensor, audio_features: torch.Tensor,
-                logit_scale: torch.Tensor) -> dict[str, torch.Tensor]:
+                logit_scale: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         _check(image_features, audio_features)
         logits = logit_scale * image_features @ audio_features.t()    # (B,B) image -> audio
         target = torch.arange(logits.shape[0], device=logits.device)
         loss_i2a = F.cross_entropy(logits, target)
         loss_a2i = F.cross_entropy(logits.t(), target)
         return {"loss": (loss_i2a + loss_a2i) / 2, "loss_i2a": loss_i2a, "loss_a2i": loss_a2i}
+
+
+class LabelClipLoss(nn.Module):
+    """Multi-positive symmetric InfoNCE (UniCL, SupCon): the pairs of the same class in a batch are positives.
+
+    Row i's target is uniform over its positives (:func:`positive_targets`): itself and every other pair whose
+    label equals its own; an unlabelled pair (label -1) is distinct from every other. Cross-entropy with these soft
+    targets image -> audio and audio -> image. With all labels distinct (or all -1, or ``labels`` None) it equals
+    :class:`ClipLoss`.
+
+    Args (forward):
+        image_features, audio_features: (B,D) unit-norm.
+        logit_scale: scalar, linear space.
+        labels: (B,) integer class per pair, -1 = unlabelled (gathered across ranks like the features).
+    Returns:
+        ``{"loss": (loss_i2a + loss_a2i) / 2, "loss_i2a", "loss_a2i", "positives"}``; ``positives`` is the mean
+        number of positives per row (1 = plain InfoNCE).
+    """
+
+    def forward(self, image_features: torch.Tensor, audio_features: torch.Tensor,
+                logit_scale: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        _check(image_features, audio_features)
+        b = image_features.shape[0]
+        if labels is None:
+            labels = torch.full((b,), -1, dtype=torch.long)
+        _check_labels(labels, b)
+        logits = logit_scale * image_features @ audio_features.t()    # (B,B) image -> audio
+        target = positive_targets(labels.to(logits.device)).to(logits.dtype)  # symmetric: the a2i target too
+        loss_i2a = F.cross_entropy(logits, target)
+        loss_a2i = F.cross_entropy(logits.t(), target)
+        positives = (target > 0).sum(dim=1).to(logits.dtype).mean()
+        return {"loss": (loss_i2a + loss_a2i) / 2, "loss_i2a": loss_i2a, "loss_a2i": loss_a2i,
+                "positives": positives.detach()}
 
 
 class CosineRegressionLoss(nn.Module):
@@ -50,7 +104,8 @@ class CosineRegressionLoss(nn.Module):
     """
 
     def forward(self, image_features: torch.Tensor, audio_features: torch.Tensor,
-                logit_scale: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                logit_scale: torch.Tensor | None = None, labels: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
         _check(image_features, audio_features)
         cos = F.cosine_similarity(image_features, audio_features, dim=-1).mean()
         return {"loss": 1.0 - cos, "cosine": cos}
@@ -74,15 +129,15 @@ class InfoNCECosineLoss(nn.Module):
         self.cosine = CosineRegressionLoss()
 
     def forward(self, image_features: torch.Tensor, audio_features: torch.Tensor,
-                logit_scale: torch.Tensor) -> dict[str, torch.Tensor]:
+                logit_scale: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         nce = self.infonce(image_features, audio_features, logit_scale)["loss"]
         cos = self.cosine(image_features, audio_features)
         return {"loss": nce + self.cosine_weight * cos["loss"], "loss_infonce": nce, "loss_cosine": cos["loss"],
                 "cosine": cos["cosine"]}
 
 
-LOSSES: dict[str, type[nn.Module]] = {"infonce": ClipLoss, "cosine": CosineRegressionLoss,
-                                      "infonce+cosine": InfoNCECosineLoss}
+LOSSES: dict[str, type[nn.Module]] = {"infonce": ClipLoss, "infonce_labels": LabelClipLoss,
+                                      "cosine": CosineRegressionLoss, "infonce+cosine": InfoNCECosineLoss}
 
 
 def loss_param_names(name: str) -> list[str]:

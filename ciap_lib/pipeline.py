@@ -536,7 +536,8 @@ def run_pipeline(exp: Experiment, *, tracking_uri: str | None = None, notebooks:
     uri = tracking_uri or tracking.default_tracking_uri()
     run_dir = runs_dir / exp.run_name
     run_dir.mkdir(parents=True, exist_ok=True)
-    # TrainConfig writes <ckpt_dir>/<run_name>/last.pt: 02 writes it, 03 and 04 read it.
+    # TrainConfig writes <ckpt_dir>/<run_name>/last.pt (and best.pt): 02 writes them, 03 and 04 read best.pt when
+    # it is there (ciap_lib.checkpoint.pick_checkpoint).
     exp.train["run_name"] = exp.run_name
     checkpoint = Path(exp.train["ckpt_dir"]) / exp.run_name / "last.pt"
     (run_dir / "experiment.yaml").write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False), encoding="utf-8")
@@ -607,10 +608,18 @@ def _log_executed(tracking, parent: str, nb: str, out: Path, failed: bool) -> No
             tracking.end_run(child, "FAILED")
 
 
-def _metric_lines(checkpoint: Path) -> list[str]:
-    """The final validation metrics stored in the run's checkpoint, beside chance level."""
-    from ciap_lib.checkpoint import load_checkpoint
+def _best_note(checkpoint: Path) -> str:
+    from ciap_lib.checkpoint import pick_checkpoint
 
+    picked = pick_checkpoint(checkpoint)
+    return "" if picked == Path(checkpoint) else f" (03 and 04 used {picked.name}: {picked})"
+
+
+def _metric_lines(checkpoint: Path) -> list[str]:
+    """The validation metrics stored in the checkpoint 03 and 04 use (``best.pt`` when there is one)."""
+    from ciap_lib.checkpoint import load_checkpoint, pick_checkpoint
+
+    checkpoint = pick_checkpoint(checkpoint)
     if not Path(checkpoint).is_file():
         return []
     m = load_checkpoint(checkpoint)["metrics"]
@@ -618,7 +627,7 @@ def _metric_lines(checkpoint: Path) -> list[str]:
                         "i2a_median_rank", "a2i_median_rank", "i2a_class_R@1", "a2i_class_R@1") if k in m]
     if not keys:
         return []
-    lines = ["final validation metrics (" + f"after epoch {int(m.get('epoch', 0))}):"]
+    lines = [f"validation metrics of {Path(checkpoint).name} (after epoch {int(m.get('epoch', 0))}):"]
     lines += [f"  {k:<26s} {m[k]:7.3f}" for k in keys]
     return lines
 
@@ -657,7 +666,7 @@ def summary(result: PipelineResult) -> str:
     lines += _headline_lines(result)
     lines += [
         f"executed notebooks (.ipynb + .html): {_rel(result.run_dir)}/",
-        f"checkpoint: {result.checkpoint}",
+        f"checkpoint: {result.checkpoint}" + _best_note(result.checkpoint),
         f"WAVs: {_rel(result.wav_dir)}/ (and in MLflow, run 04_generation, artifacts wavs/)",
         *_mlflow_ui_lines(result),
         "open the notebooks:",

@@ -522,7 +522,8 @@ def compare_runs(experiment_name: str = DEFAULT_EXPERIMENT, tracking_uri: str | 
 # ---------------------------------------------------------------------------------------------
 # training callback
 class MLflowCallback(Callback):
-    """Logs a training run to MLflow: all TrainConfig params, per-epoch metrics, the checkpoint.
+    """Logs a training run to MLflow: all TrainConfig params, per-epoch metrics, the checkpoint (``last.pt`` and
+    ``best.pt``, with ``best_epoch`` and ``best_<select_metric>`` metrics).
 
     ``run_id`` None = the active run (a notebook's nested run). ``log_checkpoint``: "final"
     (only the last checkpoint, at train end), "every" (each epoch) or "none".
@@ -565,10 +566,18 @@ class MLflowCallback(Callback):
 
     def on_train_end(self, result) -> None:
         final = {f"final_{k}": v for k, v in (getattr(result, "metrics", None) or {}).items()}
+        extra = getattr(result, "extra", None) or {}
+        best = extra.get("best") or {}
+        if best.get("epoch") is not None:  # best.pt: its epoch and the value of the metric that chose it
+            final.update({"best_epoch": best["epoch"], f"best_{best['metric']}": best["value"]})
+            set_tags({"select_metric": best["metric"], "stopped_early": bool(extra.get("stopped_early"))},
+                     run_id=self._rid())
         log_metrics(final, run_id=self._rid())
         ckpt = getattr(result, "checkpoint", None) or self.last_checkpoint
         if self.log_checkpoint != "none" and ckpt is not None and Path(ckpt).exists():
             log_artifact(ckpt, self.checkpoint_artifact_path, run_id=self._rid())
+            if best.get("path") and Path(best["path"]).exists():
+                log_artifact(best["path"], self.checkpoint_artifact_path, run_id=self._rid())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Training loop: tqdm bar, per-epoch validation (loss + retrieval metrics), atomic checkpoint each
 epoch, resume, seeded reproducibility, a callback hook (MLflow plugs in here), and DDP under torchrun.
 
-Checkpoints go to ``<ckpt_dir>/<run_name>/last.pt`` (overwritten atomically every epoch).
+Checkpoints go to ``<ckpt_dir>/<run_name>/last.pt`` (overwritten atomically every epoch) and ``best.pt`` (a copy of
+the epoch with the best ``select_metric`` so far, :mod:`ciap_lib.selection`); ``patience`` stops early.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import torch
 from torch import nn
 
 from ciap_lib import distributed as D
-from ciap_lib.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from ciap_lib import selection
+from ciap_lib.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from ciap_lib.config import TrainConfig, save_config
 from ciap_lib.callbacks import Callback
 from ciap_lib.data import PairDataset, make_loader
@@ -32,7 +34,11 @@ from ciap_lib.retrieval import retrieval_metrics
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: per-epoch metric history, the final validation metrics, the checkpoint."""
+    """What :func:`train` returns: per-epoch metric history, the final validation metrics, the checkpoint.
+
+    ``extra["best"]``: ``{"epoch", "metric", "value", "path"}`` of ``best.pt``; ``extra["stopped_early"]``: whether
+    ``patience`` ended the run, after epoch ``extra["stopped_epoch"]`` (None when it ran to ``epochs``).
+    """
 
     history: list[dict[str, float]]
     metrics: dict[str, float]
@@ -49,18 +55,21 @@ def seed_everything(seed: int) -> None:
 
 
 def compute_loss(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, audio: torch.Tensor,
-                 info: D.DistInfo = D.DistInfo()) -> dict[str, torch.Tensor]:
+                 info: D.DistInfo = D.DistInfo(), labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Forward one (local) batch and the loss over the global batch.
 
     Args:
         model: CIAP or DDP(CIAP).
         images: (b,3,S,S); audio: (b,T) waveforms or (b,F) features; b = local batch.
+        labels: (b,) long class per pair (-1 = unlabelled), gathered across ranks with the features.
     Returns:
         the loss dict (``"loss"`` has the graph), computed over all ranks' embeddings (W*b rows).
     """
     out = model(images, audio)
     img, aud = D.gather_features(out["image_features"], out["audio_features"], info)
-    return loss_fn(img, aud, out["logit_scale"])
+    if labels is not None:
+        labels = D.gather_labels(labels.to(img.device), info)
+    return loss_fn(img, aud, out["logit_scale"], labels=labels)
 
 
 @torch.no_grad()
@@ -73,13 +82,16 @@ def metrics_from_embeddings(image_emb: torch.Tensor, audio_emb: torch.Tensor, la
     one; class R@1 when some ``labels`` are >= 0)."""
     loss_fn = create_loss(loss_name, **(loss_kwargs or {}))
     n = image_emb.shape[0]
+    if labels is not None:
+        labels = torch.as_tensor(labels).long()
     scale = torch.tensor(float(logit_scale))
     losses, weights = [], []
     for s in range(0, n, loss_batch_size):
         e = min(n, s + loss_batch_size)
         if e - s < 2 and loss_name.startswith("infonce") and losses:
             break  # a 1-row batch has no negatives
-        losses.append(float(loss_fn(image_emb[s:e], audio_emb[s:e], scale)["loss"]))
+        lab = None if labels is None else labels[s:e]
+        losses.append(float(loss_fn(image_emb[s:e], audio_emb[s:e], scale, labels=lab)["loss"]))
         weights.append(e - s)
     metrics = {"val_loss": float(np.average(losses, weights=weights))}
     metrics.update(retrieval_metrics(image_emb, audio_emb, labels, chunk_size=chunk_size))
@@ -144,6 +156,12 @@ def _cached_image_features(cfg: TrainConfig, model: CIAP, info: D.DistInfo
     return features, extra
 
 
+def _has_labels(dataset: Any) -> bool:
+    """Whether some pair of ``dataset`` has a label (>= 0)."""
+    labels = getattr(dataset, "labels", None)
+    return labels is not None and bool((torch.as_tensor(labels) >= 0).any())
+
+
 def train(cfg: TrainConfig, callbacks: Sequence[Callback] = (),
           audio_features: Mapping[str, torch.Tensor] | None = None) -> TrainResult:
     """Train CIAP as ``cfg`` says; return the history, final validation metrics and checkpoint path.
@@ -186,6 +204,9 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
     if len(train_ds) < cfg.batch_size:
         raise ValueError(f"train split {train_ds.split_dir} has {len(train_ds)} pairs, fewer than "
                          f"batch_size={cfg.batch_size}; lower batch_size")
+    # the metric that picks best.pt: rank 0 sees the val split, the others follow
+    select = D.broadcast_object(selection.resolve_metric(cfg.select_metric, _has_labels(val_ds))
+                                if info.is_main else None, info)
     if info.is_main and train_ds.skipped:
         print(train_ds.report(), file=sys.stderr)
     sampler = D.DistributedEpochSampler(len(train_ds), info, shuffle=True, seed=cfg.seed)
@@ -210,6 +231,13 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
         set_rng_state(ck["rng"])
         if info.is_main:
             print(f"resumed {ckpt_path} after epoch {start_epoch}", file=sys.stderr)
+    best_path = cfg.checkpoint_dir / "best.pt"
+    best = selection.Best.from_history(select, history)  # resume: the best so far, so a worse epoch cannot replace it
+    if info.is_main and start_epoch == 0:
+        best_path.unlink(missing_ok=True)  # a fresh run: an earlier run's best.pt under this name is not its best
+    elif info.is_main and best.epoch == start_epoch and not best_path.is_file():
+        copy_checkpoint(ckpt_path, best_path)
+    stopped = cfg.patience is not None and bool(history) and best.stale(start_epoch) >= cfg.patience
     if info.rank:  # distinct randomness per rank beyond the shared data order
         seed_everything(cfg.seed + 7919 * info.rank + start_epoch)
     if info.is_main:
@@ -225,7 +253,7 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
             cb.on_train_start(cfg, model)
 
     metrics: dict[str, float] = dict(history[-1]) if history else {}
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, cfg.epochs if not stopped else start_epoch):
         sampler.set_epoch(epoch)
         net.train()
         total, count = 0.0, 0
@@ -233,7 +261,8 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
         for batch in bar:
             images = batch["image"].to(info.device, non_blocking=True)
             audio = batch["audio"].to(info.device, non_blocking=True)
-            losses = compute_loss(net, loss_fn, images, audio, info)
+            labels = batch["label"].to(info.device, non_blocking=True)
+            losses = compute_loss(net, loss_fn, images, audio, info, labels=labels)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             if cfg.grad_clip:
@@ -256,17 +285,36 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
                                     loss_kwargs=loss_params(cfg.loss, cfg)))
             history.append(metrics)
             save_checkpoint(ckpt_path, model, cfg, epoch + 1, optimizer, scheduler, history, metrics)
+            improved = best.update(epoch + 1, metrics)
+            if improved:
+                copy_checkpoint(ckpt_path, best_path)
+            shown = "" if select in ("val_loss", "i2a_R@1", "a2i_R@1") else \
+                f" {select} {metrics.get(select, float('nan')):.3f}"
             print(f"epoch {epoch + 1}/{cfg.epochs} train_loss {metrics['train_loss']:.4f} "
                   f"val_loss {metrics['val_loss']:.4f} i2a_R@1 {metrics.get('i2a_R@1', float('nan')):.3f} "
-                  f"a2i_R@1 {metrics.get('a2i_R@1', float('nan')):.3f}", file=sys.stderr)
+                  f"a2i_R@1 {metrics.get('a2i_R@1', float('nan')):.3f}{shown}"
+                  f"{' (best)' if improved else ''}", file=sys.stderr)
             for cb in callbacks:
                 cb.on_epoch_end(epoch + 1, metrics, ckpt_path)
         D.barrier(info)
+        if cfg.patience is not None and epoch + 1 < cfg.epochs and D.broadcast_object(
+                best.stale(epoch + 1) >= cfg.patience if info.is_main else None, info):
+            stopped = True
+            break
 
     history = D.broadcast_object(history, info)
+    best = selection.Best.from_history(select, history)
+    extra["best"] = best.to_dict(best_path)
+    extra["stopped_early"] = stopped
+    extra["stopped_epoch"] = int(history[-1]["epoch"]) if stopped and history else None
     result = TrainResult(history=history, metrics=dict(history[-1]) if history else {}, checkpoint=ckpt_path,
                          config=cfg, seconds=time.time() - t0, extra=extra)
     if info.is_main:
+        if stopped:
+            print(f"early stop after epoch {extra['stopped_epoch']}: {select} has not improved for "
+                  f"{best.stale(extra['stopped_epoch'])} epochs (patience {cfg.patience})", file=sys.stderr)
+        if best.epoch is not None:
+            print(f"best: epoch {best.epoch}, {select} {best.value:.4f} -> {best_path}", file=sys.stderr)
         for cb in callbacks:
             cb.on_train_end(result)
     return result

@@ -1,5 +1,6 @@
 """Checkpoints: round trip of model, optimizer, scheduler, RNG and config with weights_only=True; old-format
-and crafted files refused with the conversion hint; convert_checkpoint; atomic writes; clear errors."""
+and crafted files refused with the conversion hint; convert_checkpoint; atomic writes; clear errors; best.pt picked
+over last.pt."""
 import logging
 import os
 import random
@@ -9,7 +10,8 @@ import pytest
 import torch
 
 from ciap_lib.checkpoint import (
-    FORMAT, atomic_save, convert_checkpoint, load_checkpoint, load_ciap, save_checkpoint, set_rng_state,
+    FORMAT, atomic_save, convert_checkpoint, copy_checkpoint, load_checkpoint, load_ciap, pick_checkpoint,
+    save_checkpoint, set_rng_state,
 )
 from ciap_lib.config import load_config
 from ciap_lib.models import create_model
@@ -164,3 +166,15 @@ def test_bad_checkpoints_name_the_file(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="other.pt.*not a CIAP checkpoint"):
         load_ciap(tmp_path / "other.pt")
+
+
+def test_pick_checkpoint_prefers_best_pt(tmp_path):
+    cfg, model, opt, sched, *_ = _trained()
+    run = tmp_path / "run"
+    last = save_checkpoint(run / "last.pt", model, cfg, 2, opt, sched)
+    assert pick_checkpoint(run) == last and pick_checkpoint(last) == last
+    best = copy_checkpoint(last, run / "best.pt")
+    assert load_checkpoint(best)["epoch"] == 2 and sorted(p.name for p in run.iterdir()) == ["best.pt", "last.pt"]
+    assert pick_checkpoint(run) == best and pick_checkpoint(last) == best
+    other = copy_checkpoint(last, run / "epoch2.pt")
+    assert pick_checkpoint(other) == other  # a file named explicitly is used as given

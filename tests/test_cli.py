@@ -55,6 +55,7 @@ def test_train_then_evaluate(tmp_path, capsys):
     assert trained["epoch"] == 1.0  # --set beat the YAML
     ckpt = tmp_path / "ckpt" / "cli" / "last.pt"
     assert trained["checkpoint"] == str(ckpt)
+    assert trained["best"]["epoch"] == 1 and trained["best"]["path"] == str(ckpt.with_name("best.pt"))
     capsys.readouterr()
     rc = main(["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--json", str(tmp_path / "m.json")])
     assert rc == 0

@@ -1,4 +1,5 @@
-"""Two CPU processes (gloo) give the same loss and gradients as one process on the combined batch;
+"""Two CPU processes (gloo) give the same loss and gradients as one process on the combined batch (InfoNCE, and the
+label-aware InfoNCE with its labels gathered across ranks);
 ``torchrun -m ciap_lib train`` trains with DDP, rank 0 checkpoints, and resume works with another world size."""
 import os
 import socket
@@ -12,13 +13,15 @@ import torch.multiprocessing as mp
 
 from ciap_lib import distributed as D
 from ciap_lib.checkpoint import load_checkpoint
-from ciap_lib.losses import ClipLoss
+from ciap_lib.losses import ClipLoss, create_loss
 from ciap_lib.models import create_model
 from ciap_lib.synthetic import make_synthetic_dataset
 from ciap_lib.train import compute_loss
 
 WORLD = 2
 GLOBAL_BATCH = 8
+#: classes shared across the two ranks' shards, and unlabelled pairs
+LABELS = torch.tensor([0, 1, 0, 2, 1, -1, 2, -1])
 
 
 def _free_port() -> int:
@@ -44,7 +47,7 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _worker(rank: int, port: int, out: str, loss: str = "infonce") -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -55,21 +58,25 @@ def _worker(rank: int, port: int, out: str) -> None:
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         images, audio = _batch()
         b = GLOBAL_BATCH // WORLD
-        losses = compute_loss(ddp, ClipLoss(), images[rank * b:(rank + 1) * b], audio[rank * b:(rank + 1) * b], info)
+        shard = slice(rank * b, (rank + 1) * b)
+        losses = compute_loss(ddp, create_loss(loss), images[shard], audio[shard], info, labels=LABELS[shard])
         losses["loss"].backward()
         torch.save({"loss": losses["loss"].detach(), "grads": _grads(model)}, f"{out}.{rank}")
     finally:
         D.cleanup(info)
 
 
-def test_two_processes_match_one_process_on_the_combined_batch(tmp_path):
+@pytest.mark.parametrize("loss", ["infonce", "infonce_labels"])
+def test_two_processes_match_one_process_on_the_combined_batch(tmp_path, loss):
     model = _model()
     images, audio = _batch()
-    ref_loss = compute_loss(model, ClipLoss(), images, audio)["loss"]
+    ref_loss = compute_loss(model, create_loss(loss), images, audio, labels=LABELS)["loss"]
     ref_loss.backward()
     ref = _grads(model)
+    if loss == "infonce_labels":  # the labels matter: same-class pairs across the two shards are positives
+        assert not torch.allclose(ref_loss, compute_loss(model, ClipLoss(), images, audio)["loss"])
 
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path / "res")), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path / "res"), loss), nprocs=WORLD, join=True)
     for rank in range(WORLD):
         got = torch.load(tmp_path / f"res.{rank}")
         assert torch.allclose(got["loss"], ref_loss.detach(), atol=1e-6), (got["loss"], ref_loss)
@@ -84,6 +91,8 @@ def test_gather_features_is_identity_for_one_process():
     x, y = torch.randn(3, 4), torch.randn(3, 4)
     gx, gy = D.gather_features(x, y, D.DistInfo())
     assert gx is x and gy is y
+    labels = torch.tensor([0, -1, 0])
+    assert D.gather_labels(labels, D.DistInfo()) is labels
 
 
 def test_distributed_epoch_sampler_shards_and_carries_the_epoch():
@@ -103,18 +112,22 @@ def test_torchrun_train_then_resume_with_one_process(tmp_path):
               f"ckpt_dir={tmp_path / 'ckpt'}", "run_name=ddp"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "ciap_lib", "train", *common, "--set", "epochs=1"]
+           str(_free_port()), "-m", "ciap_lib", "train", *common, "--set", "epochs=2", "patience=1",
+           "loss=infonce_labels"]  # patience: rank 0 tells every rank whether to stop
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=Path(__file__).parent.parent)
     assert r.returncode == 0, r.stderr[-3000:]
     ckpt = tmp_path / "ckpt" / "ddp" / "last.pt"
-    assert load_checkpoint(ckpt)["epoch"] == 1
-    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["config.yaml", "last.pt"]  # no stray temp files
+    ck = load_checkpoint(ckpt)
+    assert ck["epoch"] == 2  # after epoch 1 (always the best so far) patience 1 cannot stop it
+    assert load_checkpoint(ckpt.parent / "best.pt")["epoch"] in (1, 2)
+    assert sorted(p.name for p in ckpt.parent.iterdir()) == ["best.pt", "config.yaml", "last.pt"]  # no temp files
     assert r.stdout.count('"checkpoint"') == 1  # only rank 0 reports
-    r = subprocess.run([sys.executable, "-m", "ciap_lib", "train", *common, "--set", "epochs=2", "--resume"],
+    r = subprocess.run([sys.executable, "-m", "ciap_lib", "train", *common, "--set", "epochs=3", "patience=null",
+                        "loss=infonce_labels", "--resume"],
                        capture_output=True, text=True, env=env, timeout=300, cwd=Path(__file__).parent.parent)
     assert r.returncode == 0, r.stderr[-3000:]
     ck = load_checkpoint(ckpt)
-    assert ck["epoch"] == 2 and [h["epoch"] for h in ck["history"]] == [1.0, 2.0]
+    assert ck["epoch"] == 3 and [h["epoch"] for h in ck["history"]] == [1.0, 2.0, 3.0]
 
 
 def test_torchrun_train_with_a_frozen_backbone_shards_the_feature_cache(tmp_path):

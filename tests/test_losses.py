@@ -1,12 +1,14 @@
 """Symmetric InfoNCE, cosine regression and their sum: finite, symmetric, matched < shuffled, grads reach the scale,
-parameters (cosine_weight) from the config."""
+parameters (cosine_weight) from the config. Label-aware InfoNCE: equals InfoNCE when all labels differ, pulls
+same-class pairs together, keeps unlabelled pairs distinct."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ciap_lib.losses import ClipLoss, CosineRegressionLoss, InfoNCECosineLoss, create_loss
+from ciap_lib.losses import (ClipLoss, CosineRegressionLoss, InfoNCECosineLoss, LabelClipLoss, create_loss,
+                             positive_targets)
 
 
 def _feats(b=8, d=16, noise=0.3, seed=0):
@@ -88,7 +90,9 @@ def test_losses_take_their_parameters_from_the_config():
     from ciap_lib.config import load_config
     from ciap_lib.losses import LOSSES, loss_from_config, loss_param_names
 
-    assert {"infonce", "cosine", "infonce+cosine"} <= set(LOSSES)
+    assert {"infonce", "infonce_labels", "cosine", "infonce+cosine"} <= set(LOSSES)
+    assert loss_param_names("infonce_labels") == []
+    assert isinstance(loss_from_config(load_config(None, loss="infonce_labels")), LabelClipLoss)
     assert loss_param_names("infonce+cosine") == ["cosine_weight"] and loss_param_names("infonce") == []
     loss = loss_from_config(load_config(None, loss="infonce+cosine", cosine_weight=0.25))
     assert isinstance(loss, InfoNCECosineLoss) and loss.cosine_weight == 0.25
@@ -96,3 +100,87 @@ def test_losses_take_their_parameters_from_the_config():
         create_loss("infonce", cosine_weight=1.0)
     with pytest.raises(ValueError, match="cosine_weight must be >= 0"):
         create_loss("infonce+cosine", cosine_weight=-1.0)
+
+
+@pytest.mark.parametrize("labels", [None, torch.arange(8), torch.full((8,), -1),
+                                    torch.tensor([5, -1, 2, 0, -1, 7, 1, -1])])
+def test_label_infonce_equals_infonce_when_all_labels_differ(labels):
+    img, aud = _feats()
+    scale = torch.tensor(1 / 0.07)
+    got = LabelClipLoss()(img, aud, scale, labels=labels)
+    ref = ClipLoss()(img, aud, scale)
+    for k in ("loss", "loss_i2a", "loss_a2i"):
+        torch.testing.assert_close(got[k], ref[k])
+    assert float(got["positives"]) == 1.0
+    # gradients too
+    a, b = img.clone().requires_grad_(), img.clone().requires_grad_()
+    g_got, = torch.autograd.grad(LabelClipLoss()(a, aud, scale, labels=labels)["loss"], a)
+    g_ref, = torch.autograd.grad(ClipLoss()(b, aud, scale)["loss"], b)
+    torch.testing.assert_close(g_got, g_ref)
+
+
+def test_label_infonce_matches_brute_force_multi_positive():
+    img, aud = _feats()
+    labels = torch.tensor([0, 0, 1, -1, 1, 1, -1, 2])
+    scale = torch.tensor(10.0)
+    out = LabelClipLoss()(img, aud, scale, labels=labels)
+    sim = scale * img @ aud.t()
+
+    def positives(i):
+        return [j for j in range(8) if j == i or (labels[i] >= 0 and labels[j] == labels[i])]
+
+    ref_i2a = -torch.stack([sim[i].log_softmax(0)[positives(i)].mean() for i in range(8)]).mean()
+    ref_a2i = -torch.stack([sim[:, i].log_softmax(0)[positives(i)].mean() for i in range(8)]).mean()
+    torch.testing.assert_close(out["loss_i2a"], ref_i2a)
+    torch.testing.assert_close(out["loss_a2i"], ref_a2i)
+    torch.testing.assert_close(out["loss"], (ref_i2a + ref_a2i) / 2)
+    torch.testing.assert_close(out["positives"], torch.tensor(sum(len(positives(i)) for i in range(8)) / 8))
+
+
+def test_unlabelled_pairs_are_distinct_from_every_other():
+    t = positive_targets(torch.tensor([-1, -1, 3, 3, -1]))
+    torch.testing.assert_close(t, t.t())
+    torch.testing.assert_close(t[0], torch.tensor([1.0, 0, 0, 0, 0]))
+    torch.testing.assert_close(t[1], torch.tensor([0, 1.0, 0, 0, 0]))
+    torch.testing.assert_close(t[2], torch.tensor([0, 0, 0.5, 0.5, 0]))
+    torch.testing.assert_close(t.sum(1), torch.ones(5))
+
+
+def _cross_cosine_after_step(loss_fn, labels, i, j, lr=0.5):
+    """cos(image i, audio j) before and after one SGD step of ``loss_fn`` on the raw embeddings."""
+    g = torch.Generator().manual_seed(4)
+    img = torch.randn(8, 16, generator=g).requires_grad_()
+    aud = (img.detach() + 0.5 * torch.randn(8, 16, generator=g)).requires_grad_()
+    before = F.cosine_similarity(img[i], aud[j], dim=0).item()
+    loss = loss_fn(F.normalize(img, dim=-1), F.normalize(aud, dim=-1), torch.tensor(10.0), labels=labels)["loss"]
+    loss.backward()
+    with torch.no_grad():
+        img -= lr * img.grad
+        aud -= lr * aud.grad
+    return before, F.cosine_similarity(img[i], aud[j], dim=0).item()
+
+
+def test_label_infonce_gradient_pulls_same_class_pairs_together():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, -1])
+    for i, j in ((0, 1), (1, 0), (2, 3), (5, 4)):  # same class, not each other's pair
+        before, after = _cross_cosine_after_step(LabelClipLoss(), labels, i, j)
+        assert after > before, (i, j, before, after)
+        plain_before, plain_after = _cross_cosine_after_step(ClipLoss(), labels, i, j)
+        assert plain_before == before and plain_after - before < (after - before) / 2  # InfoNCE: a negative
+    before, after = _cross_cosine_after_step(LabelClipLoss(), labels, 6, 7)  # different classes / unlabelled
+    assert after < before
+
+
+def test_every_loss_accepts_labels_and_label_shapes_are_checked():
+    img, aud = _feats()
+    scale = torch.tensor(10.0)
+    labels = torch.zeros(8, dtype=torch.long)
+    for name in ("infonce", "cosine", "infonce+cosine"):
+        torch.testing.assert_close(create_loss(name)(img, aud, scale, labels=labels)["loss"],
+                                   create_loss(name)(img, aud, scale)["loss"])
+    for bad in (torch.zeros(7, dtype=torch.long), torch.zeros(8, 1, dtype=torch.long), torch.zeros(8),
+                torch.zeros(8, dtype=torch.bool)):
+        with pytest.raises(ValueError, match="labels must be"):
+            LabelClipLoss()(img, aud, scale, labels=bad)
+    with pytest.raises(ValueError, match="same shape"):
+        LabelClipLoss()(img, aud[:4], scale, labels=labels)

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from ciap_lib import pipeline, tracking
-from ciap_lib.checkpoint import load_checkpoint
+from ciap_lib.checkpoint import load_checkpoint, pick_checkpoint
 from ciap_lib.cli import main as cli_main
 from fixtures import pipeline as pipe_fx
 
@@ -72,11 +72,13 @@ def test_metrics_sane(run):
     assert all(math.isfinite(h.value) and 0 < h.value < 10 for h in hist)
     assert len(client.get_metric_history(rid, "val_loss")) == EPOCHS
     m3 = children["03_retrieval_evaluation"].data.metrics
-    # 03 re-evaluates the checkpoint 02 wrote: the same retrieval numbers as 02's final epoch, every one
-    m2 = children["02_training"].data.metrics
+    # 03 re-evaluates the checkpoint 02 chose (best.pt): the same retrieval numbers as 02's best epoch, every one
+    best_epoch = int(children["02_training"].data.metrics["best_epoch"])
     keys = [f"{d}_{k}" for d in ("i2a", "a2i")
             for k in ("R_at_1", "R_at_5", "R_at_10", "median_rank", "class_R_at_1")]
-    assert {k: m3[k] for k in keys} == pytest.approx({k: m2[k] for k in keys}, abs=1e-6)
+    m2 = {k: [h.value for h in client.get_metric_history(rid, k) if h.step == best_epoch][0] for k in keys}
+    assert {k: m3[k] for k in keys} == pytest.approx(m2, abs=1e-6)
+    assert children["03_retrieval_evaluation"].data.params["checkpoint"].endswith("best.pt")
     assert children["04_generation"].data.metrics["n_clips"] == 2
 
 
@@ -85,7 +87,7 @@ def test_artifacts(run):
     arts = {nb: tracking.list_artifacts(r.info.run_id, tracking_uri=uri) for nb, r in children.items()}
     assert {"figures/label_counts.png", "figures/distributions.png", "figures/sample_pairs.png"} <= set(
         arts["01_data_exploration"])
-    assert {"figures/training_curves.png", "checkpoint/last.pt"} <= set(arts["02_training"])
+    assert {"figures/training_curves.png", "checkpoint/last.pt", "checkpoint/best.pt"} <= set(arts["02_training"])
     assert {"figures/similarity_heatmap.png", "figures/projection_2d.png"} <= set(arts["03_retrieval_evaluation"])
     for nb, a in arts.items():
         assert {f"notebook/{nb}.ipynb", f"notebook/{nb}.html"} <= set(a), nb
@@ -157,7 +159,7 @@ def test_executed_notebooks(run):
 def test_summary_says_where_things_are_and_how_well_it_did(run):
     result, *_ = run
     text = pipeline.summary(result)
-    ck = load_checkpoint(result.checkpoint)
+    ck = load_checkpoint(pick_checkpoint(result.checkpoint))  # best.pt: the checkpoint 03 and 04 used
     lines = {ln.split()[0]: ln.split()[1] for ln in text.splitlines() if ln.startswith("  ") and len(ln.split()) > 1}
     assert lines["i2a_R@1"] == f"{ck['metrics']['i2a_R@1']:.3f}"
     assert lines["a2i_median_rank"] == f"{ck['metrics']['a2i_median_rank']:.3f}"

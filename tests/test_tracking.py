@@ -109,7 +109,11 @@ def test_mlflow_callback_logs_params_metrics_checkpoint(store, dataset, tmp_path
     assert r.data.params["model.image_backbone"] == "tiny_cnn" and r.data.params["model.head"] == "linear"
     assert r.data.params["model.image_weights_digest"] == summary["image_weights_digest"]
     assert len(summary["image_weights_digest"]) == 64 and r.data.params["model.preprocess.size"] == "32"
-    assert tracking.list_artifacts(run.info.run_id, tracking_uri=uri) == ["checkpoint/last.pt"]
+    assert tracking.list_artifacts(run.info.run_id, tracking_uri=uri) == ["checkpoint/best.pt", "checkpoint/last.pt"]
+    best = result.extra["best"]  # the synthetic val split has labels
+    assert best["metric"] == "i2a_class_R@1" and r.data.metrics["best_epoch"] == best["epoch"]
+    assert r.data.metrics["best_i2a_class_R_at_1"] == pytest.approx(best["value"])
+    assert r.data.tags["select_metric"] == "i2a_class_R@1" and r.data.tags["stopped_early"] == "False"
 
 
 def test_figures_wavs_notebooks_and_dataset(store, dataset, tmp_path):

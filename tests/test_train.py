@@ -1,4 +1,5 @@
-"""Training loop: end-to-end learning on the synthetic set, resume == uninterrupted, callbacks, clap features."""
+"""Training loop: end-to-end learning on the synthetic set, resume == uninterrupted, callbacks, clap features,
+best.pt selection, early stopping, the label-aware loss."""
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from ciap_lib.data import PairDataset
 from ciap_lib.pairs import scan_pairs
 from ciap_lib.synthetic import make_synthetic_dataset
 from ciap_lib.callbacks import Callback
+from ciap_lib import train as train_module
 from ciap_lib.train import evaluate, train
 
 
@@ -104,3 +106,99 @@ def test_end_to_end_debug_beats_chance(tmp_path):
     assert r5 >= 2.5 * 5 / n, m       # chance: 5/64
     assert med <= 0.5 * (n + 1) / 2, m  # chance: ~32.5
     assert m["val_loss"] < math.log(32) - 0.2, m
+
+
+def _best_epoch(history, metric, lower=False):
+    values = [h[metric] for h in history]
+    best = min(values) if lower else max(values)
+    return values.index(best) + 1  # the first epoch reaching it: ties keep the earlier one
+
+
+@pytest.mark.parametrize("select_metric", [None, "val_loss"])
+def test_best_pt_holds_the_epoch_with_the_best_chosen_metric(small_data, tmp_path, select_metric):
+    r = train(_cfg(small_data, tmp_path, run_name="best", epochs=4, select_metric=select_metric))
+    metric = select_metric or "i2a_class_R@1"  # the synthetic val split has labels
+    epoch = _best_epoch(r.history, metric, lower=metric == "val_loss")
+    best_pt = tmp_path / "ckpt" / "best" / "best.pt"
+    assert r.extra["best"] == {"epoch": epoch, "metric": metric, "value": r.history[epoch - 1][metric],
+                               "path": str(best_pt)}
+    assert r.extra["stopped_early"] is False and r.extra["stopped_epoch"] is None
+    ck = load_checkpoint(best_pt)
+    assert ck["epoch"] == epoch and ck["metrics"] == r.history[epoch - 1]
+    assert load_checkpoint(r.checkpoint)["epoch"] == 4  # last.pt keeps being written
+
+
+def _scripted(monkeypatch, values):
+    """Training whose validation reports ``values`` (in turn, one per epoch) as i2a_R@1."""
+    real = evaluate  # the module's own, not an earlier script
+    todo = list(values)
+
+    def scripted(*args, **kwargs):
+        return {**real(*args, **kwargs), "i2a_R@1": todo.pop(0)}
+
+    monkeypatch.setattr(train_module, "evaluate", scripted)
+
+
+def test_patience_stops_early_and_best_pt_keeps_the_best_epoch(small_data, tmp_path, monkeypatch):
+    _scripted(monkeypatch, [0.2, 0.5, 0.5, 0.4, 0.9, 0.9])
+    r = train(_cfg(small_data, tmp_path, run_name="stop", epochs=6, select_metric="i2a_R@1", patience=2))
+    assert [h["i2a_R@1"] for h in r.history] == [0.2, 0.5, 0.5, 0.4]  # a tie is no improvement
+    assert r.extra["stopped_early"] is True and r.extra["stopped_epoch"] == 4
+    assert r.extra["best"]["epoch"] == 2 and r.extra["best"]["value"] == 0.5
+    assert load_checkpoint(tmp_path / "ckpt" / "stop" / "best.pt")["epoch"] == 2
+    assert load_checkpoint(r.checkpoint)["epoch"] == 4
+
+
+def test_resume_keeps_a_better_best_pt(small_data, tmp_path, monkeypatch):
+    _scripted(monkeypatch, [0.3, 0.6, 0.1])
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(small_data, tmp_path, run_name="res", epochs=5, select_metric="i2a_R@1"),
+              [Recorder(stop_after=3)])
+    assert load_checkpoint(tmp_path / "ckpt" / "res" / "best.pt")["epoch"] == 2
+    _scripted(monkeypatch, [0.5, 0.55])  # the resumed epochs 4 and 5 are worse than epoch 2
+    r = train(_cfg(small_data, tmp_path, run_name="res", epochs=5, select_metric="i2a_R@1", resume=True))
+    assert [h["i2a_R@1"] for h in r.history] == [0.3, 0.6, 0.1, 0.5, 0.55]
+    assert r.extra["best"]["epoch"] == 2 and r.extra["best"]["value"] == 0.6
+    ck = load_checkpoint(tmp_path / "ckpt" / "res" / "best.pt")
+    assert ck["epoch"] == 2 and ck["metrics"]["i2a_R@1"] == 0.6
+
+
+def test_select_metric_and_patience_are_validated(small_data, tmp_path):
+    for kw, match in (({"select_metric": "accuracy"}, "select_metric.*not a validation metric"),
+                      ({"patience": 0}, "patience.*positive integer")):
+        with pytest.raises(ValueError, match=match):
+            _cfg(small_data, tmp_path, **kw).check()
+    _cfg(small_data, tmp_path, select_metric="a2i_median_rank", patience=1).check()
+
+
+def test_label_aware_loss_trains(small_data, tmp_path):
+    r = train(_cfg(small_data, tmp_path, run_name="lab", epochs=2, loss="infonce_labels"))
+    assert all(math.isfinite(h["val_loss"]) and math.isfinite(h["i2a_class_R@1"]) for h in r.history)
+    assert r.extra["best"]["metric"] == "i2a_class_R@1"
+
+
+def test_selectable_metrics_are_what_validation_computes():
+    from ciap_lib.selection import lower_is_better, resolve_metric, selectable_metrics
+    from ciap_lib.train import metrics_from_embeddings
+
+    g = torch.Generator().manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(12, 8, generator=g), dim=-1)
+    labels = torch.tensor([0, 1, 2, -1] * 3)
+    computed = metrics_from_embeddings(emb, emb, labels, 10.0, "infonce_labels", loss_batch_size=6)
+    assert set(selectable_metrics()) == set(computed)
+    assert [m for m in selectable_metrics() if lower_is_better(m)] == ["val_loss", "i2a_median_rank",
+                                                                        "a2i_median_rank"]
+    assert resolve_metric(None, has_labels=True) == "i2a_class_R@1"
+    assert resolve_metric(None, has_labels=False) == "i2a_R@1"
+    with pytest.raises(ValueError, match="needs labels"):
+        resolve_metric("a2i_class_R@1", has_labels=False)
+
+
+def test_a_fresh_run_drops_an_earlier_best_pt(small_data, tmp_path, monkeypatch):
+    _scripted(monkeypatch, [0.9, float("nan")])
+    train(_cfg(small_data, tmp_path, run_name="again", epochs=1, select_metric="i2a_R@1"))
+    best_pt = tmp_path / "ckpt" / "again" / "best.pt"
+    assert best_pt.is_file()
+    r = train(_cfg(small_data, tmp_path, run_name="again", epochs=1, select_metric="i2a_R@1"))  # NaN: never best
+    assert not best_pt.exists() and r.extra["best"] == {"epoch": None, "metric": "i2a_R@1", "value": None,
+                                                        "path": None}

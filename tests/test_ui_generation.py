@@ -137,9 +137,12 @@ def test_refused_audioldm_checkpoint_falls_back_and_says_why(ciap, ws, tmp_path)
 
 
 def test_resolve_checkpoint(ws, tmp_path):
-    assert batch.resolve_checkpoint(ws["checkpoint"]) == (ws["checkpoint"], "")
+    from ciap_lib.checkpoint import pick_checkpoint
+
+    picked = pick_checkpoint(ws["checkpoint"])  # the run's best.pt when it has one
+    assert batch.resolve_checkpoint(ws["checkpoint"]) == (picked, "")
     path, note = batch.resolve_checkpoint(tmp_path / "missing.pt", ckpt_dir=ws["checkpoint"].parent.parent)
-    assert path == ws["checkpoint"] and "newest" in note
+    assert path == picked and "newest" in note
     with pytest.raises(ValueError, match="checkpoint"):
         batch.resolve_checkpoint(tmp_path / "missing.pt", ckpt_dir=tmp_path)
 

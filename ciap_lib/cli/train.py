@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         if run_id is not None:
             tracking.end_run(run_id, status)
     if rank0:
-        summary = {"checkpoint": str(result.checkpoint), **result.metrics}
+        summary = {"checkpoint": str(result.checkpoint), "best": result.extra.get("best"),
+                   "stopped_early": result.extra.get("stopped_early"), **result.metrics}
         if run_id is not None:
             summary["mlflow_run_id"] = run_id
         print(json.dumps(summary, indent=2))

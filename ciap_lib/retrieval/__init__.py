@@ -26,8 +26,8 @@ Backends (``method=``):
 >>> retrieval_metrics(image_emb, audio_emb, labels)      # R@1/5/10, median rank, class R@1 both ways
 >>> topk(queries, keys, k=10)                            # (scores, indices), best first
 """
-from ciap_lib.retrieval.metrics import METHODS, choose_method, pair_ranks, retrieval_metrics
+from ciap_lib.retrieval.metrics import METHODS, choose_method, metric_names, pair_ranks, retrieval_metrics
 from ciap_lib.retrieval.neighbours import topk
 from ciap_lib.retrieval.inputs import TIES
 
-__all__ = ["METHODS", "TIES", "choose_method", "pair_ranks", "retrieval_metrics", "topk"]
+__all__ = ["METHODS", "TIES", "choose_method", "metric_names", "pair_ranks", "retrieval_metrics", "topk"]

@@ -66,8 +66,17 @@ def pair_ranks(image_emb: ArrayLike, audio_emb: ArrayLike, chunk_size: int = 409
     return ranks + (i2a.best, a2i.best) if return_top1 else ranks
 
 
+DEFAULT_KS = (1, 5, 10)
+
+
+def metric_names(ks: Sequence[int] = DEFAULT_KS, labels: bool = True) -> list[str]:
+    """The keys :func:`retrieval_metrics` returns for ``ks`` (class R@1 only when ``labels``), in its order."""
+    names = [f"{d}_{m}" for d in ("i2a", "a2i") for m in [f"R@{k}" for k in ks] + ["median_rank"]]
+    return names + (["i2a_class_R@1", "a2i_class_R@1"] if labels else [])
+
+
 def retrieval_metrics(image_emb: ArrayLike, audio_emb: ArrayLike, labels: ArrayLike | None = None,
-                      ks: Sequence[int] = (1, 5, 10), chunk_size: int = 4096, ties: str = "pessimistic",
+                      ks: Sequence[int] = DEFAULT_KS, chunk_size: int = 4096, ties: str = "pessimistic",
                       device: str | torch.device = "cpu", *, method: str = "auto", use_bf16: bool | None = None,
                       progress: bool = False) -> dict[str, float]:
     """Recall@k and median rank in both directions, and class-level R@1 when labels are given.

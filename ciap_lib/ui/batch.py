@@ -20,19 +20,23 @@ def find_latest_checkpoint(ckpt_dir: str | Path = "ckpt", name: str = "last.pt")
 
 
 def resolve_checkpoint(checkpoint: str | Path, ckpt_dir: str | Path = "ckpt") -> tuple[Path, str]:
-    """``checkpoint`` when it exists; else (a notebook opened by hand) the newest ``<ckpt_dir>/*/last.pt``.
+    """``checkpoint`` when it exists; else (a notebook opened by hand) the newest ``<ckpt_dir>/*/last.pt``. Either
+    way a run's ``best.pt`` is used when it is there (:func:`ciap_lib.checkpoint.pick_checkpoint`).
 
     Returns ``(path, note)``; ``note`` says when another checkpoint than the requested one is used.
     ``ValueError`` naming ``checkpoint`` when there is none at all.
     """
+    from ciap_lib.checkpoint import pick_checkpoint
+
     if checkpoint and Path(checkpoint).is_file():
-        return Path(checkpoint), ""
+        return pick_checkpoint(checkpoint), ""
     latest = find_latest_checkpoint(ckpt_dir)
     if latest is None:
         raise ValueError(f"checkpoint {str(checkpoint)!r} not found and no {ckpt_dir}/*/last.pt exists: train a CIAP "
                          "model first (notebooks/02_training.ipynb or `python -m ciap_lib train`) or set "
                          "the `checkpoint` parameter")
-    return latest, f"checkpoint {str(checkpoint)!r} not found; using the newest one, {latest}"
+    latest = pick_checkpoint(latest)
+    return latest, f"checkpoint {str(checkpoint)!r} not found; using the newest run's, {latest}"
 
 
 def default_images(data_root: str | Path, n: int, split: str = "val") -> list[Path]:
