@@ -8,6 +8,7 @@ import torch
 
 from ciap_lib.augment import (AUDIO_PARTS, AudioAugment, ImageAugment, SpecAugment, coloured_noise, from_config,
                               parse_parts, set_spec_augment)
+from ciap_lib.config import load_config
 from ciap_lib.models import create_model
 
 T = 16000
@@ -181,3 +182,11 @@ def test_spec_augment_sits_in_the_log_mel_front_end():
     assert torch.equal(model.encode_audio(audio), ref)
     with pytest.raises(ValueError, match="log-mel"):
         set_spec_augment(create_model("debug", audio_encoder="mlp"), SpecAugment())
+
+
+def test_from_config_builds_what_is_switched_on():
+    aug = from_config(load_config(None, ["augment_audio=gain,specaugment", "augment_image=", "gain_db=3"]))
+    assert aug.audio.parts == ("gain",) and aug.audio.gain_db == 3.0
+    assert aug.image is None and isinstance(aug.spec, SpecAugment)
+    off = from_config(load_config(None))
+    assert off.audio is None and off.image is None and off.spec is None
