@@ -22,9 +22,9 @@ import yaml
 #: TrainConfig fields that override the named model config when not None.
 MODEL_OVERRIDE_KEYS = ("embed_dim", "image_size", "image_backbone", "image_pretrained", "image_weights",
                        "freeze_backbone", "unfreeze_last", "head", "head_depth", "head_width", "audio_encoder")
-#: TrainConfig keys (by name; some are another module's) that turn on per-epoch image augmentation, which cached
-#: backbone features (freeze_backbone) cannot follow
-IMAGE_AUGMENT_KEYS = ("augment_image", "image_augment", "augment")
+#: TrainConfig keys that turn on per-epoch image augmentation, which cached backbone features (freeze_backbone)
+#: cannot follow
+IMAGE_AUGMENT_KEYS = ("augment_image",)
 
 
 @dataclass
@@ -68,6 +68,19 @@ class TrainConfig:
     lr_gamma: float = 0.1                 # 'step': lr factor per drop
     warmup_epochs: int = 0                # 'cosine': linear warmup epochs before the decay
     grad_clip: float | None = None
+    # augmentation of the training split (ciap_lib.augment; validation never; seeded per seed, epoch and item).
+    # Parts are comma-separated names, "" = off (the default): augment_audio=gain,noise
+    augment_audio: str = ""               # 'gain', 'shift' (circular), 'noise' (white/pink), 'speed' (waveform);
+                                          # 'specaugment' (log-mel masks, logmel_cnn only). Not with audio_encoder clap
+    augment_image: str = ""               # 'crop' (RandomResizedCrop), 'affine' (small), 'jitter' (colour).
+                                          # Not with freeze_backbone (cached features)
+    gain_db: float = 6.0                  # 'gain': uniform in [-gain_db, gain_db] dB
+    noise_snr_db_min: float = 10.0        # 'noise': SNR uniform in [noise_snr_db_min, noise_snr_db_max] dB
+    noise_snr_db_max: float = 40.0
+    speed_perturb: float = 0.1            # 'speed': speed factor uniform in [1 - x, 1 + x] (0.01 steps), x <= 0.5
+    specaug_freq_mask: int = 8            # 'specaugment': one frequency mask of up to N mel bins per clip
+    specaug_time_mask: int = 20           # 'specaugment': one time mask of up to N frames per clip
+    crop_scale_min: float = 0.5           # 'crop': area scale of the crop in [crop_scale_min, 1]
     seed: int = 0
     device: str = "cpu"                   # 'cpu' | 'cuda' | 'cuda:N' | 'auto'
     # checkpoints and evaluation
@@ -132,7 +145,8 @@ class TrainConfig:
 
 #: keys that must be > 0, and keys that must be >= 0
 _POSITIVE = ("batch_size", "epochs", "lr_step_size", "eval_batch_size", "eval_chunk_size")
-_NON_NEGATIVE = ("num_workers", "warmup_epochs", "weight_decay", "cosine_weight")
+_NON_NEGATIVE = ("num_workers", "warmup_epochs", "weight_decay", "cosine_weight", "gain_db", "specaug_freq_mask",
+                 "specaug_time_mask")
 _RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 #: what a ``device`` setting may say (training and generation): cpu, cuda, cuda:N or auto
 DEVICE_PATTERN = re.compile(r"cpu|auto|cuda(:\d+)?")
@@ -145,6 +159,7 @@ def _key(prefix: str, key: str) -> str:
 
 def _value_problems(cfg: "TrainConfig", check_paths: bool, check_weights: bool) -> list[tuple[str, str]]:
     """``[(key, problem), ...]`` for :meth:`TrainConfig.check`."""
+    from ciap_lib.augment import AUDIO_PARTS, IMAGE_PARTS, parse_parts
     from ciap_lib.features import PRECISIONS
     from ciap_lib.losses import LOSSES
     from ciap_lib.models import MODEL_CONFIGS, check_model_config, get_model_config
@@ -164,6 +179,20 @@ def _value_problems(cfg: "TrainConfig", check_paths: bool, check_weights: bool) 
         out.append(("lr_gamma", f"must be in (0, 1], got {cfg.lr_gamma!r}"))
     if cfg.grad_clip is not None and not cfg.grad_clip > 0:
         out.append(("grad_clip", f"must be a positive number or null, got {cfg.grad_clip!r}"))
+    parts: dict[str, list[str]] = {}
+    for key, allowed in (("augment_audio", AUDIO_PARTS), ("augment_image", IMAGE_PARTS)):
+        try:
+            parts[key] = parse_parts(getattr(cfg, key), allowed, key)
+        except ValueError as e:
+            parts[key] = []
+            out.append((key, str(e).partition(": ")[2]))
+    if not cfg.noise_snr_db_min <= cfg.noise_snr_db_max:
+        out.append(("noise_snr_db_min", f"must be <= noise_snr_db_max ({cfg.noise_snr_db_max}), "
+                                        f"got {cfg.noise_snr_db_min!r}"))
+    if not 0 <= cfg.speed_perturb <= 0.5:
+        out.append(("speed_perturb", f"must be in [0, 0.5] (speed factors 1 - x .. 1 + x), got {cfg.speed_perturb!r}"))
+    if not 0 < cfg.crop_scale_min <= 1:
+        out.append(("crop_scale_min", f"must be in (0, 1], got {cfg.crop_scale_min!r}"))
     if cfg.warmup_epochs >= cfg.epochs > 0 and cfg.lr_schedule == "cosine":
         out.append(("warmup_epochs", f"must be fewer than epochs ({cfg.epochs}), got {cfg.warmup_epochs}"))
     for key, registry, what in (("loss", LOSSES, "a loss"), ("optimizer", OPTIMIZERS, "an optimizer"),
@@ -191,11 +220,18 @@ def _value_problems(cfg: "TrainConfig", check_paths: bool, check_weights: bool) 
         if cfg.loss in ("cosine", "infonce+cosine") and mc.audio_encoder != "clap":
             out.append(("loss", f"{cfg.loss!r} regresses onto a frozen audio tower; use it with audio_encoder 'clap' "
                                 f"(this model's audio encoder is {mc.audio_encoder!r})"))
-        augment = [k for k in IMAGE_AUGMENT_KEYS if _enabled(getattr(cfg, k, None))]
+        augment = [k for k in IMAGE_AUGMENT_KEYS if parts[k]]
         if mc.freeze_backbone and augment:
             out.append((augment[0], "per-epoch image augmentation cannot work with freeze_backbone=true: a frozen "
                                     "backbone's features are computed once per image and cached; turn the "
                                     "augmentation off, or set freeze_backbone=false (optionally unfreeze_last=N)"))
+        if mc.audio_encoder == "clap" and parts["augment_audio"]:
+            out.append(("augment_audio", f"audio augmentation ({cfg.augment_audio!r}) cannot work with audio_encoder "
+                                         "'clap': it trains on CLAP features computed once per clip and cached; "
+                                         "turn the augmentation off, or use audio_encoder 'logmel_cnn' or 'mlp'"))
+        elif "specaugment" in parts["augment_audio"] and mc.audio_encoder != "logmel_cnn":
+            out.append(("augment_audio", f"'specaugment' masks a log-mel input; audio_encoder {mc.audio_encoder!r} "
+                                         "has none (use audio_encoder 'logmel_cnn', or drop 'specaugment')"))
     if check_paths:
         root = Path(cfg.data)
         if not root.is_dir() and root != Path(TrainConfig.data):  # the embedded set is built on first use
@@ -205,14 +241,6 @@ def _value_problems(cfg: "TrainConfig", check_paths: bool, check_weights: bool) 
                 if not (root / getattr(cfg, key)).is_dir():
                     out.append((key, f"split folder {str(root / getattr(cfg, key))!r} does not exist"))
     return out
-
-
-def _enabled(value: Any) -> bool:
-    """Whether an augmentation setting turns augmentation on (True, a non-empty name other than none/off, a
-    non-empty list, a positive number)."""
-    if isinstance(value, str):
-        return value.strip().lower() not in ("", "none", "off", "false", "no")
-    return bool(value)
 
 
 def _hints() -> dict[str, Any]:

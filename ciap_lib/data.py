@@ -5,6 +5,12 @@ Pairs come from :func:`ciap_lib.pairs.scan_pairs`, images are decoded by :mod:`c
 ``sample_rate`` and cut into ``segment_seconds`` segments: a seeded random crop in training (reproducible per
 epoch), the centre crop in evaluation, zero padding at the end of short clips.
 
+Augmentation (:mod:`ciap_lib.augment`; training split only, never in evaluation): an ``audio_augment`` on the
+waveform segment and an ``image_augment`` on the decoded uint8 image, both driven by numpy Generators derived from
+(seed, epoch, index) like the random crop (separate streams, so switching augmentation on leaves the crops as they
+were). An augmented item is therefore the same with any number of workers and after a resume. Cached features
+(precomputed audio features, cached image features) cannot be augmented per epoch: asking for both is an error.
+
 Bad files raise :class:`~ciap_lib.audio_io.BadFileError` naming the file and the problem (all of a split's bad
 files at once: :class:`~ciap_lib.pairs.BadFilesError`). With ``skip_bad=True`` they are skipped and reported
 (``dataset.skipped``, ``dataset.report()``). Problems are found when the dataset is built: headers are always
@@ -24,7 +30,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -35,6 +41,9 @@ from ciap_lib.audio_io import (AudioInfo, BadFileError, audio_info, load_audio, 
 from ciap_lib.constants import SAMPLE_RATE
 from ciap_lib.images import ImagePreprocess, as_preprocess, load_image_uint8, normalize_image
 from ciap_lib.pairs import BadFilesError, Pair, scan_split
+
+if TYPE_CHECKING:
+    from ciap_lib.augment import AudioAugment, ImageAugment
 
 __all__ = ["PairDataset", "EpochSampler", "make_loader", "collate_pairs", "crop_segment"]
 
@@ -77,9 +86,14 @@ class PairDataset(Dataset):
             ``"lazy"`` (each process keeps the images it decoded and the clips that are short (<= 4 s) or
             not seekable (ogg, mp3), up to ``cache_max_bytes``; long wav/flac are read by seeking); ``"none"``.
         cache_max_bytes: memory budget of the cache per process.
+        audio_augment: waveform augmentation (:class:`~ciap_lib.augment.AudioAugment`) of training items; not
+            allowed with ``audio_features``. Ignored when ``train`` is False: evaluation is never augmented.
+        image_augment: image augmentation (:class:`~ciap_lib.augment.ImageAugment`) of training items, applied to
+            the uint8 image before normalisation; not allowed with ``image_features``. Ignored when ``train`` is
+            False.
 
     Items: ``{"image": float32 (3,S,S) or feature (F,), "audio": float32 (T,) or feature (F,), "label": long (-1 if none),
-    "index": long}``. An index may also be an ``(index, epoch)`` tuple (what :class:`EpochSampler` yields),
+    "index": long}`` (augmented in training when ``audio_augment`` / ``image_augment`` are given). An index may also be an ``(index, epoch)`` tuple (what :class:`EpochSampler` yields),
     which makes random crops reproducible per epoch even in persistent worker processes.
     """
 
@@ -87,7 +101,8 @@ class PairDataset(Dataset):
                  sample_rate: int = SAMPLE_RATE, segment_seconds: float = 1.0, skip_bad: bool = False,
                  audio_features: Mapping[str, torch.Tensor] | None = None, seed: int = 0,
                  cache: str = "auto", cache_max_bytes: int = 2 * 1024 ** 3,
-                 image_features: Mapping[str, torch.Tensor] | None = None):
+                 image_features: Mapping[str, torch.Tensor] | None = None,
+                 audio_augment: "AudioAugment | None" = None, image_augment: "ImageAugment | None" = None):
         if not isinstance(image_size, ImagePreprocess) and (isinstance(image_size, bool) or image_size <= 0):
             raise ValueError(f"PairDataset: image_size must be positive, got {image_size}")
         if sample_rate <= 0 or segment_seconds <= 0:
@@ -95,6 +110,12 @@ class PairDataset(Dataset):
                              f"({segment_seconds}) must be positive")
         if cache not in ("auto", "preload", "lazy", "none"):
             raise ValueError(f"PairDataset: cache must be auto|preload|lazy|none, got {cache!r}")
+        if audio_augment and audio_features is not None:
+            raise ValueError("PairDataset: audio augmentation cannot work with precomputed audio features (e.g. "
+                             "cached CLAP features): they are computed once per clip; drop one of them")
+        if image_augment and image_features is not None:
+            raise ValueError("PairDataset: image augmentation cannot work with cached image features (frozen "
+                             "backbone): they are computed once per image; drop one of them")
         self.root = Path(root)
         self.split = split
         self.split_dir = self.root / split if split else self.root
@@ -110,6 +131,8 @@ class PairDataset(Dataset):
         self.skip_bad = bool(skip_bad)
         self.seed = int(seed)
         self.epoch = 0
+        self.audio_augment = audio_augment if self.train and audio_augment else None
+        self.image_augment = image_augment if self.train and image_augment else None
         self.cache_max_bytes = int(cache_max_bytes)
         pairs, skipped, infos = scan_split(self.split_dir, skip_bad=skip_bad, validate=True)
         self.skipped: list[tuple[Path, str]] = list(skipped)
@@ -205,8 +228,9 @@ class PairDataset(Dataset):
                 wav = load_audio(p.audio, self.sample_rate)
         return img, wav
 
-    def _segment(self, index: int, epoch: int) -> np.ndarray:
-        """The (segment_samples,) crop of pair ``index``: from the cached clip, or decoded by seeking.
+    def _segment(self, index: int, epoch: int, length: int | None = None) -> np.ndarray:
+        """The (length,) crop (default ``segment_samples``) of pair ``index``: from the cached clip, or decoded
+        by seeking.
 
         The crop position depends only on (seed, epoch, index) and the clip length, so every cache mode
         yields the same crop (bit-identical for files at the target rate).
@@ -217,7 +241,7 @@ class PairDataset(Dataset):
         total = wav.shape[0] if wav is not None else resampled_length(info.frames, info.sample_rate,
                                                                       self.sample_rate)
         rng = self._rng(index, epoch) if self.train else None
-        length = self.segment_samples
+        length = self.segment_samples if length is None else int(length)
         if total <= length:
             start = 0
         elif rng is not None:
@@ -279,8 +303,11 @@ class PairDataset(Dataset):
         for i, (img, wav) in enumerate(decoded):
             self._store(i, img, wav)
 
-    def _rng(self, index: int, epoch: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed & 0xFFFFFFFF, epoch, index])
+    def _rng(self, index: int, epoch: int, stream: int = 0) -> np.random.Generator:
+        """The Generator of (seed, epoch, index): stream 0 draws the crop, 1 the audio augmentation, 2 the image
+        augmentation."""
+        key = [self.seed & 0xFFFFFFFF, epoch, index]
+        return np.random.default_rng(key + [stream] if stream else key)
 
     def __getitem__(self, idx: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         if isinstance(idx, (tuple, list)):
@@ -299,9 +326,16 @@ class PairDataset(Dataset):
                 img = load_image_uint8(self.pairs[index].image, self.preprocess)
                 if self.cache_mode in ("lazy", "preload"):
                     self._store(index, img, None)
+            if self.image_augment is not None:
+                img = self.image_augment.augment(img, self._rng(index, epoch, 2))
             image = normalize_image(img, self.preprocess.mean, self.preprocess.std)
         if self.audio_features is not None:
             audio = self.audio_features[str(self.pairs[index].audio.resolve())]
+        elif self.audio_augment is not None:
+            aug, length = self.audio_augment, self.segment_samples
+            params = aug.sample(self._rng(index, epoch, 1), length)
+            seg = self._segment(index, epoch, aug.source_length(length, params))
+            audio = torch.from_numpy(aug.apply(seg, params, length))
         else:
             audio = torch.from_numpy(self._segment(index, epoch))
         return {"image": image, "audio": audio,

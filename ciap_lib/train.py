@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ciap_lib import augment as A
 from ciap_lib import distributed as D
 from ciap_lib import selection
 from ciap_lib.checkpoint import copy_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
@@ -197,9 +198,13 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
     loss_fn = loss_from_config(cfg)
     model.to(info.device)
     image_features, extra = _cached_image_features(cfg, model, info)  # frozen backbone: features, not images
+    aug = A.from_config(cfg)  # training split only; SpecAugment masks in model.train() mode only
+    if aug.spec is not None:
+        A.set_spec_augment(model, aug.spec)
     ds_kw = dict(image_size=model.preprocess, sample_rate=mc.sample_rate, segment_seconds=mc.segment_seconds,
                  skip_bad=cfg.skip_bad, audio_features=audio_features, seed=cfg.seed, image_features=image_features)
-    train_ds = PairDataset(cfg.data, cfg.train_split, train=True, **ds_kw)
+    train_ds = PairDataset(cfg.data, cfg.train_split, train=True, audio_augment=aug.audio, image_augment=aug.image,
+                           **ds_kw)
     val_ds = PairDataset(cfg.data, cfg.val_split, train=False, **ds_kw) if info.is_main else None
     if len(train_ds) < cfg.batch_size:
         raise ValueError(f"train split {train_ds.split_dir} has {len(train_ds)} pairs, fewer than "

@@ -163,15 +163,46 @@ def test_new_image_side_keys_are_model_overrides_and_combinations_are_checked():
 def test_image_augmentation_with_a_frozen_cached_backbone_is_an_error():
     from ciap_lib.config import IMAGE_AUGMENT_KEYS
 
-    assert "augment_image" in IMAGE_AUGMENT_KEYS  # the recipe's key, by name
-    for value, bad in [(True, True), ("flip_crop", True), ("none", False), (False, False)]:
-        cfg = TrainConfig.from_dict({"freeze_backbone": True})
-        cfg.augment_image = value  # what the recipe's TrainConfig field will hold
+    assert IMAGE_AUGMENT_KEYS == ("augment_image",)
+    for value, bad in [("crop", True), ("affine,jitter", True), ("", False), ("none", False)]:
+        cfg = TrainConfig.from_dict({"freeze_backbone": True, "augment_image": value})
         if bad:
             with pytest.raises(ValueError, match="augment_image.*freeze_backbone=true.*cached"):
                 cfg.check()
         else:
             cfg.check()
-    cfg = TrainConfig.from_dict({"freeze_backbone": False})
-    cfg.augment_image = True
-    cfg.check()  # end to end, augmentation is fine
+    TrainConfig.from_dict({"freeze_backbone": False, "augment_image": "crop,affine,jitter"}).check()
+    with pytest.raises(ValueError, match="augment_image.*freeze_backbone=true.*cached"):
+        TrainConfig.from_dict({"model": "clip_mapper", "augment_image": "crop"}).check()
+
+
+def test_augmentation_keys_default_off_and_parse_from_the_command_line():
+    cfg = TrainConfig()
+    assert cfg.augment_audio == "" and cfg.augment_image == ""
+    assert parse_override("augment_audio=gain,noise") == ("augment_audio", "gain,noise")
+    cfg = load_config(None, ["augment_audio=gain,noise", "augment_image=crop, jitter", "noise_snr_db_min=0",
+                             "specaug_time_mask=5"])
+    assert cfg.check() is cfg and cfg.noise_snr_db_min == 0.0 and cfg.specaug_time_mask == 5
+    assert load_config(None, ["augment_audio="]).augment_audio == ""
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"augment_audio": "gain,reverb"}, ["augment_audio", "'reverb'", "gain", "specaugment"]),
+    ({"augment_image": "flip"}, ["augment_image", "'flip'", "crop", "affine", "jitter"]),
+    ({"noise_snr_db_min": 30.0, "noise_snr_db_max": 10.0}, ["noise_snr_db_min", "noise_snr_db_max", "30.0"]),
+    ({"speed_perturb": 0.7}, ["speed_perturb", "0.7", "[0, 0.5]"]),
+    ({"crop_scale_min": 0.0}, ["crop_scale_min", "(0, 1]"]),
+    ({"gain_db": -1.0}, ["gain_db", ">= 0"]),
+    ({"specaug_freq_mask": -2}, ["specaug_freq_mask", ">= 0"]),
+    ({"augment_audio": "noise", "audio_encoder": "clap"}, ["augment_audio", "audio_encoder 'clap'", "cached"]),
+    ({"augment_audio": "gain,specaugment", "audio_encoder": "mlp"}, ["augment_audio", "specaugment", "log-mel",
+                                                                    "'mlp'"]),
+])
+def test_bad_augmentation_settings_are_named_by_check(kw, words):
+    with pytest.raises(ValueError) as e:
+        TrainConfig.from_dict(kw).check(prefix="train.")
+    msg = str(e.value)
+    assert f"train.{words[0]}" in msg
+    for w in words:
+        assert w in msg, msg
+    TrainConfig.from_dict({"augment_audio": "gain,noise", "audio_encoder": "mlp"}).check()  # waveform parts: fine

@@ -236,3 +236,59 @@ def test_auto_cache_respects_budget(long_split):
     big = PairDataset(long_split, "train", S, train=True, cache="auto")
     assert big.cache_mode == "preload" and len(big._audio) == len(big) == 6
     assert big.estimated_bytes() == 6 * (S * S * 3 + 4 * 48000)
+
+
+# ------------------------------------------------------------------------------------------- augmentation
+def _augs():
+    from ciap_lib.augment import AudioAugment, ImageAugment
+
+    return dict(audio_augment=AudioAugment(["gain", "shift", "noise", "speed"]),
+                image_augment=ImageAugment(["crop", "affine", "jitter"]))
+
+
+def test_augmentation_is_off_in_evaluation(long_split):
+    plain = PairDataset(long_split, "train", S, train=False)
+    aug = PairDataset(long_split, "train", S, train=False, **_augs())
+    assert aug.audio_augment is None and aug.image_augment is None
+    for i in range(len(plain)):
+        for epoch in (0, 3):
+            a, b = plain[(i, epoch)], aug[(i, epoch)]
+            assert torch.equal(a["image"], b["image"]) and torch.equal(a["audio"], b["audio"])
+
+
+def test_augmentation_is_seeded_by_seed_epoch_and_index(long_split):
+    tr = PairDataset(long_split, "train", S, train=True, seed=3, **_augs())
+    again = PairDataset(long_split, "train", S, train=True, seed=3, cache="none", **_augs())
+    plain = PairDataset(long_split, "train", S, train=True, seed=3)
+    a0 = tr[(2, 0)]
+    for other in (tr[(2, 0)], again[(2, 0)]):  # same item, epoch and seed: same result, any cache mode
+        assert torch.equal(a0["image"], other["image"])
+        torch.testing.assert_close(a0["audio"], other["audio"], atol=1e-6, rtol=0)
+    a1, p0 = tr[(2, 1)], plain[(2, 0)]
+    assert not torch.equal(a0["image"], a1["image"]) and not torch.equal(a0["audio"], a1["audio"])
+    assert not torch.equal(a0["image"], p0["image"]) and not torch.equal(a0["audio"], p0["audio"])
+    other_seed = PairDataset(long_split, "train", S, train=True, seed=4, **_augs())[(2, 0)]
+    assert not torch.equal(a0["image"], other_seed["image"])
+    # image augmentation alone leaves the audio crop as it was (separate random streams)
+    from ciap_lib.augment import ImageAugment
+    img_only = PairDataset(long_split, "train", S, train=True, seed=3, image_augment=ImageAugment(["crop"]))
+    assert torch.equal(img_only[(2, 0)]["audio"], p0["audio"])
+    assert not torch.equal(img_only[(2, 0)]["image"], p0["image"])
+
+
+def test_augmented_loader_workers_match_single_process(long_split):
+    ds = PairDataset(long_split, "train", S, train=True, seed=1, **_augs())
+    ref = next(iter(make_loader(ds, 6, shuffle=True, num_workers=0, seed=5)))
+    par = next(iter(make_loader(ds, 6, shuffle=True, num_workers=2, seed=5)))
+    assert torch.equal(ref["index"], par["index"]) and torch.equal(ref["image"], par["image"])
+    assert torch.equal(ref["audio"], par["audio"])
+
+
+def test_cached_features_cannot_be_augmented(long_split):
+    base = PairDataset(long_split, "train", S, train=True)
+    feats = {str(p.audio.resolve()): torch.zeros(512) for p in base.pairs}
+    with pytest.raises(ValueError, match="audio augmentation.*precomputed audio features"):
+        PairDataset(long_split, "train", S, train=True, audio_features=feats, audio_augment=_augs()["audio_augment"])
+    ifeats = {str(p.image.resolve()): torch.zeros(8) for p in base.pairs}
+    with pytest.raises(ValueError, match="image augmentation.*cached image features"):
+        PairDataset(long_split, "train", S, train=True, image_features=ifeats, image_augment=_augs()["image_augment"])

@@ -43,13 +43,17 @@ def _cfg(data, tmp_path, **kw):
     return load_config(None, **base)
 
 
-def test_resume_equals_uninterrupted_run(small_data, tmp_path):
-    full = train(_cfg(small_data, tmp_path, run_name="full"))
+AUGMENT = dict(augment_audio="gain,shift,noise,speed,specaugment", augment_image="crop,affine,jitter")
+
+
+@pytest.mark.parametrize("aug", [{}, AUGMENT], ids=["plain", "augmented"])
+def test_resume_equals_uninterrupted_run(small_data, tmp_path, aug):
+    full = train(_cfg(small_data, tmp_path, run_name="full", **aug))
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg(small_data, tmp_path, run_name="cut"), [Recorder(stop_after=2)])
+        train(_cfg(small_data, tmp_path, run_name="cut", **aug), [Recorder(stop_after=2)])
     assert load_checkpoint(tmp_path / "ckpt" / "cut" / "last.pt")["epoch"] == 2
     rec = Recorder()
-    resumed = train(_cfg(small_data, tmp_path, run_name="cut", resume=True), [rec])
+    resumed = train(_cfg(small_data, tmp_path, run_name="cut", resume=True, **aug), [rec])
     assert [c[1] for c in rec.calls if c[0] == "epoch"] == [3]  # only the missing epoch ran
     a = load_checkpoint(full.checkpoint)
     b = load_checkpoint(resumed.checkpoint)
@@ -57,6 +61,18 @@ def test_resume_equals_uninterrupted_run(small_data, tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert resumed.history == full.history
     assert b["scheduler"]["last_epoch"] == 3 and resumed.history[-1]["lr"] == 0.5e-3
+
+
+def test_augmentation_changes_training_but_not_validation(small_data, tmp_path):
+    """Augmented training takes other steps; the model it saves has the same keys, and evaluation is unaugmented."""
+    plain = train(_cfg(small_data, tmp_path, run_name="plain", epochs=1))
+    aug = train(_cfg(small_data, tmp_path, run_name="aug", epochs=1, **AUGMENT))
+    assert aug.history[0]["train_loss"] != plain.history[0]["train_loss"]
+    a, b = load_checkpoint(plain.checkpoint), load_checkpoint(aug.checkpoint)
+    assert a["model"].keys() == b["model"].keys()
+    model, cfg = load_ciap(aug.checkpoint)  # the saved model's validation metrics, measured without augmentation
+    again = evaluate(model, PairDataset(small_data, "val", 32, train=False), loss_batch_size=cfg.batch_size)
+    assert again["val_loss"] == pytest.approx(aug.metrics["val_loss"], abs=1e-5)
 
 
 def test_seeded_runs_are_reproducible_and_callbacks_fire(small_data, tmp_path):

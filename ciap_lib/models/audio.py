@@ -62,8 +62,12 @@ class MLPAudioEncoder(nn.Module):
 
 @register_audio_encoder("logmel_cnn")
 class LogMelCNNAudioEncoder(nn.Module):
-    """(B,T) waveform -> log-mel (B,1,n_mels,frames) -> 4 conv blocks (GroupNorm) -> mean+max pool
-    -> Linear -> LayerNorm -> L2 (B,D)."""
+    """(B,T) waveform -> log-mel (B,1,n_mels,frames) -> ``spec_augment`` -> 4 conv blocks (GroupNorm) -> mean+max
+    pool -> Linear -> LayerNorm -> L2 (B,D).
+
+    ``spec_augment`` is the front end's augmentation slot: ``nn.Identity`` unless training puts a
+    :class:`ciap_lib.augment.SpecAugment` there (``set_spec_augment``; it masks in training mode only).
+    """
 
     input_kind = "waveform"
 
@@ -72,6 +76,7 @@ class LogMelCNNAudioEncoder(nn.Module):
         self.num_samples = config.num_samples
         self.mel = torchaudio.transforms.MelSpectrogram(sample_rate=config.sample_rate, n_fft=config.n_fft,
                                                         hop_length=config.hop_length, n_mels=config.n_mels)
+        self.spec_augment: nn.Module = nn.Identity()
         w = config.cnn_width
         chans = [1, w, 2 * w, 4 * w, 8 * w]
         layers: list[nn.Module] = []
@@ -91,7 +96,7 @@ class LogMelCNNAudioEncoder(nn.Module):
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         _check_waveform(audio, self.num_samples, "logmel_cnn")
-        h = self.cnn(self.log_mel(audio))
+        h = self.cnn(self.spec_augment(self.log_mel(audio)))
         h = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
         return F.normalize(self.norm(self.proj(h)), dim=-1)
 
