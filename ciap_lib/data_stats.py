@@ -16,7 +16,7 @@ from ciap_lib.audio_io import BadFileError
 from ciap_lib.images import image_info
 from ciap_lib.pairs import scan_pairs
 
-__all__ = ["split_names", "file_stats", "split_counts", "label_counts", "bad_files", "summary"]
+__all__ = ["split_names", "file_stats", "split_counts", "label_counts", "bad_files", "summary", "example_pairs"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -99,3 +99,13 @@ def summary(root: PathLike, splits: Sequence[str] | None = None) -> dict[str, pd
         pd.DataFrame(columns=_FILE_COLUMNS)
     return {"files": files, "counts": split_counts(root, names), "labels": label_counts(root, names),
             "bad": bad_files(root, names)}
+
+
+def example_pairs(root: PathLike, split: str, n: int, labels: Sequence[str] | None = None) -> list:
+    """Up to ``n`` pairs of ``root/split`` for display: the first pair of each of ``labels`` (in that order) when
+    given, else the first pair of each label in file order (unlabelled pairs count as their own label)."""
+    first: dict = {}
+    for p in scan_pairs(Path(root) / split, skip_bad=True)[0]:
+        first.setdefault(p.label or p.image.name, p)
+    keys = [k for k in labels if k in first] if labels is not None else list(first)
+    return [first[k] for k in keys[:n]]

@@ -63,3 +63,14 @@ def test_summary(root):
     assert set(s) == {"files", "counts", "labels", "bad"} and len(s["files"]) == 7
     with pytest.raises(FileNotFoundError):
         split_names(root / "nope")
+
+
+def test_example_pairs(tmp_path):
+    from ciap_lib.data_stats import example_pairs
+    from ciap_lib.synthetic import make_synthetic_dataset
+
+    root = make_synthetic_dataset(tmp_path / "s", n_train=12, n_val=48, image_size=32, seconds=1.0)
+    train = example_pairs(root, "train", 3)
+    assert len(train) == 3 and len({p.label for p in train}) == 3
+    val = example_pairs(root, "val", 3, labels=[p.label for p in train])
+    assert [p.label for p in val] == [p.label for p in train] and all(p.image.parent.name == "val" for p in val)

@@ -85,8 +85,8 @@ def test_metrics_sane(run):
 def test_artifacts(run):
     result, uri, client, children, tmp = run
     arts = {nb: tracking.list_artifacts(r.info.run_id, tracking_uri=uri) for nb, r in children.items()}
-    assert {"figures/label_counts.png", "figures/distributions.png", "figures/sample_pairs.png"} <= set(
-        arts["01_data_exploration"])
+    assert {"figures/label_counts.png", "figures/distributions.png", "figures/sample_pairs_train.png",
+            "figures/sample_pairs_val.png"} <= set(arts["01_data_exploration"])
     assert {"figures/training_curves.png", "checkpoint/last.pt", "checkpoint/best.pt"} <= set(arts["02_training"])
     assert {"figures/similarity_heatmap.png", "figures/projection_2d.png"} <= set(arts["03_retrieval_evaluation"])
     for nb, a in arts.items():

@@ -105,3 +105,35 @@ def test_audio_encodes_pitch_and_rate():
         env = np.abs(render_audio(0, 0, count, 4.0, 16000, rng)).reshape(-1, 160).max(1)  # 10 ms frames
         onsets = np.sum((env[1:] > 0.1) & (env[:-1] <= 0.1))
         assert abs(onsets / 4.0 - rate) <= 0.75
+
+
+def test_held_out_conditions(tmp_path):
+    """Val is rendered under conditions that never occur in train; without the option both splits share them."""
+    from ciap_lib.synthetic import HELD_OUT_STYLES, condition_table
+
+    kw = dict(n_train=24, n_val=24, image_size=48, seconds=1.2)
+    plain = make_synthetic_dataset(tmp_path / "plain", **kw)
+    shifted = make_synthetic_dataset(tmp_path / "shifted", held_out_conditions=True, **kw)
+    assert json.loads((shifted / MANIFEST).read_text())["held_out_conditions"] is True
+    assert json.loads((plain / MANIFEST).read_text())["held_out_conditions"] is False
+    assert _rows(plain, "val") == _rows(shifted, "val")      # same labels and attributes, other renderings
+    tr, va = HELD_OUT_STYLES["train"], HELD_OUT_STYLES["val"]
+    for a, b in ((tr.radius, va.radius), (tr.pixel_noise, va.pixel_noise), (tr.audio_noise, va.audio_noise),
+                 (tr.rolloff, va.rolloff), (tr.fm_index, va.fm_index)):
+        assert max(a) < min(b) or max(b) < min(a)               # ranges never overlap
+    assert tr.envelope != va.envelope and not tr.outline_px[1] and va.outline_px[0] > 0
+    assert {row["factor"] for row in condition_table()} >= {"pulse envelope", "tempo factor", "pixel noise std (grey levels)"}
+
+    def noise_floor(root, split):   # quietest 10 ms frame of each clip: the background noise level
+        ds = PairDataset(root, split, image_size=48, train=False, segment_seconds=1.0)
+        return np.median([np.sort(np.abs(ds[i]["audio"].numpy()).reshape(-1, 160).max(1))[2] for i in range(len(ds))])
+
+    assert noise_floor(shifted, "val") > 2 * noise_floor(shifted, "train")
+    assert noise_floor(plain, "val") < 2 * noise_floor(plain, "train")
+
+    def roughness(root, split):     # pixel noise: mean absolute difference of neighbouring pixels
+        from PIL import Image
+        ims = [np.asarray(Image.open(root / split / r["image"]), dtype=np.float32) for r in _rows(root, split)]
+        return np.mean([np.abs(np.diff(im, axis=1)).mean() for im in ims])
+
+    assert roughness(shifted, "val") > 1.5 * roughness(shifted, "train")
