@@ -353,6 +353,6 @@ def from_config(cfg) -> Augmentations:
     image_parts = parse_parts(cfg.augment_image, IMAGE_PARTS, "augment_image")
     audio = AudioAugment(audio_parts, gain_db=cfg.gain_db, snr_db_min=cfg.noise_snr_db_min,
                          snr_db_max=cfg.noise_snr_db_max, speed_perturb=cfg.speed_perturb)
-    image = ImageAugment(image_parts, crop_scale_min=cfg.crop_scale_min)
+    image = ImageAugment(image_parts, crop_scale_min=cfg.crop_scale_min, degrees=cfg.affine_degrees)
     spec = (SpecAugment(cfg.specaug_freq_mask, cfg.specaug_time_mask) if "specaugment" in audio_parts else None)
     return Augmentations(audio=audio or None, image=image or None, spec=spec)

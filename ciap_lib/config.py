@@ -41,7 +41,7 @@ class TrainConfig:
     model: str = "default"
     embed_dim: int | None = None
     image_size: int | None = None         # square input px; the backbone's own when the model config leaves it unset
-    image_backbone: str | None = None     # 'resnet18' | 'resnet34' | 'resnet50' | 'tiny_cnn' | 'timm/<name>[.<tag>]'
+    image_backbone: str | None = None     # 'resnet18' | 'resnet34' | 'resnet50' | 'tiny_cnn' | 'small_cnn' | 'timm/<name>[.<tag>]'
     image_pretrained: str | None = None   # 'none' | 'imagenet' (torchvision) | 'pretrained' (timm: the tag's weights)
     image_weights: str | None = None      # local weights file (torchvision .pth; timm whole-model .safetensors/.pth)
     freeze_backbone: bool | None = None   # backbone fixed; its features are cached on disk, only the head trains
@@ -81,6 +81,7 @@ class TrainConfig:
     specaug_freq_mask: int = 8            # 'specaugment': one frequency mask of up to N mel bins per clip
     specaug_time_mask: int = 20           # 'specaugment': one time mask of up to N frames per clip
     crop_scale_min: float = 0.5           # 'crop': area scale of the crop in [crop_scale_min, 1]
+    affine_degrees: float = 10.0          # 'affine': rotation uniform in [-x, x] degrees
     seed: int = 0
     device: str = "cpu"                   # 'cpu' | 'cuda' | 'cuda:N' | 'auto'
     # checkpoints and evaluation
@@ -193,6 +194,8 @@ def _value_problems(cfg: "TrainConfig", check_paths: bool, check_weights: bool) 
         out.append(("speed_perturb", f"must be in [0, 0.5] (speed factors 1 - x .. 1 + x), got {cfg.speed_perturb!r}"))
     if not 0 < cfg.crop_scale_min <= 1:
         out.append(("crop_scale_min", f"must be in (0, 1], got {cfg.crop_scale_min!r}"))
+    if not 0 <= cfg.affine_degrees <= 180:
+        out.append(("affine_degrees", f"must be in [0, 180], got {cfg.affine_degrees!r}"))
     if cfg.warmup_epochs >= cfg.epochs > 0 and cfg.lr_schedule == "cosine":
         out.append(("warmup_epochs", f"must be fewer than epochs ({cfg.epochs}), got {cfg.warmup_epochs}"))
     for key, registry, what in (("loss", LOSSES, "a loss"), ("optimizer", OPTIMIZERS, "an optimizer"),

@@ -17,17 +17,13 @@ train; val draws from all 48 combinations, so about a quarter of val pairs show 
 in training (column ``held_out``), and all val pairs are new renderings.
 
 ``held_out_conditions=True`` makes a harder set, where overfitting shows: the nuisance factors of val never
-occur in train (:data:`HELD_OUT_STYLES`). What differs, train -> val:
+occur in train (:data:`HELD_OUT_STYLES`; :func:`condition_table` lists them). What differs, train -> val:
 
-=========  =====================================================  ====================================================
-side       train                                                  val
-=========  =====================================================  ====================================================
-sound      sustained (gated) pulses; harmonic roll-off 1/k^0.8-1.1;  percussive pulses (instant attack, 0.1 s decay);
-           FM index 2.2-2.8; tempo within ±5 %; noise std            roll-off 1/k^1.6-2.0; FM index 1.4-1.8; tempo
-           0.003-0.012                                               10-14 % slower or faster; noise std 0.03-0.05
-image      radius 14-19 % of the side; polygons rotated within     radius 10-13 %; rotated 25-45 degrees either way;
-           ±20 degrees; no outline; pixel noise std 2-6              dark 1.5-2.5 px outlines; pixel noise std 10-16
-=========  =====================================================  ====================================================
+* sound: sustained (gated) pulses -> percussive ones (instant attack, 0.1 s decay); harmonic roll-off 1/k^0.8-1.1
+  -> 1/k^1.25-1.45 (darker); FM index 2.2-2.8 -> 1.8-2.1; tempo within 5 % -> 10-14 % slower or faster;
+  background noise std 0.003-0.012 -> 0.03-0.05;
+* image: object radius 11-15 % of the side -> 17-20 % (larger); polygons rotated within 20 degrees -> 22-35
+  degrees either way; no outline -> a dark 1-2 px outline; pixel noise std 2-6 -> 8-12.
 
 Label = the readable combination name, e.g. ``"red-circle-x2"``. Each split folder holds ``pairs.csv``
 (``image,audio,label,shape,colour,count,held_out``), PNG images and 16 kHz mono WAV files. The set is
@@ -95,12 +91,13 @@ class Style:
 DEFAULT_STYLE = Style()
 #: ``held_out_conditions=True``: train and val renderings whose nuisance ranges never overlap
 HELD_OUT_STYLES = {
-    "train": Style(radius=(0.14, 0.19), rotation_deg=((-20.0, 20.0),), outline_px=(0.0, 0.0), pixel_noise=(2.0, 6.0),
+    "train": Style(radius=(0.11, 0.15), rotation_deg=((-20.0, 20.0),), outline_px=(0.0, 0.0), pixel_noise=(2.0, 6.0),
                    tempo=((0.95, 1.05),), audio_noise=(0.003, 0.012), envelope="gate", rolloff=(0.8, 1.1),
                    fm_index=(2.2, 2.8)),
-    "val": Style(radius=(0.10, 0.13), rotation_deg=((25.0, 45.0), (-45.0, -25.0)), outline_px=(1.5, 2.5), pixel_noise=(10.0, 16.0),
-                 tempo=((0.86, 0.9), (1.1, 1.14)), audio_noise=(0.03, 0.05), envelope="decay", rolloff=(1.6, 2.0),
-                 fm_index=(1.4, 1.8)),
+    "val": Style(radius=(0.17, 0.20), rotation_deg=((22.0, 35.0), (-35.0, -22.0)), outline_px=(1.0, 2.0),
+                 pixel_noise=(8.0, 12.0),
+                 tempo=((0.86, 0.9), (1.1, 1.14)), audio_noise=(0.03, 0.05), envelope="decay", rolloff=(1.25, 1.45),
+                 fm_index=(1.8, 2.1)),
 }
 
 
@@ -310,10 +307,10 @@ def make_synthetic_dataset(root: PathLike = "data/synthetic", n_train: int = 384
         seconds: clip duration (>= 1.0 so that every 1 s crop keeps the attributes).
         sample_rate: WAV sample rate.
         held_out_conditions: render val under conditions that never occur in train (:data:`HELD_OUT_STYLES`):
-            val sounds get a percussive envelope instead of a sustained one, darker harmonics, a different FM
-            index, tempos 10-14 % off (train: within 5 %) and 3-5x the background noise; val images get smaller
-            objects, 25-45 degree rotations (train: within 20), dark outlines and 2-3x the pixel noise. Off:
-            both splits use :data:`DEFAULT_STYLE`.
+            val sounds get a percussive envelope instead of a sustained one, darker harmonics, another FM
+            index, tempos 10-14 % off (train: within 5 %) and 3-5x the background noise; val images get larger
+            objects, 22-35 degree rotations (train: within 20), dark outlines and about 2x the pixel noise.
+            Off: both splits use :data:`DEFAULT_STYLE`.
         overwrite: rebuild even when a matching set exists; also allows replacing a folder that is not
             a synthetic set.
 

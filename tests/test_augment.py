@@ -190,3 +190,7 @@ def test_from_config_builds_what_is_switched_on():
     assert aug.image is None and isinstance(aug.spec, SpecAugment)
     off = from_config(load_config(None))
     assert off.audio is None and off.image is None and off.spec is None
+    rot = from_config(load_config(None, ["augment_image=affine", "affine_degrees=30"])).image
+    assert rot.degrees == 30.0
+    angles = [rot.sample(np.random.default_rng(i), 32, 32).affine[0] for i in range(200)]
+    assert max(np.abs(angles)) > 20 and max(np.abs(angles)) <= 30

@@ -110,7 +110,7 @@ def test_names_and_pretrained_values_are_checked():
     assert "is not one of" in problems(image_backbone="resnet99")[0]
     assert "use one of ['none', 'pretrained']" in problems(image_backbone="timm/resnet18", image_pretrained="imagenet")[0]
     assert "use one of ['none', 'imagenet']" in problems(image_backbone="resnet18", image_pretrained="pretrained")[0]
-    assert {"resnet18", "resnet34", "resnet50", "tiny_cnn", "timm/"} <= set(BACKBONES)
+    assert {"resnet18", "resnet34", "resnet50", "tiny_cnn", "small_cnn", "timm/"} <= set(BACKBONES)
 
 
 def test_preprocessing_follows_timms_data_config_and_image_size_overrides_it():
@@ -126,6 +126,7 @@ def test_preprocessing_follows_timms_data_config_and_image_size_overrides_it():
     assert big.encode_image(torch.randn(1, 3, 48, 48)).shape == (1, 512)
     assert own_size("resnet18").preprocess == ImagePreprocess(224)
     assert own_size("tiny_cnn").preprocess == ImagePreprocess(32)
+    assert own_size("small_cnn").preprocess == ImagePreprocess(64)
 
 
 def _trainable(model) -> set[str]:
@@ -149,6 +150,8 @@ def test_unfreeze_last_trains_only_the_last_blocks():
     assert len(_trainable(create_model("debug", image_backbone="resnet18", unfreeze_last=3))) > \
         len(_trainable(create_model("debug", image_backbone="resnet18", unfreeze_last=2)))
     assert {n.split(".")[1] for n in _trainable(create_model("debug", unfreeze_last=1))} == {"9", "10"}  # tiny_cnn
+    assert {n.split(".")[1] for n in _trainable(create_model("debug", image_backbone="small_cnn", unfreeze_last=2))} \
+        == {"2", "3"}
     with pytest.raises(ValueError, match="more than the 4 blocks"):
         create_model("debug", image_backbone=f"timm/{RESNET}", unfreeze_last=5)
     assert "freeze_backbone is true" in check_image_config(

@@ -192,6 +192,7 @@ def test_augmentation_keys_default_off_and_parse_from_the_command_line():
     ({"noise_snr_db_min": 30.0, "noise_snr_db_max": 10.0}, ["noise_snr_db_min", "noise_snr_db_max", "30.0"]),
     ({"speed_perturb": 0.7}, ["speed_perturb", "0.7", "[0, 0.5]"]),
     ({"crop_scale_min": 0.0}, ["crop_scale_min", "(0, 1]"]),
+    ({"affine_degrees": 200.0}, ["affine_degrees", "200.0", "[0, 180]"]),
     ({"gain_db": -1.0}, ["gain_db", ">= 0"]),
     ({"specaug_freq_mask": -2}, ["specaug_freq_mask", ">= 0"]),
     ({"augment_audio": "noise", "audio_encoder": "clap"}, ["augment_audio", "audio_encoder 'clap'", "cached"]),

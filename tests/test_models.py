@@ -15,7 +15,7 @@ def _unit(x: torch.Tensor) -> bool:
     return torch.allclose(x.norm(dim=-1), torch.ones(x.shape[0]), atol=1e-5)
 
 
-@pytest.mark.parametrize("backbone", ["tiny_cnn", "resnet18"])
+@pytest.mark.parametrize("backbone", ["tiny_cnn", "small_cnn", "resnet18"])
 def test_image_encoders_shape_and_unit_norm(backbone):
     model = create_model("debug", image_backbone=backbone, embed_dim=64).eval()
     out = model.encode_image(torch.randn(3, 3, 32, 32))

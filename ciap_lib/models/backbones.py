@@ -7,6 +7,8 @@ Names (``image_backbone``):
   ``$TORCH_HOME/hub/checkpoints/<file>``, or ``image_weights``). Preprocessing: ImageNet mean/std, bicubic,
   shorter side to ``image_size`` (default 224), centre crop.
 * ``tiny_cnn``: four conv blocks for tests and smoke runs (no pretrained weights; default 32 px).
+* ``small_cnn``: a VGG-style CNN (1.2 M parameters, max pooling) for training from scratch on small sets; the
+  ``default`` recipe's image backbone (no pretrained weights; default 64 px).
 * ``timm/<name>[.<tag>]``: any timm model (``ciap_lib.models.timm_backbone``); its preprocessing is timm's data
   config for it.
 
@@ -17,7 +19,7 @@ a prefix (``timm/``).
 Blocks, per family (``unfreeze_last: N`` trains the last N, plus the parameters that follow them):
 
 * torchvision ResNets: residual blocks (``layer1.0`` ... ``layer4.N``: 8 in ResNet18, 16 in ResNet34/50);
-* ``tiny_cnn``: its four conv blocks;
+* ``tiny_cnn``, ``small_cnn``: their four conv blocks;
 * timm: the groups of timm's fine-grained ``group_matcher`` (what timm uses for layer-wise learning-rate decay):
   residual blocks for ResNets, transformer blocks for ViTs, ConvNeXt blocks (a stage's downsampling goes with
   its first block); the stem is never a block, and what follows the last block (final norm, CLIP projection,
@@ -227,6 +229,47 @@ class TinyCNNFamily:
         return [[n for n in names if int(n.split(".")[1]) // 3 == k] for k in range(4)], []
 
 
+# ------------------------------------------------------------------------------------------ small CNN
+class SmallCNN(nn.Module):
+    """VGG-style CNN for training from scratch on small sets: four blocks of two 3x3 convs (BatchNorm, ReLU)
+    and a 2x2 max pool, widths 32-64-128-256, then global max and mean pooling (1.2 M parameters).
+
+    Input (B,3,H,W) -> output (B, 512).
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256)):
+        super().__init__()
+        blocks, cin = [], 3
+        for w in widths:
+            blocks.append(nn.Sequential(nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.BatchNorm2d(w),
+                                        nn.ReLU(inplace=True), nn.Conv2d(w, w, 3, padding=1, bias=False),
+                                        nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.MaxPool2d(2)))
+            cin = w
+        self.blocks = nn.Sequential(*blocks)
+        self.out_dim = 2 * cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(x)
+        return torch.cat([h.amax(dim=(2, 3)), h.mean(dim=(2, 3))], dim=1)
+
+
+class SmallCNNFamily:
+    """``small_cnn``: no pretrained weights (default 64 px); blocks = its four conv blocks."""
+
+    pretrained = ("none",)
+
+    def check(self, name: str, config: ModelConfig, check_weights: bool) -> list[str]:
+        return []
+
+    def build(self, name: str, config: ModelConfig, load_pretrained: bool) -> Backbone:
+        net = SmallCNN()
+        return Backbone(net, net.out_dim, ImagePreprocess(config.image_size or 64))
+
+    def blocks(self, name: str, net: nn.Module) -> tuple[list[list[str]], list[str]]:
+        return param_groups_with_prefixes(net, [f"blocks.{k}." for k in range(4)]), []
+
+
 for _name in _TORCHVISION:
     register_backbone(_name, TorchvisionResNet())
 register_backbone("tiny_cnn", TinyCNNFamily())
+register_backbone("small_cnn", SmallCNNFamily())

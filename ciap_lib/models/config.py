@@ -15,8 +15,8 @@ class ModelConfig:
     Attributes:
         embed_dim: size of the shared embedding (512 to condition AudioLDM).
         image_backbone: a backbone name (``ciap_lib.models.backbones``): ``resnet18`` (original design),
-            ``resnet34``, ``resnet50`` (torchvision), ``tiny_cnn`` (tests), or any timm model as
-            ``timm/<name>[.<tag>]`` (e.g. ``timm/vit_base_patch32_clip_224.openai``).
+            ``resnet34``, ``resnet50`` (torchvision), ``tiny_cnn`` (tests), ``small_cnn`` (from scratch), or any
+            timm model as ``timm/<name>[.<tag>]`` (e.g. ``timm/vit_base_patch32_clip_224.openai``).
         image_pretrained: ``"none"`` (random init); ``"imagenet"`` (torchvision's weights, torchvision ResNets);
             ``"pretrained"`` (the weights the timm tag names, timm backbones).
         image_weights: optional local weights file (torchvision: the ImageNet state dict ``.pth``; timm: the
@@ -27,7 +27,7 @@ class ModelConfig:
         unfreeze_last: with ``freeze_backbone`` false, train only the last N blocks of the backbone (None: all of
             it). Blocks: ``ciap_lib.models.backbones`` (residual blocks, transformer blocks, ...).
         image_size: square input size in pixels; None = the backbone's own (timm's data config; 224 for the
-            torchvision ResNets, 32 for ``tiny_cnn``).
+            torchvision ResNets, 32 for ``tiny_cnn``, 64 for ``small_cnn``).
         image_preprocess: the resolved preprocessing (``ciap_lib.images.ImagePreprocess.to_dict()``), filled in
             when the model is built and stored in checkpoints; None = resolve it from the backbone.
         image_weights_digest: sha256 of the backbone weights as built (before training), filled in when the model
