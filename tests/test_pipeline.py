@@ -53,7 +53,7 @@ def test_params(run):
     assert p["data.root"] == str(tmp / "syn") and p["generation.duration"] == str(DURATION)
     assert p["train.run_name"] == "test-run"
     t = children["02_training"].data.params
-    assert t["epochs"] == str(EPOCHS) and t["batch_size"] == "16" and t["lr"] == "0.001"
+    assert t["epochs"] == str(EPOCHS) and t["batch_size"] == "16" and t["lr"] == "0.002"
     assert t["data"] == str(tmp / "syn")
     assert children["01_data_exploration"].data.params["data.n_train"] == str(N_TRAIN)
     assert children["03_retrieval_evaluation"].data.params["evaluate.split"] == "val"
@@ -193,7 +193,7 @@ def test_parent_run_carries_headline_figures_and_resolved_params(run):
     assert {k: p[f"resolved.{k}"] for k in ("model", "image_backbone", "image_size", "audio_encoder", "loss",
                                             "epochs")} == {  # ... and what was built
         "model": "debug", "image_backbone": "tiny_cnn", "image_size": "32", "audio_encoder": "logmel_cnn",
-        "loss": "infonce", "epochs": str(EPOCHS)}
+        "loss": "infonce_labels", "epochs": str(EPOCHS)}
     exp = client.get_experiment(parent.info.experiment_id)
     assert exp.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
 

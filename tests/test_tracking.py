@@ -208,9 +208,10 @@ def test_headline_figures_of_the_nested_runs_go_onto_the_parent(store):
 
 
 @pytest.mark.parametrize("name, overrides, want", [
-    ("default", ["model=debug"], {"model": "debug", "image_backbone": "tiny_cnn", "image_size": 32,
-                                  "audio_encoder": "logmel_cnn", "loss": "infonce", "epochs": 12}),
-    ("default", [], {"model": "default", "image_backbone": "resnet18", "image_size": 64}),
+    ("default", ["model=debug", "train.image_backbone=null"],
+     {"model": "debug", "image_backbone": "tiny_cnn", "image_size": 32, "audio_encoder": "logmel_cnn",
+      "loss": "infonce_labels", "epochs": 40}),
+    ("default", [], {"model": "default", "image_backbone": "small_cnn", "image_size": 64}),
     ("clap_aligned", ["train.image_backbone=tiny_cnn", "epochs=3", "loss=cosine"],
      {"model": "clap_aligned", "image_backbone": "tiny_cnn", "audio_encoder": "clap", "epochs": 3, "loss": "cosine"}),
     ("seed", [], {"image_backbone": "resnet18", "image_pretrained": "imagenet", "audio_encoder": "mlp",
@@ -236,7 +237,8 @@ def _logged_pipeline(uri: str, data_root, commit: str, fingerprint: str, tmp_pat
     from ciap_lib import pipeline
 
     exp = pipeline.load_experiment(repo_root() / "experiments" / "default.yaml",
-                                   [f"data.root={data_root}", "model=debug", "epochs=2", f"run_name={name}"])
+                                   [f"data.root={data_root}", "model=debug", "epochs=2", "warmup_epochs=1",
+                                    f"run_name={name}"])
     exp.train["run_name"] = exp.run_name  # as run_pipeline does
     (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
     parent = tracking.start_pipeline_run(name, exp.to_dict(), tracking_uri=uri, experiment_name="t-rerun",
