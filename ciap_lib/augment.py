@@ -25,9 +25,9 @@ __all__ = ["AUDIO_PARTS", "WAVEFORM_PARTS", "IMAGE_PARTS", "parse_parts", "Audio
            "SpecAugment", "set_spec_augment", "ImageAugment", "ImageParams", "Augmentations", "from_config"]
 
 #: the parts of ``augment_audio``: waveform parts (applied in the dataset) and ``specaugment`` (in the model)
-AUDIO_PARTS = ("gain", "shift", "noise", "speed", "specaugment")
+AUDIO_PARTS = ("gain", "shift", "noise", "speed", "tilt", "specaugment")
 #: the parts :class:`AudioAugment` applies to the waveform
-WAVEFORM_PARTS = ("gain", "shift", "noise", "speed")
+WAVEFORM_PARTS = ("gain", "shift", "noise", "speed", "tilt")
 #: the parts of ``augment_image``
 IMAGE_PARTS = ("crop", "affine", "jitter")
 
@@ -63,6 +63,7 @@ class AudioParams:
     snr_db: float | None = None  # None: no noise
     pink: bool = False
     noise_seed: int = 0
+    tilt: float = 0.0      # first-order filter coefficient: > 0 brighter, < 0 darker
 
 
 class AudioAugment:
@@ -74,7 +75,9 @@ class AudioAugment:
     together), ``shift`` (time shift by up to ``shift_max`` of the segment either way: circular, or with zeros
     shifted in when ``circular=False``), ``gain`` (uniform in ``[-gain_db, gain_db]`` dB), ``noise`` (white or pink
     noise, each half the time, at an SNR uniform in ``[snr_db_min, snr_db_max]`` dB relative to the segment's
-    mean power; silent segments get none).
+    mean power; silent segments get none), ``tilt`` (a random spectral tilt: the first-order filter
+    ``y[n] = x[n] - a x[n-1]`` with ``a`` uniform in ``[-tilt_max, tilt_max]``, brighter for ``a > 0`` and darker for
+    ``a < 0``, at the segment's RMS: a random EQ for timbre that changes with the recording).
 
     Args:
         parts: the names of the parts to apply (a subset of ``WAVEFORM_PARTS``; ``specaugment`` is ignored here,
@@ -85,7 +88,8 @@ class AudioAugment:
     """
 
     def __init__(self, parts: Sequence[str], gain_db: float = 6.0, shift_max: float = 0.5, circular: bool = True,
-                 snr_db_min: float = 10.0, snr_db_max: float = 40.0, speed_perturb: float = 0.1):
+                 snr_db_min: float = 10.0, snr_db_max: float = 40.0, speed_perturb: float = 0.1,
+                 tilt_max: float = 0.8):
         parts = parse_parts(parts, AUDIO_PARTS, "AudioAugment parts")
         self.parts = tuple(p for p in parts if p in WAVEFORM_PARTS)
         if gain_db < 0 or not 0 <= shift_max <= 1 or not snr_db_min <= snr_db_max or not 0 <= speed_perturb <= 0.5:
@@ -95,6 +99,9 @@ class AudioAugment:
         self.gain_db, self.shift_max, self.circular = float(gain_db), float(shift_max), bool(circular)
         self.snr_db = (float(snr_db_min), float(snr_db_max))
         self.speed_perturb = float(speed_perturb)
+        if not 0 <= tilt_max < 1:
+            raise ValueError(f"AudioAugment: need 0 <= tilt_max < 1, got {tilt_max}")
+        self.tilt_max = float(tilt_max)
 
     def __bool__(self) -> bool:
         return bool(self.parts)
@@ -113,10 +120,11 @@ class AudioAugment:
         snr = float(rng.uniform(*self.snr_db))
         pink = bool(rng.integers(0, 2))
         noise_seed = int(rng.integers(0, 2 ** 63))
+        tilt = float(rng.uniform(-self.tilt_max, self.tilt_max))
         on = self.parts
         return AudioParams(speed=speed if "speed" in on else 1.0, gain_db=gain if "gain" in on else 0.0,
                            shift=shift if "shift" in on else 0, snr_db=snr if "noise" in on else None,
-                           pink=pink, noise_seed=noise_seed)
+                           pink=pink, noise_seed=noise_seed, tilt=tilt if "tilt" in on else 0.0)
 
     @staticmethod
     def source_length(length: int, params: AudioParams) -> int:
@@ -137,6 +145,8 @@ class AudioAugment:
             x = fit
         else:
             x = x.copy()
+        if params.tilt:
+            x = tilt_wave(x, params.tilt)
         if params.shift:
             x = shift_wave(x, params.shift, self.circular)
         if params.gain_db:
@@ -152,6 +162,16 @@ class AudioAugment:
         """``apply(wave, sample(rng, L))`` for a float32 (L,) segment; speed perturbation then works on the
         segment itself (a faster segment is zero-padded at the end)."""
         return self.apply(wave, self.sample(rng, wave.shape[0]), wave.shape[0])
+
+
+def tilt_wave(x: np.ndarray, a: float) -> np.ndarray:
+    """(T,) through ``y[n] = x[n] - a x[n-1]`` (brighter for ``a > 0``, darker for ``a < 0``), rescaled to the
+    input's RMS."""
+    y = x.copy()
+    y[1:] -= np.float32(a) * x[:-1]
+    rms_in = np.sqrt(np.mean(np.square(x, dtype=np.float64)))
+    rms_out = np.sqrt(np.mean(np.square(y, dtype=np.float64)))
+    return (y * np.float32(rms_in / rms_out)).astype(np.float32) if rms_out > 0 else y
 
 
 def shift_wave(x: np.ndarray, shift: int, circular: bool = True) -> np.ndarray:
@@ -352,7 +372,7 @@ def from_config(cfg) -> Augmentations:
     audio_parts = parse_parts(cfg.augment_audio, AUDIO_PARTS, "augment_audio")
     image_parts = parse_parts(cfg.augment_image, IMAGE_PARTS, "augment_image")
     audio = AudioAugment(audio_parts, gain_db=cfg.gain_db, snr_db_min=cfg.noise_snr_db_min,
-                         snr_db_max=cfg.noise_snr_db_max, speed_perturb=cfg.speed_perturb)
+                         snr_db_max=cfg.noise_snr_db_max, speed_perturb=cfg.speed_perturb, tilt_max=cfg.tilt_max)
     image = ImageAugment(image_parts, crop_scale_min=cfg.crop_scale_min, degrees=cfg.affine_degrees)
     spec = (SpecAugment(cfg.specaug_freq_mask, cfg.specaug_time_mask) if "specaugment" in audio_parts else None)
     return Augmentations(audio=audio or None, image=image or None, spec=spec)

@@ -44,14 +44,14 @@ def test_parse_parts_names_bad_values_and_what_is_allowed():
 
 
 # ------------------------------------------------------------------------------------------- audio
-@pytest.mark.parametrize("part", ["gain", "shift", "noise", "speed"])
+@pytest.mark.parametrize("part", ["gain", "shift", "noise", "speed", "tilt"])
 def test_each_audio_part_changes_the_wave_and_the_others_leave_it(part):
     wave = _tone()
     only = AudioAugment([part]).augment(wave, _rng(1, 2, 3))
     assert only.shape == wave.shape and only.dtype == np.float32
     assert not np.array_equal(only, wave), part
     # every other part on: this part's draw is unchanged by them, and it being off changes the result
-    others = [p for p in ("gain", "shift", "noise", "speed") if p != part]
+    others = [p for p in ("gain", "shift", "noise", "speed", "tilt") if p != part]
     a = AudioAugment(others).augment(wave, _rng(1, 2, 3))
     b = AudioAugment(others + [part]).augment(wave, _rng(1, 2, 3))
     assert not np.array_equal(a, b)
@@ -74,6 +74,27 @@ def test_audio_parts_do_what_they_say():
         assert (z[:p.shift] == 0).all() and np.array_equal(z[p.shift:], wave[:-p.shift])
     else:
         assert (z[p.shift:] == 0).all() and np.array_equal(z[:p.shift], wave[-p.shift:])
+
+
+def test_tilt_darkens_or_brightens_at_the_same_loudness():
+    from ciap_lib.augment import AudioParams
+
+    rng = np.random.default_rng(0)
+    wave = rng.normal(size=16000).astype(np.float32)         # white: equal power per band
+    aug = AudioAugment(["tilt"], tilt_max=0.8)
+
+    def high_share(x):
+        spec = np.abs(np.fft.rfft(x)) ** 2
+        return spec[len(spec) // 2:].sum() / spec.sum()
+
+    bright, dark = aug.apply(wave, AudioParams(tilt=0.7)), aug.apply(wave, AudioParams(tilt=-0.7))
+    assert high_share(bright) > 0.7 > 0.5 > 0.3 > high_share(dark)
+    for y in (bright, dark):
+        assert np.sqrt(np.mean(y ** 2)) == pytest.approx(np.sqrt(np.mean(wave ** 2)), rel=1e-4)
+    draws = [aug.sample(np.random.default_rng(i), T).tilt for i in range(100)]
+    assert max(draws) <= 0.8 and min(draws) >= -0.8 and max(draws) > 0.5 and min(draws) < -0.5
+    with pytest.raises(ValueError, match="tilt_max"):
+        AudioAugment(["tilt"], tilt_max=1.0)
 
 
 def test_speed_perturbation_reads_a_longer_or_shorter_source():

@@ -193,6 +193,7 @@ def test_augmentation_keys_default_off_and_parse_from_the_command_line():
     ({"speed_perturb": 0.7}, ["speed_perturb", "0.7", "[0, 0.5]"]),
     ({"crop_scale_min": 0.0}, ["crop_scale_min", "(0, 1]"]),
     ({"affine_degrees": 200.0}, ["affine_degrees", "200.0", "[0, 180]"]),
+    ({"tilt_max": 1.0}, ["tilt_max", "1.0", "[0, 1)"]),
     ({"gain_db": -1.0}, ["gain_db", ">= 0"]),
     ({"specaug_freq_mask": -2}, ["specaug_freq_mask", ">= 0"]),
     ({"augment_audio": "noise", "audio_encoder": "clap"}, ["augment_audio", "audio_encoder 'clap'", "cached"]),
