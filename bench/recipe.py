@@ -32,6 +32,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ciap_lib.checkpoint import load_checkpoint  # noqa: E402
 from ciap_lib.synthetic import condition_table, make_synthetic_dataset  # noqa: E402
 
 #: the recipe the ``default`` experiment used before issue 10 (TrainConfig keys)
@@ -63,7 +64,7 @@ def train(name: str, recipe: dict, data: Path, work: Path) -> dict:
     if proc.returncode:
         raise SystemExit(f"{name} recipe failed:\n{proc.stderr[-3000:]}")
     summary = json.loads(out.read_text())
-    history = torch.load(work / "ckpt" / name / "last.pt", map_location="cpu", weights_only=True)["history"]
+    history = load_checkpoint(work / "ckpt" / name / "last.pt")["history"]
     return {"seconds": seconds, "summary": summary, "history": history}
 
 

@@ -6,7 +6,8 @@ Each part is switchable by name (``AUDIO_PARTS``, ``IMAGE_PARTS``; ``TrainConfig
 explicit ``numpy.random.Generator`` (the dataset's per-(seed, epoch, index) one), so an augmented item depends only
 on the seed, the epoch and the index: the same with any number of DataLoader workers and after a resume.
 :class:`SpecAugment` runs inside the model on the batch and uses torch's global RNG, which training seeds, saves
-in every checkpoint and restores on resume; it is the identity in ``eval()`` mode.
+in every checkpoint and restores on resume (under torchrun, ranks other than 0 are reseeded from the seed, their rank
+and the resumed epoch instead); it is the identity in ``eval()`` mode.
 
 Augmentation is for the training split only: :class:`~ciap_lib.data.PairDataset` applies it when ``train=True``,
 never in evaluation.
@@ -71,7 +72,7 @@ class AudioAugment:
 
     Parts (applied in this order): ``speed`` (speed perturbation by a factor uniform in
     ``[1 - speed_perturb, 1 + speed_perturb]`` in steps of 0.01: the segment is read ``factor`` times longer and
-    resampled to the segment length with ``torchaudio.functional.resample``, so tempo and pitch change
+    resampled to the segment length with ``torchaudio.transforms.Resample``, so tempo and pitch change
     together), ``shift`` (time shift by up to ``shift_max`` of the segment either way: circular, or with zeros
     shifted in when ``circular=False``), ``gain`` (uniform in ``[-gain_db, gain_db]`` dB), ``noise`` (white or pink
     noise, each half the time, at an SNR uniform in ``[snr_db_min, snr_db_max]`` dB relative to the segment's
@@ -102,6 +103,7 @@ class AudioAugment:
         if not 0 <= tilt_max < 1:
             raise ValueError(f"AudioAugment: need 0 <= tilt_max < 1, got {tilt_max}")
         self.tilt_max = float(tilt_max)
+        self._resamplers: dict[int, torchaudio.transforms.Resample] = {}
 
     def __bool__(self) -> bool:
         return bool(self.parts)
@@ -138,7 +140,10 @@ class AudioAugment:
         length = x.shape[0] if length is None else int(length)
         if params.speed != 1.0:
             q = int(round(params.speed * 100))
-            x = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(x)), q, 100).numpy()
+            if q not in self._resamplers:  # the sinc kernel of each of the few speed ratios, built once
+                self._resamplers[q] = torchaudio.transforms.Resample(q, 100)
+            with torch.no_grad():
+                x = self._resamplers[q](torch.from_numpy(np.ascontiguousarray(x))).numpy()
         if x.shape[0] != length:
             fit = np.zeros(length, dtype=np.float32)
             fit[:min(length, x.shape[0])] = x[:length]

@@ -7,8 +7,8 @@ epoch), the centre crop in evaluation, zero padding at the end of short clips.
 
 Augmentation (:mod:`ciap_lib.augment`; training split only, never in evaluation): an ``audio_augment`` on the
 waveform segment and an ``image_augment`` on the decoded uint8 image, both driven by numpy Generators derived from
-(seed, epoch, index) like the random crop (separate streams, so switching augmentation on leaves the crops as they
-were). An augmented item is therefore the same with any number of workers and after a resume. Cached features
+(seed, epoch, index) like the random crop (separate streams, so switching augmentation on leaves the crop positions
+as they were; with ``speed`` on, a longer or shorter stretch is read from there). An augmented item is therefore the same with any number of workers and after a resume. Cached features
 (precomputed audio features, cached image features) cannot be augmented per epoch: asking for both is an error.
 
 Bad files raise :class:`~ciap_lib.audio_io.BadFileError` naming the file and the problem (all of a split's bad

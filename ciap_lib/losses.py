@@ -80,6 +80,9 @@ class LabelClipLoss(nn.Module):
         number of positives per row (1 = plain InfoNCE).
     """
 
+    #: training gathers the labels across ranks for losses that use them
+    uses_labels = True
+
     def forward(self, image_features: torch.Tensor, audio_features: torch.Tensor,
                 logit_scale: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         _check(image_features, audio_features)

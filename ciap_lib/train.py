@@ -62,14 +62,17 @@ def compute_loss(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, aud
     Args:
         model: CIAP or DDP(CIAP).
         images: (b,3,S,S); audio: (b,T) waveforms or (b,F) features; b = local batch.
-        labels: (b,) long class per pair (-1 = unlabelled), gathered across ranks with the features.
+        labels: (b,) long class per pair (-1 = unlabelled), gathered across ranks with the features when the loss
+            uses them (``loss_fn.uses_labels``); other losses get None.
     Returns:
         the loss dict (``"loss"`` has the graph), computed over all ranks' embeddings (W*b rows).
     """
     out = model(images, audio)
     img, aud = D.gather_features(out["image_features"], out["audio_features"], info)
-    if labels is not None:
+    if labels is not None and getattr(loss_fn, "uses_labels", False):
         labels = D.gather_labels(labels.to(img.device), info)
+    else:
+        labels = None  # label-free losses ignore them: no all_gather per step
     return loss_fn(img, aud, out["logit_scale"], labels=labels)
 
 
@@ -157,10 +160,28 @@ def _cached_image_features(cfg: TrainConfig, model: CIAP, info: D.DistInfo
     return features, extra
 
 
+def _reconcile_best(best_path: Path, last_path: Path, best: "selection.Best", start_epoch: int, select: str) -> None:
+    """On resume: make ``best.pt`` hold ``best.epoch`` (the best epoch of the history by ``select``). It may not when
+    the run stopped between writing ``last.pt`` and copying it, or when ``select_metric`` changed: copy ``last.pt``
+    when the best is its epoch, else remove the stale file (the next improvement writes it again) and say so."""
+    held = int(load_checkpoint(best_path)["epoch"]) if best_path.is_file() else None
+    if best.epoch is None or held == best.epoch:
+        return
+    if best.epoch == start_epoch:
+        copy_checkpoint(last_path, best_path)
+        return
+    if held is not None:
+        best_path.unlink()
+        print(f"removed {best_path}: it held epoch {held}, but the best epoch by {select} is {best.epoch}, whose "
+              "weights were not kept; the next improvement writes best.pt again", file=sys.stderr)
+
+
 def _has_labels(dataset: Any) -> bool:
     """Whether some pair of ``dataset`` has a label (>= 0)."""
+    from ciap_lib.retrieval.inputs import check_labels
+
     labels = getattr(dataset, "labels", None)
-    return labels is not None and bool((torch.as_tensor(labels) >= 0).any())
+    return labels is not None and check_labels(labels, len(dataset)) is not None
 
 
 def train(cfg: TrainConfig, callbacks: Sequence[Callback] = (),
@@ -240,9 +261,10 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
     best = selection.Best.from_history(select, history)  # resume: the best so far, so a worse epoch cannot replace it
     if info.is_main and start_epoch == 0:
         best_path.unlink(missing_ok=True)  # a fresh run: an earlier run's best.pt under this name is not its best
-    elif info.is_main and best.epoch == start_epoch and not best_path.is_file():
-        copy_checkpoint(ckpt_path, best_path)
-    stopped = cfg.patience is not None and bool(history) and best.stale(start_epoch) >= cfg.patience
+    elif info.is_main:
+        _reconcile_best(best_path, ckpt_path, best, start_epoch, select)
+    stopped = (cfg.patience is not None and bool(history) and start_epoch < cfg.epochs
+               and best.stale(start_epoch) >= cfg.patience)
     if info.rank:  # distinct randomness per rank beyond the shared data order
         seed_everything(cfg.seed + 7919 * info.rank + start_epoch)
     if info.is_main:
@@ -309,7 +331,7 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
 
     history = D.broadcast_object(history, info)
     best = selection.Best.from_history(select, history)
-    extra["best"] = best.to_dict(best_path)
+    extra["best"] = best.to_dict(best_path if best_path.is_file() else None)
     extra["stopped_early"] = stopped
     extra["stopped_epoch"] = int(history[-1]["epoch"]) if stopped and history else None
     result = TrainResult(history=history, metrics=dict(history[-1]) if history else {}, checkpoint=ckpt_path,
@@ -319,7 +341,8 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
             print(f"early stop after epoch {extra['stopped_epoch']}: {select} has not improved for "
                   f"{best.stale(extra['stopped_epoch'])} epochs (patience {cfg.patience})", file=sys.stderr)
         if best.epoch is not None:
-            print(f"best: epoch {best.epoch}, {select} {best.value:.4f} -> {best_path}", file=sys.stderr)
+            print(f"best: epoch {best.epoch}, {select} {best.value:.4f} -> "
+                  f"{extra['best']['path'] or 'its weights were not kept (see above)'}", file=sys.stderr)
         for cb in callbacks:
             cb.on_train_end(result)
     return result

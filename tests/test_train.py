@@ -218,3 +218,36 @@ def test_a_fresh_run_drops_an_earlier_best_pt(small_data, tmp_path, monkeypatch)
     r = train(_cfg(small_data, tmp_path, run_name="again", epochs=1, select_metric="i2a_R@1"))  # NaN: never best
     assert not best_pt.exists() and r.extra["best"] == {"epoch": None, "metric": "i2a_R@1", "value": None,
                                                         "path": None}
+
+
+def test_resume_repairs_a_best_pt_that_does_not_hold_the_best_epoch(small_data, tmp_path, monkeypatch):
+    import shutil
+
+    _scripted(monkeypatch, [0.3, 0.6, 0.1])
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(small_data, tmp_path, run_name="fix", epochs=5, select_metric="i2a_R@1"),
+              [Recorder(stop_after=2)])
+    run = tmp_path / "ckpt" / "fix"
+    assert load_checkpoint(run / "best.pt")["epoch"] == 2
+    # as if the run had stopped after writing last.pt (epoch 2) but before copying it: best.pt holds epoch 1
+    _scripted(monkeypatch, [0.3])
+    train(_cfg(small_data, tmp_path, run_name="old1", epochs=1, select_metric="i2a_R@1"))
+    shutil.copyfile(tmp_path / "ckpt" / "old1" / "last.pt", run / "best.pt")
+    _scripted(monkeypatch, [0.1, 0.2, 0.25])
+    r = train(_cfg(small_data, tmp_path, run_name="fix", epochs=5, select_metric="i2a_R@1", resume=True))
+    assert r.extra["best"]["epoch"] == 2 and load_checkpoint(run / "best.pt")["epoch"] == 2
+    # select_metric changed on resume: the best epoch by the new metric (val_loss) was never copied
+    r = train(_cfg(small_data, tmp_path, run_name="fix", epochs=5, select_metric="val_loss", resume=True))
+    by_loss = _best_epoch(r.history, "val_loss", lower=True)
+    if by_loss != 2 and by_loss != 5:
+        assert not (run / "best.pt").exists() and r.extra["best"]["path"] is None
+    else:
+        assert load_checkpoint(run / "best.pt")["epoch"] == by_loss
+
+
+def test_resuming_a_finished_run_is_not_an_early_stop(small_data, tmp_path, monkeypatch):
+    _scripted(monkeypatch, [0.6, 0.1, 0.1])
+    train(_cfg(small_data, tmp_path, run_name="done", epochs=3, select_metric="i2a_R@1"))
+    r = train(_cfg(small_data, tmp_path, run_name="done", epochs=3, select_metric="i2a_R@1", patience=1,
+                   resume=True))
+    assert r.extra["stopped_early"] is False and len(r.history) == 3

@@ -139,8 +139,16 @@ def test_refused_audioldm_checkpoint_falls_back_and_says_why(ciap, ws, tmp_path)
 def test_resolve_checkpoint(ws, tmp_path):
     from ciap_lib.checkpoint import pick_checkpoint
 
+    import shutil
+
     picked = pick_checkpoint(ws["checkpoint"])  # the run's best.pt when it has one
-    assert batch.resolve_checkpoint(ws["checkpoint"]) == (picked, "")
+    assert batch.resolve_checkpoint(picked) == (picked, "")
+    run = tmp_path / "ckpt" / "run"                 # a run with both files
+    run.mkdir(parents=True)
+    for name in ("last.pt", "best.pt"):
+        shutil.copyfile(ws["checkpoint"], run / name)
+    path, note = batch.resolve_checkpoint(run / "last.pt")
+    assert path == run / "best.pt" and f"using {run / 'best.pt'}" in note and "best epoch" in note  # said
     path, note = batch.resolve_checkpoint(tmp_path / "missing.pt", ckpt_dir=ws["checkpoint"].parent.parent)
     assert path == picked and "newest" in note
     with pytest.raises(ValueError, match="checkpoint"):

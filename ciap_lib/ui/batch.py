@@ -29,7 +29,10 @@ def resolve_checkpoint(checkpoint: str | Path, ckpt_dir: str | Path = "ckpt") ->
     from ciap_lib.checkpoint import pick_checkpoint
 
     if checkpoint and Path(checkpoint).is_file():
-        return pick_checkpoint(checkpoint), ""
+        picked = pick_checkpoint(checkpoint)
+        note = "" if picked == Path(checkpoint) else \
+            f"using {picked} (the run's best epoch by its select_metric) instead of {checkpoint}"
+        return picked, note
     latest = find_latest_checkpoint(ckpt_dir)
     if latest is None:
         raise ValueError(f"checkpoint {str(checkpoint)!r} not found and no {ckpt_dir}/*/last.pt exists: train a CIAP "
