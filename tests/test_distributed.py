@@ -112,18 +112,20 @@ def test_torchrun_train_then_resume_with_one_process(tmp_path):
               f"ckpt_dir={tmp_path / 'ckpt'}", "run_name=ddp"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "ciap_lib", "train", *common, "--set", "epochs=2", "patience=1",
-           "loss=infonce_labels"]  # patience: rank 0 tells every rank whether to stop
+           str(_free_port()), "-m", "ciap_lib", "train", *common, "--set", "epochs=3", "patience=1",
+           "select_metric=i2a_R@10", "loss=infonce_labels"]
+    # 8 val pairs: i2a_R@10 is 1.0 every epoch, so epoch 2 does not improve on epoch 1 and patience 1 stops the run
+    # there; rank 0 decides, and every rank must leave the loop together (else the next all_gather hangs)
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=Path(__file__).parent.parent)
     assert r.returncode == 0, r.stderr[-3000:]
     ckpt = tmp_path / "ckpt" / "ddp" / "last.pt"
     ck = load_checkpoint(ckpt)
-    assert ck["epoch"] == 2  # after epoch 1 (always the best so far) patience 1 cannot stop it
-    assert load_checkpoint(ckpt.parent / "best.pt")["epoch"] in (1, 2)
+    assert ck["epoch"] == 2 and '"stopped_early": true' in r.stdout
+    assert load_checkpoint(ckpt.parent / "best.pt")["epoch"] == 1
     assert sorted(p.name for p in ckpt.parent.iterdir()) == ["best.pt", "config.yaml", "last.pt"]  # no temp files
     assert r.stdout.count('"checkpoint"') == 1  # only rank 0 reports
     r = subprocess.run([sys.executable, "-m", "ciap_lib", "train", *common, "--set", "epochs=3", "patience=null",
-                        "loss=infonce_labels", "--resume"],
+                        "select_metric=i2a_R@10", "loss=infonce_labels", "--resume"],
                        capture_output=True, text=True, env=env, timeout=300, cwd=Path(__file__).parent.parent)
     assert r.returncode == 0, r.stderr[-3000:]
     ck = load_checkpoint(ckpt)
