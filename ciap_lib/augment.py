@@ -25,10 +25,10 @@ from torch import nn
 __all__ = ["AUDIO_PARTS", "WAVEFORM_PARTS", "IMAGE_PARTS", "parse_parts", "AudioAugment", "AudioParams",
            "SpecAugment", "set_spec_augment", "ImageAugment", "ImageParams", "Augmentations", "from_config"]
 
-#: the parts of ``augment_audio``: waveform parts (applied in the dataset) and ``specaugment`` (in the model)
-AUDIO_PARTS = ("gain", "shift", "noise", "speed", "tilt", "specaugment")
 #: the parts :class:`AudioAugment` applies to the waveform
 WAVEFORM_PARTS = ("gain", "shift", "noise", "speed", "tilt")
+#: the parts of ``augment_audio``: waveform parts (applied in the dataset) and ``specaugment`` (in the model)
+AUDIO_PARTS = WAVEFORM_PARTS + ("specaugment",)
 #: the parts of ``augment_image``
 IMAGE_PARTS = ("crop", "affine", "jitter")
 
