@@ -7,14 +7,16 @@
 Prints, per clip length: seconds per clip (end to end: sampling + VAE + HiFi-GAN, batch 1) for DDIM
 (``--ddim-steps``, AudioLDM's 200 by default) and the fast solver (DPM-Solver++ at its default steps),
 their ratio (fast-solver figures: the median of ``--repeats`` runs), the peak RSS during each run, and achieved GFLOP/s (FLOPs counted with torch's
-FlopCounterMode on one guided UNet step, the VAE decode and the vocoder) as a share of a bf16 matmul
-measured in the same run. ``--quick``: 5 s only, DDIM timed over ``--ddim-steps 10`` and extrapolated
+FlopCounterMode on one guided UNet step, the VAE decode and the vocoder) as a share of a matmul in the dtype
+generation computes in (bf16, or float32 on a CPU without native bf16), measured in the same run; the guided UNet
+step (target >= 75%) and the decode (>= 78%) are also printed on their own. ``--quick``: 5 s only, DDIM timed over ``--ddim-steps 10`` and extrapolated
 to 200 steps (marked "extrapolated"). The fingerprint check after generation (a full SHA-256 of the
 weights) is timed separately. Target: a 5 s clip in <= 5 s end to end with peak < 4 GB on 2 cores.
 On a shared machine, other processes' load inflates every figure: the script prints the load average.
 
 Throughput: clips/s for a batch of ``--batch-sizes`` clips (5 s, the fast solver, ``generate(..., batch_size=B)``)
-with the peak RSS of each, baseline batch 1 in the same run; the batch with the best clips/s whose peak stays under
+with the peak RSS of each, baseline batch 1 in the same run, and whether clip 0 comes out bitwise as at batch 1 (the
+seed contract on the CPU: ``ciap_lib.bridge.invariance``); the batch with the best clips/s whose peak stays under
 4 GB is what ``evaluate-generation`` samples with by default (``ciap_lib.bridge.evaluation.EVAL_BATCH_SIZE``).
 ``--throughput-only`` skips the per-clip-length figures above.
 ``--device cuda``: the same on a GPU (bf16 weight copies there); goals on one H200: a 5 s clip in <= 0.3 s at
@@ -40,6 +42,7 @@ from ciap_lib.bridge import sampling as S  # noqa: E402
 from ciap_lib.bridge.architecture import build_latent_diffusion  # noqa: E402
 from ciap_lib.bridge.frozen import FrozenAudioLDM  # noqa: E402
 from ciap_lib.bridge.tiny import full_size_spec  # noqa: E402
+from ciap_lib.hardware import cpu_has_bf16  # noqa: E402
 
 
 def rss_bytes() -> int:
@@ -83,11 +86,15 @@ def full_size_model(name: str = "audioldm-s-full") -> FrozenAudioLDM:
     return FrozenAudioLDM(ldm, Path(f"{name}-random.ckpt"), name, spec, cache_uncond=False)
 
 
-def bf16_matmul_gflops(n: int = 2048, seconds: float = 1.5, device: str | torch.device = "cpu") -> float:
+def matmul_gflops(n: int = 2048, seconds: float = 1.5, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.bfloat16) -> float:
+    """GFLOP/s of an n x n matmul in ``dtype`` on ``device``, measured now (the baseline of every share)."""
     if torch.device(device).type == "cuda":
         n = max(n, 8192)
-    a = torch.randn(n, n, dtype=torch.bfloat16, device=device)
-    b = torch.randn(n, n, dtype=torch.bfloat16, device=device)
+    elif dtype == torch.bfloat16 and not cpu_has_bf16():
+        n, seconds = 256, 0.5   # emulated bf16 (~1 GFLOP/s on AVX2): a 2048 matmul would take 20 s
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
     sync = torch.cuda.synchronize if a.is_cuda else (lambda: None)
     a @ b
     sync()
@@ -137,25 +144,28 @@ def throughput(audioldm, batch_sizes, steps: int, precision: str, duration: floa
                limit_gb: float = 4.0) -> list[dict]:
     """clips/s and peak RSS for one ``generate`` call per batch size (ascending, so a peak is never the
     leftover of a larger batch); the speed-up is against batch 1 measured in the same run."""
-    rows = []
+    rows, first = [], None
+    emb = torch.nn.functional.normalize(torch.randn(max(batch_sizes), 1, 512), dim=-1)
     for b in sorted(batch_sizes):
-        emb = torch.nn.functional.normalize(torch.randn(b, 1, 512), dim=-1)
         with PeakRSS() as mem:
             t0 = time.perf_counter()
-            generate(audioldm, image_embeds=emb, duration=duration, steps=steps, sampler=S.DEFAULT_SAMPLER,
-                     precision=precision, batch_size=b, verify_frozen=False)
+            w = generate(audioldm, image_embeds=emb[:b], duration=duration, steps=steps, sampler=S.DEFAULT_SAMPLER,
+                         precision=precision, batch_size=b, verify_frozen=False)
             dt = time.perf_counter() - t0
+        first = w[0] if first is None else first        # the seed contract: clip 0 is clip 0 at every batch size
         rows.append({"batch_size": b, "seconds": dt, "clips_per_s": b / dt, "peak_rss_gb": mem.peak / 2**30,
-                     "load_average": os.getloadavg()})
+                     "load_average": os.getloadavg(), "clip0_max_abs_diff": float(abs(w[0] - first).max())})
     base = rows[0]["clips_per_s"]
     ok = [r for r in rows if r["peak_rss_gb"] < limit_gb]
     best = max(ok, key=lambda r: r["clips_per_s"])["batch_size"] if ok else None
     print(f"\nthroughput, {duration:g} s clips, {S.DEFAULT_SAMPLER} {steps} steps, {precision} "
           f"(one generate() call per batch size; speed-up against batch {rows[0]['batch_size']} in this run)")
     for r in rows:
+        diff = r["clip0_max_abs_diff"]
+        same = "bitwise equal" if diff == 0 else f"max abs diff {diff:.1e}"
         print(f"  batch {r['batch_size']:>2}: {r['seconds']:7.2f} s  {r['clips_per_s']:.3f} clips/s  "
               f"x{r['clips_per_s'] / base:.2f}  peak {r['peak_rss_gb']:.2f} GB  "
-              f"(load average {r['load_average'][0]:.1f})")
+              f"clip 0 against batch {rows[0]['batch_size']}: {same}  (load average {r['load_average'][0]:.1f})")
     print(f"  best clips/s with peak < {limit_gb:g} GB: batch {best}")
     return rows
 
@@ -187,7 +197,7 @@ def main(argv=None) -> int:
         audioldm = full_size_model()
     print(f"built full-size audioldm-s-full (random weights) in {time.perf_counter() - t0:.1f} s, "
           f"RSS {build_mem.peak / 2**30:.2f} GB")
-    from ciap_lib.bridge.devices import generation_device
+    from ciap_lib.bridge.devices import generation_device, half_dtype
 
     device = generation_device(args.device)
     audioldm.to(device)
@@ -199,9 +209,16 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     audioldm.assert_unchanged()
     t_fp = time.perf_counter() - t0
-    peak_matmul = bf16_matmul_gflops(device=device)
-    print(f"bf16 matmul peak: {peak_matmul:.0f} GFLOP/s; fingerprint check: {t_fp:.2f} s")
-    if args.precision == "bf16":
+    # the baseline: a matmul in the dtype generation computes in (bf16 falls back to float32 on CPUs without
+    # native bf16: ciap_lib.bridge.devices.half_dtype); the bf16 rate is printed beside it
+    compute = half_dtype(device) if args.precision == "bf16" else torch.float32
+    peak_matmul = matmul_gflops(device=device, dtype=compute)
+    name = str(compute).replace("torch.", "")
+    bf16_rate = peak_matmul if compute == torch.bfloat16 else matmul_gflops(device=device, dtype=torch.bfloat16)
+    print(f"computing in {name}; {name} matmul: {peak_matmul:.0f} GFLOP/s (the baseline of every share below), "
+          f"bf16 matmul: {bf16_rate:.1f} GFLOP/s{'' if device.type == 'cuda' or cpu_has_bf16() else ' (no native bf16 on this CPU)'}; "
+          f"fingerprint check: {t_fp:.2f} s")
+    if compute != torch.float32:
         rss0, t0 = rss_bytes(), time.perf_counter()
         audioldm.sampling_modules("bf16")     # made once, on first use; timed here rather than in a clip
         print(f"bf16 weight copies (UNet, VAE decoder, vocoder): {time.perf_counter() - t0:.2f} s, "
@@ -220,7 +237,7 @@ def main(argv=None) -> int:
                                  repeats=args.repeats if label == "fast" else 1)
             total = flops["unet_step"] * steps + flops["vae"] + flops["vocoder"]
             entry = {"sampler": sampler, "steps": steps, "seconds": dt, "peak_rss_gb": peak / 2**30,
-                     "gflops_per_s": total / dt / 1e9, "share_of_bf16_matmul": total / dt / 1e9 / peak_matmul}
+                     "gflops_per_s": total / dt / 1e9, "share_of_matmul": total / dt / 1e9 / peak_matmul}
             if label == "ddim" and steps != 200:
                 decode_s = row["fast"]["decode_and_one_step_s"] - row["fast"]["unet_step_s"]
                 entry["extrapolated_200_steps_seconds"] = decode_s + (dt - decode_s) / steps * 200
@@ -229,6 +246,10 @@ def main(argv=None) -> int:
                 dt1, _ = time_clip(audioldm, duration, sampler, 1, args.precision, repeats=args.repeats)
                 entry["unet_step_s"] = (dt - dt1) / max(steps - 1, 1)
                 entry["decode_and_one_step_s"] = dt1
+                entry["decode_s"] = dt1 - entry["unet_step_s"]
+                entry["unet_step_share_of_matmul"] = flops["unet_step"] / entry["unet_step_s"] / 1e9 / peak_matmul
+                entry["decode_share_of_matmul"] = ((flops["vae"] + flops["vocoder"]) / max(entry["decode_s"], 1e-9)
+                                                   / 1e9 / peak_matmul)
             row[label] = entry
         ddim_s = row["ddim"].get("extrapolated_200_steps_seconds", row["ddim"]["seconds"])
         row["ratio_ddim200_over_fast"] = ddim_s / row["fast"]["seconds"]
@@ -237,12 +258,14 @@ def main(argv=None) -> int:
         print(f"\n{duration:g} s clip  (GFLOP: guided UNet step {row['gflop']['unet_step']:.1f}, VAE {row['gflop']['vae']:.1f}, "
               f"vocoder {row['gflop']['vocoder']:.1f})")
         print(f"  fast  {f['sampler']:>5} {f['steps']:>3} steps: {f['seconds']:7.2f} s/clip  peak {f['peak_rss_gb']:.2f} GB  "
-              f"{f['gflops_per_s']:6.0f} GFLOP/s = {100 * f['share_of_bf16_matmul']:.0f}% of bf16 matmul  "
-              f"(per step {f['unet_step_s']:.2f} s, decode+1 step {f['decode_and_one_step_s']:.2f} s)")
+              f"{f['gflops_per_s']:6.0f} GFLOP/s = {100 * f['share_of_matmul']:.0f}% of {name} matmul")
+        print(f"    guided UNet step {f['unet_step_s']:.2f} s = {100 * f['unet_step_share_of_matmul']:.0f}% of {name} matmul "
+              f"(target >= 75%: {'met' if f['unet_step_share_of_matmul'] >= 0.75 else 'NOT met'});  "
+              f"decode {f['decode_s']:.2f} s = {100 * f['decode_share_of_matmul']:.0f}% (must stay >= 78%)")
         extra = (f"  -> 200 steps extrapolated: {d['extrapolated_200_steps_seconds']:.1f} s"
                  if "extrapolated_200_steps_seconds" in d else "")
         print(f"  ddim  {d['steps']:>3} steps:       {d['seconds']:7.2f} s/clip  peak {d['peak_rss_gb']:.2f} GB  "
-              f"{d['gflops_per_s']:6.0f} GFLOP/s = {100 * d['share_of_bf16_matmul']:.0f}% of bf16 matmul{extra}")
+              f"{d['gflops_per_s']:6.0f} GFLOP/s = {100 * d['share_of_matmul']:.0f}% of {name} matmul{extra}")
         goal = 0.3 if cuda else 5.0
         print(f"  ratio DDIM-200 / fast: {row['ratio_ddim200_over_fast']:.1f}x   target 5 s clip <= {goal:g} s: "
               f"{'n/a' if duration != 5 else 'met' if f['seconds'] <= goal else 'NOT met'}")
@@ -250,10 +273,11 @@ def main(argv=None) -> int:
     if cuda and batches:
         best = max(r["clips_per_s"] for r in batches)
         print(f"  target >= 20 clips/s batched on the GPU: {'met' if best >= 20 else 'NOT met'} ({best:.1f})")
-    peak_after = bf16_matmul_gflops(device=device)
-    print(f"\nbf16 matmul at the end: {peak_after:.0f} GFLOP/s (start {peak_matmul:.0f}): the shares above use the start")
+    peak_after = matmul_gflops(device=device, dtype=compute)
+    print(f"\n{name} matmul at the end: {peak_after:.0f} GFLOP/s (start {peak_matmul:.0f}): the shares above use the start")
     if args.json:
-        Path(args.json).write_text(json.dumps({"bf16_matmul_gflops": peak_matmul, "fingerprint_check_s": t_fp,
+        Path(args.json).write_text(json.dumps({"compute_dtype": name, "matmul_gflops": peak_matmul,
+                                               "bf16_matmul_gflops": bf16_rate, "fingerprint_check_s": t_fp,
                                                "threads": args.threads, "load_average": os.getloadavg(),
                                                "device": str(device),
                                                "results": results, "throughput": batches}, indent=2))

@@ -3,8 +3,9 @@
 * :func:`generation_device`: ``auto`` is the current CUDA device when torch sees one, else the CPU. ``cuda`` where
   there is none, or ``cuda:N`` past the last device, is a ``ValueError`` saying what is available
   (``ciap_lib.distributed.resolve_device``, which ``train --set device=...`` uses too).
-* :func:`half_dtype`: what the ``bf16`` precision computes in on a device: bfloat16 on the CPU and on GPUs with
-  native bf16 (Ampere and later), float16 on older GPUs.
+* :func:`half_dtype`: what the ``bf16`` precision computes in on a device: bfloat16 where it is native (CPUs with
+  AVX512-BF16 or AMX, GPUs from Ampere on), float16 on older GPUs, float32 on CPUs without native bf16 (emulated
+  bf16 ran a full-size UNet step 20x slower than float32 on an AVX2-only CPU: :mod:`ciap_lib.hardware`).
 * :func:`place`: moves the frozen model (``FrozenAudioLDM.to``) only when it is elsewhere, so its half-precision
   weight copies survive between calls.
 * :func:`sampling_modules`: the UNet and first stage to run for a dtype: the frozen fp32 modules, or the bf16 / fp16
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from ciap_lib.bridge.frozen import HALF_DTYPES, FrozenAudioLDM
+from ciap_lib.hardware import cpu_has_bf16
 
 
 def generation_device(device: str | torch.device) -> torch.device:
@@ -33,12 +35,13 @@ def generation_device(device: str | torch.device) -> torch.device:
 
 
 def half_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16, or float16 on a CUDA device without native bfloat16 (before Ampere)."""
+    """What ``precision="bf16"`` computes in on ``device``: bfloat16 where it is native; float16 on a CUDA device
+    without native bfloat16 (before Ampere); float32 (no autocast, the frozen modules) on a CPU without it."""
     if device.type == "cuda":
         with torch.cuda.device(device):
             native = torch.cuda.is_bf16_supported(including_emulation=False)
         return torch.bfloat16 if native else torch.float16
-    return torch.bfloat16
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
 
 
 def same_device(a: torch.device, b: torch.device) -> bool:

@@ -3,7 +3,7 @@
 ``generate(audioldm, images, cond_stage=...)`` or ``generate(audioldm, image_embeds=(B,1,512))``.
 Clip ``i``, candidate ``k`` starts from the noise of ``torch.Generator().manual_seed(seed + i *
 n_candidates + k)`` (drawn on the CPU, whatever the device): the same seed gives the same audio whatever the
-batch size (up to the rounding of batched kernels: bitwise for the same batch size on the CPU).
+batch size: bitwise on the CPU (:mod:`ciap_lib.bridge.invariance`), within 1e-3 on CUDA.
 
 What guidance steers away from and what is mixed into the condition: ``negative`` (audio clips) or
 ``negative_text``, and ``mix`` (plain values, :mod:`ciap_lib.bridge.guidance`), or precomputed
@@ -141,7 +141,7 @@ def generate(audioldm: FrozenAudioLDM, images: ImageInput = None, *, image_embed
         callback: ``callback(done, total)`` after each solver step and each decode.
         batch_size: clips (images x candidates) sampled together.
         precision: ``"bf16"`` (autocast in UNet/VAE/vocoder with half-precision weight copies, the fast default;
-            float16 on GPUs without bfloat16) or ``"fp32"``.
+            float16 on GPUs without bfloat16; float32 on CPUs without native bf16: ``devices.half_dtype``) or ``"fp32"``.
         verify_frozen: after generating, check that the weights of the AudioLDM parts this call ran still
             hash as at load (~0.5 s for audioldm-s-full's UNet, VAE and vocoder on 2 cores).
         return_latents: also return the chosen clips' latents (B, 8, T, 16).

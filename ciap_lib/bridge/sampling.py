@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 
 from ciap_lib.bridge import devices
+from ciap_lib.bridge.invariance import rowwise_linears
 from ciap_lib.bridge.frozen import FrozenAudioLDM
 from ciap_lib.constants import SAMPLE_RATE
 
@@ -97,7 +98,8 @@ def predict_noise(audioldm: FrozenAudioLDM, x: torch.Tensor, t: torch.Tensor, co
     ts = torch.full((x_in.shape[0],), int(t), dtype=torch.long, device=x.device)
     dtype = half if autocast else None
     unet, _ = devices.sampling_modules(audioldm, dtype)
-    with devices.autocast(x.device, dtype):
+    # on the CPU the small Linears run row by row: a clip's noise prediction does not depend on its batch
+    with devices.autocast(x.device, dtype), rowwise_linears(unet, enabled=x.device.type == "cpu"):
         eps = unet(x_in, ts, c_film=[c_in])      # what LatentDiffusion.apply_model does for film conditioning
     eps = eps.float()
     if guidance_scale != 1.0:
@@ -138,7 +140,13 @@ def sample_latents(audioldm: FrozenAudioLDM, cond: torch.Tensor, noise: torch.Te
 
 def decode_latents(audioldm: FrozenAudioLDM, latents: torch.Tensor, autocast: bool = False,
                    half: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """Latents (N,8,T,16) -> 16 kHz waveforms (N, T*4*160) via the frozen VAE and HiFi-GAN."""
+    """Latents (N,8,T,16) -> 16 kHz waveforms (N, T*4*160) via the frozen VAE and HiFi-GAN.
+
+    On the CPU one clip at a time: the decoder's GroupNorms (channels-last under bf16) and its fp32 convolutions
+    split their sums by the batch (:mod:`ciap_lib.bridge.invariance`), so a batched decode would depend on the
+    other clips in it. (Clipping, as audioldm's ``generate_sample``, is decided per clip too.)"""
+    if latents.device.type == "cpu" and latents.shape[0] > 1:
+        return torch.cat([decode_latents(audioldm, z[None], autocast, half) for z in latents])
     dtype = half if autocast else None
     with torch.inference_mode(), devices.autocast(latents.device, dtype):
         z = latents

@@ -20,10 +20,9 @@ CPU only.
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 
+from ciap_lib.hardware import cpu_has_bf16
 from ciap_lib.retrieval.bounds import full_float32_matmul, gamma, U32
 from ciap_lib.retrieval.counting import Block64, Direction, directions
 from ciap_lib.retrieval.inputs import ArrayLike, as_float32
@@ -31,21 +30,6 @@ from ciap_lib.retrieval.inputs import ArrayLike, as_float32
 U_BF16_OUT = 2.0 ** -7   # bf16 output rounding, relative (2**-8 for round-to-nearest; 2**-7 is safe)
 _TINY = 2.0 ** -120      # absolute slack for bf16 results near the underflow range
 HEAVY_AT = 64            # a query with more candidates than this in a block is rescored in float32 there
-
-
-@lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo);
-    without it the bf16 screen is no faster than float32, so the default is then float32 blocks."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool({"avx512_bf16", "amx_bf16"} & flags)
-    except OSError:
-        pass
-    return False
 
 
 def _bf16_floor_bits(x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +68,7 @@ def exact_directions(image_emb: ArrayLike, audio_emb: ArrayLike, chunk_size: int
     """Count both directions of N pairs ((N, D) tensors / arrays / memmaps, loaded into memory as float32).
 
     Args:
-        use_bf16: screen blocks in bfloat16; ``None``: when the CPU has native bf16 (:func:`cpu_has_bf16`).
+        use_bf16: screen blocks in bfloat16; ``None``: when the CPU has native bf16 (:func:`ciap_lib.hardware.cpu_has_bf16`; without it the bf16 screen is no faster).
             False scores every block in float32 (same counts).
         stats: if given, filled with ``blocks_bf16`` (settled by the bf16 screen; there ``rescored_queries``
             queries with many candidates were rescored in float32, the other candidates one by one:

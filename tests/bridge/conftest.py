@@ -31,3 +31,12 @@ def unit_embeds():
         g = torch.Generator().manual_seed(seed)
         return torch.nn.functional.normalize(torch.randn(n, 1, 512, generator=g), dim=-1)
     return make
+
+
+@pytest.fixture
+def native_bf16(monkeypatch):
+    """Generation's ``bf16`` precision runs the bfloat16 weight copies even on a CPU without native bf16 (where it
+    would otherwise compute in float32: ``ciap_lib.bridge.devices.half_dtype``), so bf16 tests test bf16 anywhere."""
+    from ciap_lib.bridge import devices
+
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)

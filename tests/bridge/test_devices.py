@@ -52,7 +52,10 @@ def test_train_resolves_devices_the_same_way(no_cuda):
 
 
 def test_half_dtype_is_bf16_or_fp16_where_bf16_is_not_native(monkeypatch):
-    assert D.half_dtype(torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(D, "cpu_has_bf16", lambda: True)
+    assert D.half_dtype(torch.device("cpu")) == torch.bfloat16                # AVX512-BF16 / AMX
+    monkeypatch.setattr(D, "cpu_has_bf16", lambda: False)
+    assert D.half_dtype(torch.device("cpu")) == torch.float32                 # AVX2 only: emulated bf16 is slow
     monkeypatch.setattr(torch.cuda, "device", lambda _d: __import__("contextlib").nullcontext())
     seen = []
 

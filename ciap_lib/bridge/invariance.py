@@ -1,0 +1,48 @@
+"""Batch invariance on the CPU: a clip's audio does not depend on what else is in its batch, bitwise.
+
+The seed contract (the same seed gives the same audio whatever the batch size) needs every kernel to compute a
+clip's numbers in the same order whether it runs beside 0 or 7 other clips. On the CPU, three kinds of layer pick
+how they split a reduction by the batch (found layer by layer: each layer run on the batch and on one clip of it):
+
+* ``nn.Linear`` on 2-D input, where the batch is the matmul's M (the UNet's timestep and film embeddings and the
+  ResBlocks' ``emb_layers``: 25 layers, each a (2B, <=512) input): up to 1.2e-7 apart in fp32, enough to move
+  the latents by 2e-4 after 3 solver steps;
+* ``nn.GroupNorm`` on channels-last input (the VAE decoder's, whose bf16 convolutions return channels-last):
+  up to 0.016 apart in bf16;
+* the VAE decoder's and the vocoder's convolutions in fp32: up to 2.4e-7 apart.
+
+The UNet's convolutions, attention and GroupNorms (bf16 and fp32) gave the same numbers at every batch size tried.
+So :func:`rowwise_linears` computes those small Linears one row at a time (they are tiny: < 0.1% of a step) and
+``ciap_lib.bridge.sampling.decode_latents`` decodes one clip at a time on the CPU. ``tests/bridge/test_generate.py``
+checks the contract bitwise at batch sizes 1-4, and ``bench/generation.py`` on the full-size model. On CUDA the
+contract is a max abs difference of 1e-3 (``tests/bridge/test_cuda.py``), without either measure.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+
+def _linear_by_row(module: torch.nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+    """Forward hook: a 2-D input of several rows is recomputed one row at a time (M = 1 whatever the batch)."""
+    x = args[0]
+    if x.dim() != 2 or x.shape[0] < 2:
+        return None
+    return torch.cat([F.linear(x[i:i + 1], module.weight, module.bias) for i in range(x.shape[0])])
+
+
+@contextmanager
+def rowwise_linears(module: torch.nn.Module, enabled: bool = True) -> Iterator[torch.nn.Module]:
+    """Within the block, every ``nn.Linear`` in ``module`` that gets a 2-D (N, K) input computes each row on its
+    own, so its output rows do not depend on N (3-D inputs, such as attention projections over the latent's
+    positions, are left as they are). The hooks are removed on exit. ``enabled=False``: nothing is changed."""
+    handles = [m.register_forward_hook(_linear_by_row) for m in module.modules()
+               if enabled and isinstance(m, torch.nn.Linear)]
+    try:
+        yield module
+    finally:
+        for h in handles:
+            h.remove()
