@@ -149,6 +149,12 @@ class FrozenAudioLDM:
         self.ldm.eval()
         for m in self.ldm.modules():  # no .train(True) can flip dropout/BN back on
             m.train = disabled_train.__get__(m)
+            # gradient checkpointing only saves activations for a backward pass, which never comes: without it
+            # a block computes the same ops (its forward already ran under no_grad), minus audioldm's
+            # CheckpointFunction.apply over all the block's parameters (4% of a float32 UNet step)
+            for flag in ("checkpoint", "use_checkpoint"):
+                if isinstance(getattr(m, flag, None), bool):
+                    setattr(m, flag, False)
 
     @property
     def reference_fingerprint(self) -> str:

@@ -46,3 +46,26 @@ def test_crafted_uncond_cache_is_not_unpickled_but_recomputed(tiny_audioldm, tmp
     assert not marker.exists()
     assert torch.allclose(emb, tiny_audioldm.uncond_embedding, atol=1e-6)
     assert torch.equal(safe_load(cache)["embedding"], emb)  # replaced by a good cache
+
+
+def test_no_gradient_checkpointing_at_inference_and_the_same_noise_prediction(tiny_audioldm_ckpt):
+    """Loading turns audioldm's gradient-checkpointing flags off (inference never runs a backward pass); the UNet
+    then predicts bitwise the same noise as with them on."""
+    from ciap_lib.bridge import load_audioldm
+
+    a = load_audioldm(tiny_audioldm_ckpt, cache_uncond=False)
+    flagged = [m for m in a.ldm.modules() if isinstance(getattr(m, "checkpoint", None), bool)
+               or isinstance(getattr(m, "use_checkpoint", None), bool)]
+    assert any(hasattr(m, "checkpoint") for m in flagged)            # the transformer blocks exist in the tiny UNet
+    assert not any(getattr(m, "checkpoint", False) or getattr(m, "use_checkpoint", False) for m in flagged)
+    torch.manual_seed(0)
+    x, c = torch.randn(2, 8, 32, 16), torch.nn.functional.normalize(torch.randn(2, 1, 512), dim=-1)
+    ts = torch.full((2,), 500)
+    with torch.inference_mode():
+        off = a.unet(x, ts, c_film=[c])
+        for m in flagged:
+            for flag in ("checkpoint", "use_checkpoint"):
+                if hasattr(m, flag):
+                    setattr(m, flag, True)
+        on = a.unet(x, ts, c_film=[c])
+    assert torch.equal(off, on)
