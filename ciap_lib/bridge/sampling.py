@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 
 from ciap_lib.bridge import devices
+from ciap_lib.bridge.attention import fused_attention
 from ciap_lib.bridge.invariance import rowwise_linears
 from ciap_lib.bridge.frozen import FrozenAudioLDM
 from ciap_lib.constants import SAMPLE_RATE
@@ -98,8 +99,10 @@ def predict_noise(audioldm: FrozenAudioLDM, x: torch.Tensor, t: torch.Tensor, co
     ts = torch.full((x_in.shape[0],), int(t), dtype=torch.long, device=x.device)
     dtype = half if autocast else None
     unet, _ = devices.sampling_modules(audioldm, dtype)
-    # on the CPU the small Linears run row by row: a clip's noise prediction does not depend on its batch
-    with devices.autocast(x.device, dtype), rowwise_linears(unet, enabled=x.device.type == "cpu"):
+    # on the CPU the small Linears run row by row: a clip's noise prediction does not depend on its batch;
+    # attention runs through torch's fused SDPA kernel (ciap_lib.bridge.attention)
+    with devices.autocast(x.device, dtype), rowwise_linears(unet, enabled=x.device.type == "cpu"), \
+            fused_attention(unet):
         eps = unet(x_in, ts, c_film=[c_in])      # what LatentDiffusion.apply_model does for film conditioning
     eps = eps.float()
     if guidance_scale != 1.0:
