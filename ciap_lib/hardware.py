@@ -2,7 +2,7 @@
 
 :func:`cpu_has_bf16`: whether the CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX). Without it, bfloat16
 is emulated and slow: on an AVX2-only AMD EPYC, torch 2.9's bf16 matmul ran at 0.84 GFLOP/s against 76 GFLOP/s in
-float32, and a guided audioldm-s-full UNet step took 10 s instead of about 0.5 s. So the bf16 paths on the CPU (the
+float32, and a guided audioldm-s-full UNet step took 10 s in bf16 against 1.0-1.5 s in float32. So the bf16 paths on the CPU (the
 retrieval screen, generation's ``bf16`` precision) fall back to float32 there.
 """
 from __future__ import annotations

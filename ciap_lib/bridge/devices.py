@@ -5,7 +5,7 @@
   (``ciap_lib.distributed.resolve_device``, which ``train --set device=...`` uses too).
 * :func:`half_dtype`: what the ``bf16`` precision computes in on a device: bfloat16 where it is native (CPUs with
   AVX512-BF16 or AMX, GPUs from Ampere on), float16 on older GPUs, float32 on CPUs without native bf16 (emulated
-  bf16 ran a full-size UNet step 20x slower than float32 on an AVX2-only CPU: :mod:`ciap_lib.hardware`).
+  bf16 ran a full-size UNet step ~8x slower than float32 on an AVX2-only CPU: :mod:`ciap_lib.hardware`).
 * :func:`place`: moves the frozen model (``FrozenAudioLDM.to``) only when it is elsewhere, so its half-precision
   weight copies survive between calls.
 * :func:`sampling_modules`: the UNet and first stage to run for a dtype: the frozen fp32 modules, or the bf16 / fp16

@@ -38,7 +38,7 @@ class GenerationParams:
         n_candidates: clips sampled per image; the one closest to the condition in CLAP space is kept.
         batch_size: clips (images x candidates) sampled together.
         precision: ``bf16`` (half-precision weight copies under autocast: bfloat16, or float16 on GPUs without
-            bfloat16; float32 on CPUs without native bf16, where emulated bf16 is ~20x slower) or ``fp32``.
+            bfloat16; float32 on CPUs without native bf16, where emulated bf16 is ~8x slower per UNet step) or ``fp32``.
         negative: audio clip paths; guidance steers away from their averaged CLAP audio embedding instead of
             the CLAP text embedding of ``""``.
         negative_text: a text to steer away from instead (``"speech"``; needs a local RoBERTa tokenizer); not
