@@ -21,6 +21,7 @@ contract is a max abs difference of 1e-3 (``tests/bridge/test_cuda.py``), withou
 """
 from __future__ import annotations
 
+import types
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -28,23 +29,27 @@ import torch
 import torch.nn.functional as F
 
 
-def _linear_by_row(module: torch.nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-    """Forward hook: a 2-D input of several rows is recomputed one row at a time (M = 1 whatever the batch)."""
-    x = args[0]
+def _rowwise_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``nn.Linear.forward`` that computes a 2-D input of several rows one row at a time (M = 1 whatever the
+    batch); any other input as ``nn.Linear`` does."""
     if x.dim() != 2 or x.shape[0] < 2:
-        return None
-    return torch.cat([F.linear(x[i:i + 1], module.weight, module.bias) for i in range(x.shape[0])])
+        return F.linear(x, self.weight, self.bias)
+    return torch.cat([F.linear(x[i:i + 1], self.weight, self.bias) for i in range(x.shape[0])])
 
 
 @contextmanager
 def rowwise_linears(module: torch.nn.Module, enabled: bool = True) -> Iterator[torch.nn.Module]:
     """Within the block, every ``nn.Linear`` in ``module`` that gets a 2-D (N, K) input computes each row on its
     own, so its output rows do not depend on N (3-D inputs, such as attention projections over the latent's
-    positions, are left as they are). The hooks are removed on exit. ``enabled=False``: nothing is changed."""
-    handles = [m.register_forward_hook(_linear_by_row) for m in module.modules()
-               if enabled and isinstance(m, torch.nn.Linear)]
+    positions, are left as they are). Each layer's ``forward`` is replaced for the block (the batched product is
+    never computed: an earlier forward hook computed it and then recomputed row by row, which read each weight
+    three times at batch 1) and restored on exit; no weight is touched. ``enabled=False``: nothing is changed."""
+    patched = [m for m in module.modules()
+               if enabled and isinstance(m, torch.nn.Linear) and "forward" not in vars(m)]
+    for m in patched:
+        m.forward = types.MethodType(_rowwise_forward, m)
     try:
         yield module
     finally:
-        for h in handles:
-            h.remove()
+        for m in patched:
+            del m.forward

@@ -41,9 +41,24 @@ def test_rowwise_linears_make_a_linear_batch_invariant_and_are_removed():
         batched, one = net(x), net(x[:1])
         assert torch.equal(batched[:1], one)
         assert torch.equal(net(x[:3].unsqueeze(0)), net[2](net[1](net[0](x[:3].unsqueeze(0)))))  # 3-D: as is
-    assert all(not m._forward_hooks for m in net.modules())
+    assert all("forward" not in vars(m) for m in net.modules())
     with torch.no_grad(), rowwise_linears(net, enabled=False):
-        assert all(not m._forward_hooks for m in net.modules())
+        assert all("forward" not in vars(m) for m in net.modules())
+
+
+def test_rowwise_linears_never_compute_the_batched_product(monkeypatch):
+    from ciap_lib.bridge.invariance import rowwise_linears
+
+    net, shapes, real = torch.nn.Linear(16, 4), [], torch.nn.functional.linear
+
+    def spy(inp, *args, **kwargs):
+        shapes.append(tuple(inp.shape))
+        return real(inp, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "linear", spy)
+    with torch.no_grad(), rowwise_linears(net):
+        net(torch.randn(5, 16))
+    assert shapes == [(1, 16)] * 5     # one row at a time, and no (5, 16) product besides
 
 
 def test_candidates_best_by_clap_and_callback(tiny_audioldm, unit_embeds):
