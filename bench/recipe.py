@@ -1,6 +1,7 @@
 """The training recipe on a set where overfitting shows: the old recipe against the new one, in one run.
 
     python bench/recipe.py [--n-train 384] [--n-val 96] [--seed 0] [--new experiments/default.yaml] [--json out.json]
+                           [--shift-ablation]
 
 Both recipes train through ``python -m ciap_lib train`` on the embedded synthetic set built with
 ``held_out_conditions=True`` (val sounds and images rendered under conditions that never occur in train; the table
@@ -10,6 +11,10 @@ below lists them, from ``ciap_lib.synthetic.condition_table``).
   no augmentation, the last epoch's checkpoint.
 * new: the ``train`` section of ``--new`` (the ``default`` experiment): label-aware InfoNCE, AdamW, cosine
   schedule with warmup, audio and image augmentation, ``best.pt`` chosen by ``i2a_class_R@1``.
+
+``--shift-ablation``: after training, each recipe's last checkpoint is also scored on val re-rendered with no shift
+(the train style), with each factor of the shift alone, and with the whole shift (``synthetic.shift_variants``), so
+that the table shows what each part of the shift costs, and what the recipe loses without any shift at all.
 
 Prints each recipe's val ``i2a_class_R@1`` (the new recipe's at its last epoch and at its best epoch) and the
 difference, the wall time of each run and, measured in the same run, the machine's fp32 matmul rate, so that the
@@ -34,7 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ciap_lib.checkpoint import load_checkpoint  # noqa: E402
-from ciap_lib.synthetic import condition_table, make_synthetic_dataset  # noqa: E402
+from ciap_lib.synthetic import condition_table, make_synthetic_dataset, shift_variants, write_split  # noqa: E402
+from ciap_lib.workflows import evaluate_checkpoint  # noqa: E402
 
 #: the recipe the ``default`` experiment used before issue 10 (TrainConfig keys)
 OLD_RECIPE = {"model": "default", "epochs": 12, "batch_size": 32, "lr": 1.0e-3, "optimizer": "adam",
@@ -69,6 +75,16 @@ def train(name: str, recipe: dict, data: Path, work: Path) -> dict:
     return {"seconds": seconds, "summary": summary, "history": history}
 
 
+def shift_ablation(work: Path, n_val: int, runs: list[str], metric: str) -> dict[str, dict[str, float]]:
+    """``{variant: {run: metric}}`` of each run's last checkpoint on val rendered as each :func:`shift_variants`."""
+    out: dict[str, dict[str, float]] = {}
+    for name, style in shift_variants().items():
+        root = work / "variants" / name
+        write_split(root / "val", "val", n_val, style)
+        out[name] = {run: evaluate_checkpoint(work / "ckpt" / run / "last.pt", root, "val")[metric] for run in runs}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n-train", type=int, default=384)
@@ -77,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="experiment YAML whose train section is the new recipe")
     ap.add_argument("--seed", type=int, default=0, help="training seed of both recipes (the data stay the same)")
     ap.add_argument("--json", dest="json_out")
+    ap.add_argument("--shift-ablation", action="store_true",
+                    help="also score each recipe on val with no shift, each factor of the shift alone, and all of it")
     args = ap.parse_args(argv)
     new_recipe = dict(yaml.safe_load(Path(args.new).read_text())["train"])
     print("held-out conditions, train -> val:")
@@ -90,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                                       held_out_conditions=True)
         runs = {"old": train("old", {**OLD_RECIPE, "seed": args.seed}, data, work),
                 "new": train("new", {**new_recipe, "seed": args.seed}, data, work)}
-    metric = "i2a_class_R@1"
+        metric = "i2a_class_R@1"
+        ablation = shift_ablation(work, args.n_val, list(runs), metric) if args.shift_ablation else None
     old = runs["old"]["history"][-1][metric]
     new_last = runs["new"]["history"][-1][metric]
     best = runs["new"]["summary"].get("best") or {}
@@ -104,12 +123,19 @@ def main(argv: list[str] | None = None) -> int:
           f"(target >= +0.15, new >= 0.90)")
     print(f"both runs: {total:.0f} s on a machine doing {rate:.0f} GFLOP/s fp32 matmul now "
           f"(target <= 300 s on 2 cores); the old run took {runs['old']['seconds'] / total:.0%} of it")
+    if ablation:
+        print(f"\nwhat the shift costs: {metric} of each recipe's last checkpoint on val rendered with")
+        print(f"  {'val rendering':34s} {'old':>6s} {'new':>6s}")
+        for name, row in ablation.items():
+            label = {"none": "no shift (the train style)", "all": "the whole shift (the real val)"}.get(
+                name, f"only {name} as in val")
+            print(f"  {label:34s} {row['old']:6.3f} {row['new']:6.3f}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(
             {"matmul_gflops": rate, "old": {"last": old, "seconds": runs["old"]["seconds"]},
              "new": {"last": new_last, "best": new_best, "best_epoch": best.get("epoch"),
                      "seconds": runs["new"]["seconds"]},
-             "history": {k: v["history"] for k, v in runs.items()}}, indent=2))
+             "history": {k: v["history"] for k, v in runs.items()}, "shift_ablation": ablation}, indent=2))
     return 0
 
 

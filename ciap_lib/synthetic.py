@@ -48,7 +48,7 @@ from PIL import Image, ImageDraw
 from ciap_lib.audio_io import write_wav
 from ciap_lib.constants import SAMPLE_RATE
 
-__all__ = ["Style", "DEFAULT_STYLE", "HELD_OUT_STYLES", "condition_table", "SHAPES", "COLOURS", "COUNTS", "TIMBRES", "PITCHES_HZ", "PULSE_RATES_HZ", "combo_name",
+__all__ = ["Style", "DEFAULT_STYLE", "HELD_OUT_STYLES", "condition_table", "shift_variants", "write_split", "SHAPES", "COLOURS", "COUNTS", "TIMBRES", "PITCHES_HZ", "PULSE_RATES_HZ", "combo_name",
            "is_held_out", "render_image", "render_audio", "make_synthetic_dataset", "check_params", "MANIFEST"]
 
 PathLike = Union[str, os.PathLike]
@@ -217,6 +217,19 @@ def render_audio(shape: int, colour: int, count: int, seconds: float, sample_rat
     return np.clip(amp * tone * env + noise, -1.0, 1.0).astype(np.float32)
 
 
+#: the nuisance factors the held-out shift changes: (side, description, :class:`Style` field)
+SHIFT_FACTORS: tuple[tuple[str, str, str], ...] = (
+    ("image", "object radius (fraction of the side)", "radius"),
+    ("image", "polygon rotation (degrees)", "rotation_deg"),
+    ("image", "dark outline width (px)", "outline_px"),
+    ("image", "pixel noise std (grey levels)", "pixel_noise"),
+    ("sound", "pulse envelope", "envelope"),
+    ("sound", "harmonic roll-off exponent p (1/k^p)", "rolloff"),
+    ("sound", "FM bell modulation index", "fm_index"),
+    ("sound", "tempo factor", "tempo"),
+    ("sound", "background noise std", "audio_noise"))
+
+
 def condition_table() -> list[dict[str, str]]:
     """What differs between train and val with ``held_out_conditions=True``: one row per nuisance factor,
     ``{"side", "factor", "train", "val"}``, read off :data:`HELD_OUT_STYLES`."""
@@ -229,24 +242,44 @@ def condition_table() -> list[dict[str, str]]:
             return " or ".join(rng(x) for x in v)
         return f"{v[0]:g}" if v[0] == v[1] else f"{v[0]:g} to {v[1]:g}"
 
-    rows = [("image", "object radius (fraction of the side)", "radius"),
-            ("image", "polygon rotation (degrees)", "rotation_deg"),
-            ("image", "dark outline width (px)", "outline_px"),
-            ("image", "pixel noise std (grey levels)", "pixel_noise"),
-            ("sound", "pulse envelope", "envelope"),
-            ("sound", "harmonic roll-off exponent p (1/k^p)", "rolloff"),
-            ("sound", "FM bell modulation index", "fm_index"),
-            ("sound", "tempo factor", "tempo"),
-            ("sound", "background noise std", "audio_noise")]
     return [{"side": side, "factor": factor,
              "train": getattr(tr, key) if isinstance(getattr(tr, key), str) else rng(getattr(tr, key)),
              "val": getattr(va, key) if isinstance(getattr(va, key), str) else rng(getattr(va, key))}
-            for side, factor, key in rows]
+            for side, factor, key in SHIFT_FACTORS]
+
+
+def shift_variants() -> dict[str, Style]:
+    """Val styles that take the held-out shift apart, to see what each part of it costs a model: ``"none"`` (the
+    train style: no shift), one entry per :data:`SHIFT_FACTORS` key (the train style with that one factor as in
+    val) and ``"all"`` (the val style: the whole shift). Render them with :func:`write_split`."""
+    import dataclasses
+
+    tr, va = HELD_OUT_STYLES["train"], HELD_OUT_STYLES["val"]
+    out = {"none": tr}
+    out.update({key: dataclasses.replace(tr, **{key: getattr(va, key)}) for _, _, key in SHIFT_FACTORS})
+    out["all"] = va
+    return out
 
 
 def _combos(split: str) -> list[tuple[int, int, int]]:
     allc = [(s, c, k) for s in range(len(SHAPES)) for c in range(len(COLOURS)) for k in range(len(COUNTS))]
     return [x for x in allc if not is_held_out(*x)] if split == "train" else allc
+
+
+def write_split(folder: PathLike, split: str, n: int, style: Style = DEFAULT_STYLE, seed: int = 0,
+                image_size: int = 96, seconds: float = 1.5, sample_rate: int = SAMPLE_RATE) -> Path:
+    """Render one split's ``n`` pairs under ``style`` into ``folder`` (which must not exist): ``pairs.csv``, PNGs
+    and WAVs, as :func:`make_synthetic_dataset` writes ``train``/``val`` (the same labels and per-item seeds for
+    the same ``split``, ``seed`` and sizes), but with no manifest and not atomically: for one-off sets such as
+    the :func:`shift_variants` of val. ``split``: ``"train"`` (its 36 combinations) or ``"val"`` (all 48)."""
+    if split not in ("train", "val"):
+        raise ValueError(f"write_split: split must be 'train' or 'val', got {split!r}")
+    bad = [b.replace("n_train", "n", 1) for b in check_params(n_train=n, n_val=1, image_size=image_size,
+                                                                 seconds=seconds)]
+    if bad:
+        raise ValueError("write_split: " + "; ".join(bad))
+    _write_split(Path(folder), split, n, seed, image_size, seconds, sample_rate, style)
+    return Path(folder)
 
 
 def _write_split(folder: Path, split: str, n: int, seed: int, image_size: int, seconds: float,

@@ -137,3 +137,29 @@ def test_held_out_conditions(tmp_path):
         return np.mean([np.abs(np.diff(im, axis=1)).mean() for im in ims])
 
     assert roughness(shifted, "val") > 1.5 * roughness(shifted, "train")
+
+
+def test_shift_variants_take_the_held_out_shift_apart(tmp_path):
+    """One val style per factor (the train style with that factor as in val); write_split renders any of them, and
+    the whole shift ("all") reproduces make_synthetic_dataset's held-out val split file for file."""
+    import dataclasses
+
+    from ciap_lib.synthetic import HELD_OUT_STYLES, SHIFT_FACTORS, shift_variants, write_split
+
+    tr, va = HELD_OUT_STYLES["train"], HELD_OUT_STYLES["val"]
+    variants = shift_variants()
+    assert variants["none"] == tr and variants["all"] == va
+    assert list(variants)[1:-1] == [key for _, _, key in SHIFT_FACTORS]
+    for key in list(variants)[1:-1]:
+        differs = [f.name for f in dataclasses.fields(tr) if getattr(variants[key], f.name) != getattr(tr, f.name)]
+        assert differs == [key] and getattr(variants[key], key) == getattr(va, key)
+    kw = dict(image_size=32, seconds=1.2)
+    root = make_synthetic_dataset(tmp_path / "shifted", n_train=8, n_val=12, held_out_conditions=True, **kw)
+    out = write_split(tmp_path / "all" / "val", "val", 12, variants["all"], **kw)
+    assert _digest(out) == _digest(root / "val")
+    out = write_split(tmp_path / "none" / "val", "val", 12, variants["none"], **kw)
+    assert _rows(out.parent, "val") == _rows(root, "val") and _digest(out) != _digest(root / "val")
+    with pytest.raises(ValueError, match="n: must be >= 1"):
+        write_split(tmp_path / "x", "val", 0, **kw)
+    with pytest.raises(ValueError, match="split must be"):
+        write_split(tmp_path / "y", "test", 4, **kw)
