@@ -38,7 +38,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Union
 
@@ -48,7 +48,7 @@ from PIL import Image, ImageDraw
 from ciap_lib.audio_io import write_wav
 from ciap_lib.constants import SAMPLE_RATE
 
-__all__ = ["Style", "DEFAULT_STYLE", "HELD_OUT_STYLES", "condition_table", "shift_variants", "write_split", "SHAPES", "COLOURS", "COUNTS", "TIMBRES", "PITCHES_HZ", "PULSE_RATES_HZ", "combo_name",
+__all__ = ["Style", "DEFAULT_STYLE", "HELD_OUT_STYLES", "condition_table", "SHIFT_FACTORS", "shift_variants", "write_split", "SHAPES", "COLOURS", "COUNTS", "TIMBRES", "PITCHES_HZ", "PULSE_RATES_HZ", "combo_name",
            "is_held_out", "render_image", "render_audio", "make_synthetic_dataset", "check_params", "MANIFEST"]
 
 PathLike = Union[str, os.PathLike]
@@ -252,11 +252,9 @@ def shift_variants() -> dict[str, Style]:
     """Val styles that take the held-out shift apart, to see what each part of it costs a model: ``"none"`` (the
     train style: no shift), one entry per :data:`SHIFT_FACTORS` key (the train style with that one factor as in
     val) and ``"all"`` (the val style: the whole shift). Render them with :func:`write_split`."""
-    import dataclasses
-
     tr, va = HELD_OUT_STYLES["train"], HELD_OUT_STYLES["val"]
     out = {"none": tr}
-    out.update({key: dataclasses.replace(tr, **{key: getattr(va, key)}) for _, _, key in SHIFT_FACTORS})
+    out.update({key: replace(tr, **{key: getattr(va, key)}) for _, _, key in SHIFT_FACTORS})
     out["all"] = va
     return out
 

@@ -41,9 +41,8 @@ def _rowwise_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
 def rowwise_linears(module: torch.nn.Module, enabled: bool = True) -> Iterator[torch.nn.Module]:
     """Within the block, every ``nn.Linear`` in ``module`` that gets a 2-D (N, K) input computes each row on its
     own, so its output rows do not depend on N (3-D inputs, such as attention projections over the latent's
-    positions, are left as they are). Each layer's ``forward`` is replaced for the block (the batched product is
-    never computed: an earlier forward hook computed it and then recomputed row by row, which read each weight
-    three times at batch 1) and restored on exit; no weight is touched. ``enabled=False``: nothing is changed."""
+    positions, are left as they are). Each layer's ``forward`` is replaced for the block, so the batched product is
+    never computed, and restored on exit; no weight is touched. ``enabled=False``: nothing is changed."""
     patched = [m for m in module.modules()
                if enabled and isinstance(m, torch.nn.Linear) and "forward" not in vars(m)]
     for m in patched:
