@@ -272,8 +272,8 @@ def write_split(folder: PathLike, split: str, n: int, style: Style = DEFAULT_STY
     the :func:`shift_variants` of val. ``split``: ``"train"`` (its 36 combinations) or ``"val"`` (all 48)."""
     if split not in ("train", "val"):
         raise ValueError(f"write_split: split must be 'train' or 'val', got {split!r}")
-    bad = [b.replace("n_train", "n", 1) for b in check_params(n_train=n, n_val=1, image_size=image_size,
-                                                                 seconds=seconds)]
+    bad = ([f"n: must be >= 1, got {n}"] if n < 1 else []) + check_params(n_train=1, n_val=1, image_size=image_size,
+                                                                          seconds=seconds)
     if bad:
         raise ValueError("write_split: " + "; ".join(bad))
     _write_split(Path(folder), split, n, seed, image_size, seconds, sample_rate, style)
