@@ -58,6 +58,7 @@ class TrainConfig:
                                           #   pairs in a batch are positives, -1 = unlabelled) | 'cosine'
                                           #   | 'infonce+cosine'
     cosine_weight: float = 1.0            # 'infonce+cosine': weight of the cosine regression term
+    intra_weight: float = 0.0             # 'infonce_labels': weight of SupCon within each modality (0 = off)
     batch_size: int = 32                  # global batch (split across ranks in distributed runs)
     epochs: int = 10
     lr: float = 1e-3
@@ -147,8 +148,8 @@ class TrainConfig:
 
 #: keys that must be > 0, and keys that must be >= 0
 _POSITIVE = ("batch_size", "epochs", "lr_step_size", "eval_batch_size", "eval_chunk_size")
-_NON_NEGATIVE = ("num_workers", "warmup_epochs", "weight_decay", "cosine_weight", "gain_db", "specaug_freq_mask",
-                 "specaug_time_mask")
+_NON_NEGATIVE = ("num_workers", "warmup_epochs", "weight_decay", "cosine_weight", "intra_weight", "gain_db",
+                 "specaug_freq_mask", "specaug_time_mask")
 _RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 #: what a ``device`` setting may say (training and generation): cpu, cuda, cuda:N or auto
 DEVICE_PATTERN = re.compile(r"cpu|auto|cuda(:\d+)?")

@@ -71,17 +71,33 @@ class LabelClipLoss(nn.Module):
     targets image -> audio and audio -> image. With all labels distinct (or all -1, or ``labels`` None) it equals
     :class:`ClipLoss`.
 
+    ``intra_weight`` > 0 adds SupCon within each modality (:func:`supcon_loss` on the image and on the audio
+    embeddings, averaged): each side is pulled towards the other items of its class and away from the rest on its
+    own, which breaks the symmetric start of cross-modal learning (an image side that cannot tell two classes apart
+    gives the audio side no reason to, and the other way round). Rows without another item of their class add
+    nothing, so with all labels distinct the loss still equals :class:`ClipLoss`.
+
+    Args:
+        intra_weight: weight of the within-modality SupCon term (0 = cross-modal only).
+
     Args (forward):
         image_features, audio_features: (B,D) unit-norm.
         logit_scale: scalar, linear space.
         labels: (B,) integer class per pair, -1 = unlabelled (gathered across ranks like the features).
+
     Returns:
-        ``{"loss": (loss_i2a + loss_a2i) / 2, "loss_i2a", "loss_a2i", "positives"}``; ``positives`` is the mean
-        number of positives per row (1 = plain InfoNCE).
+        ``{"loss": (loss_i2a + loss_a2i) / 2 + intra_weight * loss_intra, "loss_i2a", "loss_a2i", "loss_intra",
+        "positives"}``; ``positives`` is the mean number of positives per row (1 = plain InfoNCE).
     """
 
     #: training gathers the labels across ranks for losses that use them
     uses_labels = True
+
+    def __init__(self, intra_weight: float = 0.0):
+        super().__init__()
+        if not intra_weight >= 0:
+            raise ValueError(f"intra_weight must be >= 0, got {intra_weight!r}")
+        self.intra_weight = float(intra_weight)
 
     def forward(self, image_features: torch.Tensor, audio_features: torch.Tensor,
                 logit_scale: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -90,13 +106,44 @@ class LabelClipLoss(nn.Module):
         if labels is None:
             labels = torch.full((b,), -1, dtype=torch.long)
         _check_labels(labels, b)
+        labels = labels.to(image_features.device)
         logits = logit_scale * image_features @ audio_features.t()    # (B,B) image -> audio
-        target = positive_targets(labels.to(logits.device)).to(logits.dtype)  # symmetric: the a2i target too
+        target = positive_targets(labels).to(logits.dtype)  # symmetric: the a2i target too
         loss_i2a = F.cross_entropy(logits, target)
         loss_a2i = F.cross_entropy(logits.t(), target)
         positives = (target > 0).sum(dim=1).to(logits.dtype).mean()
-        return {"loss": (loss_i2a + loss_a2i) / 2, "loss_i2a": loss_i2a, "loss_a2i": loss_a2i,
-                "positives": positives.detach()}
+        out = {"loss": (loss_i2a + loss_a2i) / 2, "loss_i2a": loss_i2a, "loss_a2i": loss_a2i,
+               "positives": positives.detach()}
+        if self.intra_weight > 0:
+            intra = (supcon_loss(image_features, labels, logit_scale)
+                     + supcon_loss(audio_features, labels, logit_scale)) / 2
+            out["loss_intra"] = intra
+            out["loss"] = out["loss"] + self.intra_weight * intra
+        return out
+
+
+def supcon_loss(features: torch.Tensor, labels: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """SupCon (Khosla et al. 2020) within one modality: for each row with at least one other row of its class,
+    cross-entropy over the other rows (itself excluded) with the target uniform over those of its class; averaged
+    over such rows (0 when there are none). Unlabelled rows (-1) are never positives.
+
+    Args:
+        features: (B,D) unit-norm.
+        labels: (B,) integer class per row, -1 = unlabelled.
+        logit_scale: scalar, linear space.
+    Returns: scalar.
+    """
+    b = features.shape[0]
+    eye = torch.eye(b, dtype=torch.bool, device=features.device)
+    same = (labels[:, None] == labels[None, :]) & (labels[:, None] >= 0) & ~eye
+    rows = same.any(dim=1)
+    if not bool(rows.any()):
+        return features.sum() * 0.0
+    logits = (logit_scale * features @ features.t()).masked_fill(eye, float("-inf"))
+    target = same[rows].to(logits.dtype)
+    target = target / target.sum(dim=1, keepdim=True)
+    logp = F.log_softmax(logits[rows], dim=1).masked_fill(eye[rows], 0.0)
+    return -(target * logp).sum(dim=1).mean()
 
 
 class CosineRegressionLoss(nn.Module):

@@ -112,6 +112,7 @@ def test_train_set_and_run_p_and_flags_share_the_parser():
     ("head_width", 0, ["head_width", "positive"]),
     ("unfreeze_last", 0, ["unfreeze_last", "positive"]),
     ("cosine_weight", -1.0, ["cosine_weight", ">= 0"]),
+    ("intra_weight", -1.0, ["intra_weight", ">= 0"]),
     ("feature_precision", "fp16", ["feature_precision", "'fp16'", "bf16"]),
 ])
 def test_check_names_the_key_the_value_and_what_is_allowed(key, value, words):

@@ -1,6 +1,7 @@
 """Symmetric InfoNCE, cosine regression and their sum: finite, symmetric, matched < shuffled, grads reach the scale,
 parameters (cosine_weight) from the config. Label-aware InfoNCE: equals InfoNCE when all labels differ, pulls
-same-class pairs together, keeps unlabelled pairs distinct."""
+same-class pairs together, keeps unlabelled pairs distinct; its within-modality SupCon term (``intra_weight``)
+matches a brute force, vanishes when no class repeats, and pulls same-class images together on its own."""
 import math
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ciap_lib.losses import (ClipLoss, CosineRegressionLoss, InfoNCECosineLoss, LabelClipLoss, create_loss,
-                             positive_targets)
+                             positive_targets, supcon_loss)
 
 
 def _feats(b=8, d=16, noise=0.3, seed=0):
@@ -91,7 +92,6 @@ def test_losses_take_their_parameters_from_the_config():
     from ciap_lib.losses import LOSSES, loss_from_config, loss_param_names
 
     assert {"infonce", "infonce_labels", "cosine", "infonce+cosine"} <= set(LOSSES)
-    assert loss_param_names("infonce_labels") == []
     assert isinstance(loss_from_config(load_config(None, loss="infonce_labels")), LabelClipLoss)
     assert loss_param_names("infonce+cosine") == ["cosine_weight"] and loss_param_names("infonce") == []
     loss = loss_from_config(load_config(None, loss="infonce+cosine", cosine_weight=0.25))
@@ -169,6 +169,68 @@ def test_label_infonce_gradient_pulls_same_class_pairs_together():
         assert plain_before == before and plain_after - before < (after - before) / 2  # InfoNCE: a negative
     before, after = _cross_cosine_after_step(LabelClipLoss(), labels, 6, 7)  # different classes / unlabelled
     assert after < before
+
+
+def test_intra_modal_supcon_matches_brute_force_and_vanishes_without_repeated_labels():
+    img, aud = _feats()
+    scale = torch.tensor(10.0)
+    labels = torch.tensor([0, 0, 1, -1, 1, 1, -1, 2])
+
+    def supcon_ref(f):
+        sim = scale * f @ f.t()
+        rows = []
+        for i in range(8):
+            pos = [j for j in range(8) if j != i and labels[i] >= 0 and labels[j] == labels[i]]
+            if pos:
+                others = [j for j in range(8) if j != i]
+                logp = sim[i, others].log_softmax(0)
+                rows.append(-torch.stack([logp[others.index(j)] for j in pos]).mean())
+        return torch.stack(rows).mean()
+
+    torch.testing.assert_close(supcon_loss(img, labels, scale), supcon_ref(img))
+    out = create_loss("infonce_labels", intra_weight=0.5)(img, aud, scale, labels=labels)
+    plain = LabelClipLoss()(img, aud, scale, labels=labels)
+    intra = (supcon_ref(img) + supcon_ref(aud)) / 2
+    torch.testing.assert_close(out["loss_intra"], intra)
+    torch.testing.assert_close(out["loss"], plain["loss"] + 0.5 * intra)
+    # no class occurs twice (or nothing labelled): the loss is plain InfoNCE, gradients included
+    for distinct in (torch.arange(8), torch.tensor([5, -1, 2, 0, -1, 7, 1, -1]), None):
+        a = img.clone().requires_grad_()
+        got = LabelClipLoss(intra_weight=2.0)(a, aud, scale, labels=distinct)
+        torch.testing.assert_close(got["loss"], ClipLoss()(img, aud, scale)["loss"])
+        g, = torch.autograd.grad(got["loss"], a)
+        b = img.clone().requires_grad_()
+        g_ref, = torch.autograd.grad(ClipLoss()(b, aud, scale)["loss"], b)
+        torch.testing.assert_close(g, g_ref)
+    with pytest.raises(ValueError, match="intra_weight must be >= 0"):
+        LabelClipLoss(intra_weight=-0.1)
+    from ciap_lib.config import load_config
+    from ciap_lib.losses import loss_from_config, loss_param_names
+
+    assert loss_param_names("infonce_labels") == ["intra_weight"]
+    assert loss_from_config(load_config(None, loss="infonce_labels", intra_weight=0.25)).intra_weight == 0.25
+
+
+def test_intra_modal_supcon_pulls_same_class_images_together_without_the_audio():
+    """The within-modality term alone moves two images of one class towards each other and away from another class,
+    even when the audio embeddings carry no class information at all."""
+    g = torch.Generator().manual_seed(7)
+    img = torch.randn(6, 16, generator=g).requires_grad_()
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    cos = lambda i, j: F.cosine_similarity(img[i], img[j], dim=0).item()  # noqa: E731
+    pairs = [(i, j) for i in range(6) for j in range(i + 1, 6)]
+
+    def same_and_other():
+        same = [cos(i, j) for i, j in pairs if labels[i] == labels[j]]
+        other = [cos(i, j) for i, j in pairs if labels[i] != labels[j]]
+        return same, sum(other) / len(other)
+
+    same_before, other_before = same_and_other()
+    supcon_loss(F.normalize(img, dim=-1), labels, torch.tensor(10.0)).backward()
+    with torch.no_grad():
+        img -= 0.5 * img.grad
+    same_after, other_after = same_and_other()
+    assert all(a > b for a, b in zip(same_after, same_before)) and other_after < other_before
 
 
 def test_every_loss_accepts_labels_and_label_shapes_are_checked():
