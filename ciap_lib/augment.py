@@ -18,15 +18,18 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import scipy.signal
 import torch
 import torchaudio
 from torch import nn
+
+from ciap_lib.constants import SAMPLE_RATE
 
 __all__ = ["AUDIO_PARTS", "WAVEFORM_PARTS", "IMAGE_PARTS", "parse_parts", "AudioAugment", "AudioParams",
            "SpecAugment", "set_spec_augment", "ImageAugment", "ImageParams", "Augmentations", "from_config"]
 
 #: the parts :class:`AudioAugment` applies to the waveform
-WAVEFORM_PARTS = ("gain", "shift", "noise", "speed", "tilt")
+WAVEFORM_PARTS = ("gain", "shift", "noise", "speed", "tilt", "reverb")
 #: the parts of ``augment_audio``: waveform parts (applied in the dataset) and ``specaugment`` (in the model)
 AUDIO_PARTS = WAVEFORM_PARTS + ("specaugment",)
 #: the parts of ``augment_image``
@@ -65,6 +68,9 @@ class AudioParams:
     pink: bool = False
     noise_seed: int = 0
     tilt: float = 0.0      # first-order filter coefficient: > 0 brighter, < 0 darker
+    rt60: float = 0.0      # reverb decay time (s); 0: no reverb
+    wet: float = 0.0       # reverb share of the output amplitude, in [0, 1]
+    reverb_seed: int = 0
 
 
 class AudioAugment:
@@ -78,7 +84,10 @@ class AudioAugment:
     noise, each half the time, at an SNR uniform in ``[snr_db_min, snr_db_max]`` dB relative to the segment's
     mean power; silent segments get none), ``tilt`` (a random spectral tilt: the first-order filter
     ``y[n] = x[n] - a x[n-1]`` with ``a`` uniform in ``[-tilt_max, tilt_max]``, brighter for ``a > 0`` and darker for
-    ``a < 0``, at the segment's RMS: a random EQ for timbre that changes with the recording).
+    ``a < 0``, at the segment's RMS: a random EQ for timbre that changes with the recording), ``reverb`` (a synthetic
+    room: the segment convolved with an exponentially decaying noise impulse response whose decay time RT60 is
+    uniform in ``[0.05, reverb_rt60_max]`` s, mixed with the dry segment at a wet share uniform in [0.2, 0.8], at the
+    segment's RMS: sounds that ring on in a room, so that the encoder does not tie the class to how pulses end).
 
     Args:
         parts: the names of the parts to apply (a subset of ``WAVEFORM_PARTS``; ``specaugment`` is ignored here,
@@ -90,7 +99,7 @@ class AudioAugment:
 
     def __init__(self, parts: Sequence[str], gain_db: float = 6.0, shift_max: float = 0.5, circular: bool = True,
                  snr_db_min: float = 10.0, snr_db_max: float = 40.0, speed_perturb: float = 0.1,
-                 tilt_max: float = 0.8):
+                 tilt_max: float = 0.8, reverb_rt60_max: float = 0.5):
         parts = parse_parts(parts, AUDIO_PARTS, "AudioAugment parts")
         self.parts = tuple(p for p in parts if p in WAVEFORM_PARTS)
         if gain_db < 0 or not 0 <= shift_max <= 1 or not snr_db_min <= snr_db_max or not 0 <= speed_perturb <= 0.5:
@@ -103,6 +112,9 @@ class AudioAugment:
         if not 0 <= tilt_max < 1:
             raise ValueError(f"AudioAugment: need 0 <= tilt_max < 1, got {tilt_max}")
         self.tilt_max = float(tilt_max)
+        if not 0.05 <= reverb_rt60_max <= 5:
+            raise ValueError(f"AudioAugment: need 0.05 <= reverb_rt60_max <= 5 s, got {reverb_rt60_max}")
+        self.reverb_rt60_max = float(reverb_rt60_max)
         self._resamplers: dict[int, torchaudio.transforms.Resample] = {}
 
     def __bool__(self) -> bool:
@@ -123,10 +135,15 @@ class AudioAugment:
         pink = bool(rng.integers(0, 2))
         noise_seed = int(rng.integers(0, 2 ** 63))
         tilt = float(rng.uniform(-self.tilt_max, self.tilt_max))
+        rt60 = float(rng.uniform(0.05, self.reverb_rt60_max))
+        wet = float(rng.uniform(0.2, 0.8))
+        reverb_seed = int(rng.integers(0, 2 ** 63))
         on = self.parts
+        reverb = "reverb" in on
         return AudioParams(speed=speed if "speed" in on else 1.0, gain_db=gain if "gain" in on else 0.0,
                            shift=shift if "shift" in on else 0, snr_db=snr if "noise" in on else None,
-                           pink=pink, noise_seed=noise_seed, tilt=tilt if "tilt" in on else 0.0)
+                           pink=pink, noise_seed=noise_seed, tilt=tilt if "tilt" in on else 0.0,
+                           rt60=rt60 if reverb else 0.0, wet=wet if reverb else 0.0, reverb_seed=reverb_seed)
 
     @staticmethod
     def source_length(length: int, params: AudioParams) -> int:
@@ -152,6 +169,8 @@ class AudioAugment:
             x = x.copy()
         if params.tilt:
             x = tilt_wave(x, params.tilt)
+        if params.rt60:
+            x = reverb_wave(x, params.rt60, params.wet, np.random.default_rng(params.reverb_seed))
         if params.shift:
             x = shift_wave(x, params.shift, self.circular)
         if params.gain_db:
@@ -177,6 +196,21 @@ def tilt_wave(x: np.ndarray, a: float) -> np.ndarray:
     rms_in = np.sqrt(np.mean(np.square(x, dtype=np.float64)))
     rms_out = np.sqrt(np.mean(np.square(y, dtype=np.float64)))
     return (y * np.float32(rms_in / rms_out)).astype(np.float32) if rms_out > 0 else y
+
+
+def reverb_wave(x: np.ndarray, rt60: float, wet: float, rng: np.random.Generator,
+                sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """``x`` float32 (L,) in a synthetic room: ``(1 - wet) * x + wet * (x * h)[:L]``, ``h`` white noise under an
+    exponential decay reaching -60 dB after ``rt60`` seconds (unit energy), rescaled to ``x``'s RMS; float32 (L,)."""
+    n = max(1, int(round(rt60 * sample_rate)))
+    t = np.arange(n) / sample_rate
+    h = rng.standard_normal(n) * np.exp(-6.9078 * t / rt60)
+    h /= np.sqrt(np.sum(h * h))
+    xs = x.astype(np.float64)
+    wet_x = scipy.signal.fftconvolve(xs, h)[:len(xs)]
+    y = (1.0 - wet) * xs + wet * wet_x
+    rms_x, rms_y = np.sqrt(np.mean(xs * xs)), np.sqrt(np.mean(y * y))
+    return (y * (rms_x / rms_y if rms_y > 0 else 1.0)).astype(np.float32)
 
 
 def shift_wave(x: np.ndarray, shift: int, circular: bool = True) -> np.ndarray:
@@ -377,7 +411,8 @@ def from_config(cfg) -> Augmentations:
     audio_parts = parse_parts(cfg.augment_audio, AUDIO_PARTS, "augment_audio")
     image_parts = parse_parts(cfg.augment_image, IMAGE_PARTS, "augment_image")
     audio = AudioAugment(audio_parts, gain_db=cfg.gain_db, snr_db_min=cfg.noise_snr_db_min,
-                         snr_db_max=cfg.noise_snr_db_max, speed_perturb=cfg.speed_perturb, tilt_max=cfg.tilt_max)
+                         snr_db_max=cfg.noise_snr_db_max, speed_perturb=cfg.speed_perturb, tilt_max=cfg.tilt_max,
+                         reverb_rt60_max=cfg.reverb_rt60_max)
     image = ImageAugment(image_parts, crop_scale_min=cfg.crop_scale_min, degrees=cfg.affine_degrees)
     spec = (SpecAugment(cfg.specaug_freq_mask, cfg.specaug_time_mask) if "specaugment" in audio_parts else None)
     return Augmentations(audio=audio or None, image=image or None, spec=spec)

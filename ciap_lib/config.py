@@ -71,7 +71,7 @@ class TrainConfig:
     grad_clip: float | None = None
     # augmentation of the training split (ciap_lib.augment; validation never; seeded per seed, epoch and item).
     # Parts are comma-separated names, "" = off (the default): augment_audio=gain,noise
-    augment_audio: str = ""               # 'gain', 'shift' (circular), 'noise' (white/pink), 'speed', 'tilt' (wave);
+    augment_audio: str = ""               # 'gain', 'shift', 'noise' (white/pink), 'speed', 'tilt', 'reverb' (wave);
                                           # 'specaugment' (log-mel masks, logmel_cnn only). Not with audio_encoder clap
     augment_image: str = ""               # 'crop' (RandomResizedCrop), 'affine' (small), 'jitter' (colour).
                                           # Not with freeze_backbone (cached features)
@@ -80,6 +80,7 @@ class TrainConfig:
     noise_snr_db_max: float = 40.0
     speed_perturb: float = 0.1            # 'speed': speed factor uniform in [1 - x, 1 + x] (0.01 steps), x <= 0.5
     tilt_max: float = 0.8                 # 'tilt': spectral tilt y[n] = x[n] - a x[n-1], a uniform in [-x, x], x < 1
+    reverb_rt60_max: float = 0.5          # 'reverb': decay time RT60 uniform in [0.05, x] s, 0.05 <= x <= 5
     specaug_freq_mask: int = 8            # 'specaugment': one frequency mask of up to N mel bins per clip
     specaug_time_mask: int = 20           # 'specaugment': one time mask of up to N frames per clip
     crop_scale_min: float = 0.5           # 'crop': area scale of the crop in [crop_scale_min, 1]
@@ -196,6 +197,8 @@ def _value_problems(cfg: "TrainConfig", check_paths: bool, check_weights: bool) 
         out.append(("speed_perturb", f"must be in [0, 0.5] (speed factors 1 - x .. 1 + x), got {cfg.speed_perturb!r}"))
     if not 0 <= cfg.tilt_max < 1:
         out.append(("tilt_max", f"must be in [0, 1), got {cfg.tilt_max!r}"))
+    if not 0.05 <= cfg.reverb_rt60_max <= 5:
+        out.append(("reverb_rt60_max", f"must be in [0.05, 5] s, got {cfg.reverb_rt60_max!r}"))
     if not 0 < cfg.crop_scale_min <= 1:
         out.append(("crop_scale_min", f"must be in (0, 1], got {cfg.crop_scale_min!r}"))
     if not 0 <= cfg.affine_degrees <= 180:

@@ -38,20 +38,20 @@ def test_parse_parts_names_bad_values_and_what_is_allowed():
     assert parse_parts("", AUDIO_PARTS) == [] and parse_parts("none", AUDIO_PARTS) == []
     assert parse_parts(["shift"], AUDIO_PARTS) == ["shift"]
     with pytest.raises(ValueError) as e:
-        parse_parts("gain,reverb", AUDIO_PARTS, "augment_audio")
+        parse_parts("gain,chorus", AUDIO_PARTS, "augment_audio")
     msg = str(e.value)
-    assert "augment_audio" in msg and "'reverb'" in msg and "specaugment" in msg and "speed" in msg
+    assert "augment_audio" in msg and "'chorus'" in msg and "specaugment" in msg and "speed" in msg
 
 
 # ------------------------------------------------------------------------------------------- audio
-@pytest.mark.parametrize("part", ["gain", "shift", "noise", "speed", "tilt"])
+@pytest.mark.parametrize("part", ["gain", "shift", "noise", "speed", "tilt", "reverb"])
 def test_each_audio_part_changes_the_wave_and_the_others_leave_it(part):
     wave = _tone()
     only = AudioAugment([part]).augment(wave, _rng(1, 2, 3))
     assert only.shape == wave.shape and only.dtype == np.float32
     assert not np.array_equal(only, wave), part
     # every other part on: this part's draw is unchanged by them, and it being off changes the result
-    others = [p for p in ("gain", "shift", "noise", "speed", "tilt") if p != part]
+    others = [p for p in ("gain", "shift", "noise", "speed", "tilt", "reverb") if p != part]
     a = AudioAugment(others).augment(wave, _rng(1, 2, 3))
     b = AudioAugment(others + [part]).augment(wave, _rng(1, 2, 3))
     assert not np.array_equal(a, b)
@@ -95,6 +95,32 @@ def test_tilt_darkens_or_brightens_at_the_same_loudness():
     assert max(draws) <= 0.8 and min(draws) >= -0.8 and max(draws) > 0.5 and min(draws) < -0.5
     with pytest.raises(ValueError, match="tilt_max"):
         AudioAugment(["tilt"], tilt_max=1.0)
+
+
+def test_reverb_rings_on_after_each_pulse_at_the_same_loudness():
+    from ciap_lib.augment import AudioParams, reverb_wave
+    wave = np.zeros(T, dtype=np.float32)
+    for onset in (2000, 10000):                      # two 0.1 s tone bursts with hard ends
+        wave[onset:onset + 1600] = np.sin(2 * np.pi * 440 * np.arange(1600) / 16000)
+    aug = AudioAugment(["reverb"], reverb_rt60_max=0.5)
+    p = aug.sample(_rng(5), T)
+    assert 0.05 <= p.rt60 <= 0.5 and 0.2 <= p.wet <= 0.8 and p.gain_db == 0.0
+    out = aug.apply(wave, p)
+    assert out.dtype == np.float32 and out.shape == wave.shape
+    np.testing.assert_allclose(np.sqrt(np.mean(out.astype(np.float64) ** 2)), np.sqrt(np.mean(wave ** 2)), rtol=1e-5)
+    assert np.abs(out[:2000]).max() < 1e-6          # causal: nothing before the first pulse
+    silent_after = slice(3600, 3600 + int(0.05 * 16000))
+    assert np.abs(wave[silent_after]).max() == 0 and np.sqrt(np.mean(out[silent_after] ** 2)) > 1e-3  # a tail
+    # a longer room rings on longer; the same generator gives the same room
+    short = reverb_wave(wave, 0.05, 0.5, _rng(1))
+    long = reverb_wave(wave, 1.0, 0.5, _rng(1))
+    late = slice(3600 + 1600, 3600 + 4000)           # 0.1-0.25 s after the first pulse ends
+    assert np.sqrt(np.mean(long[late] ** 2)) > 10 * np.sqrt(np.mean(short[late] ** 2))
+    assert np.array_equal(long, reverb_wave(wave, 1.0, 0.5, _rng(1)))
+    assert not np.array_equal(long, reverb_wave(wave, 1.0, 0.5, _rng(2)))
+    assert AudioParams().rt60 == 0.0                 # off by default
+    with pytest.raises(ValueError, match="reverb_rt60_max"):
+        AudioAugment(["reverb"], reverb_rt60_max=0.01)
 
 
 def test_speed_perturbation_reads_a_longer_or_shorter_source():

@@ -188,13 +188,14 @@ def test_augmentation_keys_default_off_and_parse_from_the_command_line():
 
 
 @pytest.mark.parametrize("kw, words", [
-    ({"augment_audio": "gain,reverb"}, ["augment_audio", "'reverb'", "gain", "specaugment"]),
+    ({"augment_audio": "gain,chorus"}, ["augment_audio", "'chorus'", "gain", "reverb", "specaugment"]),
     ({"augment_image": "flip"}, ["augment_image", "'flip'", "crop", "affine", "jitter"]),
     ({"noise_snr_db_min": 30.0, "noise_snr_db_max": 10.0}, ["noise_snr_db_min", "noise_snr_db_max", "30.0"]),
     ({"speed_perturb": 0.7}, ["speed_perturb", "0.7", "[0, 0.5]"]),
     ({"crop_scale_min": 0.0}, ["crop_scale_min", "(0, 1]"]),
     ({"affine_degrees": 200.0}, ["affine_degrees", "200.0", "[0, 180]"]),
     ({"tilt_max": 1.0}, ["tilt_max", "1.0", "[0, 1)"]),
+    ({"reverb_rt60_max": 0.0}, ["reverb_rt60_max", "[0.05, 5]"]),
     ({"gain_db": -1.0}, ["gain_db", ">= 0"]),
     ({"specaug_freq_mask": -2}, ["specaug_freq_mask", ">= 0"]),
     ({"augment_audio": "noise", "audio_encoder": "clap"}, ["augment_audio", "audio_encoder 'clap'", "cached"]),
