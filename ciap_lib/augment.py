@@ -30,6 +30,8 @@ __all__ = ["AUDIO_PARTS", "WAVEFORM_PARTS", "IMAGE_PARTS", "parse_parts", "Audio
 
 #: the parts :class:`AudioAugment` applies to the waveform
 WAVEFORM_PARTS = ("gain", "shift", "noise", "speed", "tilt", "reverb")
+#: the shortest reverb decay time (s) ``reverb`` draws; ``reverb_rt60_max`` may not be below it
+REVERB_RT60_MIN = 0.05
 #: the parts of ``augment_audio``: waveform parts (applied in the dataset) and ``specaugment`` (in the model)
 AUDIO_PARTS = WAVEFORM_PARTS + ("specaugment",)
 #: the parts of ``augment_image``
@@ -112,8 +114,8 @@ class AudioAugment:
         if not 0 <= tilt_max < 1:
             raise ValueError(f"AudioAugment: need 0 <= tilt_max < 1, got {tilt_max}")
         self.tilt_max = float(tilt_max)
-        if not 0.05 <= reverb_rt60_max <= 5:
-            raise ValueError(f"AudioAugment: need 0.05 <= reverb_rt60_max <= 5 s, got {reverb_rt60_max}")
+        if not REVERB_RT60_MIN <= reverb_rt60_max <= 5:
+            raise ValueError(f"AudioAugment: need {REVERB_RT60_MIN} <= reverb_rt60_max <= 5 s, got {reverb_rt60_max}")
         self.reverb_rt60_max = float(reverb_rt60_max)
         self._resamplers: dict[int, torchaudio.transforms.Resample] = {}
 
@@ -135,7 +137,7 @@ class AudioAugment:
         pink = bool(rng.integers(0, 2))
         noise_seed = int(rng.integers(0, 2 ** 63))
         tilt = float(rng.uniform(-self.tilt_max, self.tilt_max))
-        rt60 = float(rng.uniform(0.05, self.reverb_rt60_max))
+        rt60 = float(rng.uniform(REVERB_RT60_MIN, self.reverb_rt60_max))
         wet = float(rng.uniform(0.2, 0.8))
         reverb_seed = int(rng.integers(0, 2 ** 63))
         on = self.parts
@@ -193,9 +195,14 @@ def tilt_wave(x: np.ndarray, a: float) -> np.ndarray:
     input's RMS."""
     y = x.copy()
     y[1:] -= np.float32(a) * x[:-1]
-    rms_in = np.sqrt(np.mean(np.square(x, dtype=np.float64)))
-    rms_out = np.sqrt(np.mean(np.square(y, dtype=np.float64)))
-    return (y * np.float32(rms_in / rms_out)).astype(np.float32) if rms_out > 0 else y
+    return at_rms_of(y, x)
+
+
+def at_rms_of(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``y`` rescaled to ``x``'s RMS (in ``y``'s precision), as float32; a silent ``y`` is left as it is."""
+    rms_x = np.sqrt(np.mean(np.square(x, dtype=np.float64)))
+    rms_y = np.sqrt(np.mean(np.square(y, dtype=np.float64)))
+    return (y * y.dtype.type(rms_x / rms_y) if rms_y > 0 else y).astype(np.float32)
 
 
 def reverb_wave(x: np.ndarray, rt60: float, wet: float, rng: np.random.Generator,
@@ -208,9 +215,7 @@ def reverb_wave(x: np.ndarray, rt60: float, wet: float, rng: np.random.Generator
     h /= np.sqrt(np.sum(h * h))
     xs = x.astype(np.float64)
     wet_x = scipy.signal.fftconvolve(xs, h)[:len(xs)]
-    y = (1.0 - wet) * xs + wet * wet_x
-    rms_x, rms_y = np.sqrt(np.mean(xs * xs)), np.sqrt(np.mean(y * y))
-    return (y * (rms_x / rms_y if rms_y > 0 else 1.0)).astype(np.float32)
+    return at_rms_of((1.0 - wet) * xs + wet * wet_x, x)
 
 
 def shift_wave(x: np.ndarray, shift: int, circular: bool = True) -> np.ndarray:

@@ -163,7 +163,7 @@ def _key(prefix: str, key: str) -> str:
 
 def _value_problems(cfg: "TrainConfig", check_paths: bool, check_weights: bool) -> list[tuple[str, str]]:
     """``[(key, problem), ...]`` for :meth:`TrainConfig.check`."""
-    from ciap_lib.augment import AUDIO_PARTS, IMAGE_PARTS, parse_parts
+    from ciap_lib.augment import AUDIO_PARTS, IMAGE_PARTS, REVERB_RT60_MIN, parse_parts
     from ciap_lib.features import PRECISIONS
     from ciap_lib.losses import LOSSES
     from ciap_lib.models import MODEL_CONFIGS, check_model_config, get_model_config
@@ -197,8 +197,8 @@ def _value_problems(cfg: "TrainConfig", check_paths: bool, check_weights: bool) 
         out.append(("speed_perturb", f"must be in [0, 0.5] (speed factors 1 - x .. 1 + x), got {cfg.speed_perturb!r}"))
     if not 0 <= cfg.tilt_max < 1:
         out.append(("tilt_max", f"must be in [0, 1), got {cfg.tilt_max!r}"))
-    if not 0.05 <= cfg.reverb_rt60_max <= 5:
-        out.append(("reverb_rt60_max", f"must be in [0.05, 5] s, got {cfg.reverb_rt60_max!r}"))
+    if not REVERB_RT60_MIN <= cfg.reverb_rt60_max <= 5:
+        out.append(("reverb_rt60_max", f"must be in [{REVERB_RT60_MIN}, 5] s, got {cfg.reverb_rt60_max!r}"))
     if not 0 < cfg.crop_scale_min <= 1:
         out.append(("crop_scale_min", f"must be in (0, 1], got {cfg.crop_scale_min!r}"))
     if not 0 <= cfg.affine_degrees <= 180:
