@@ -1,7 +1,7 @@
 """Generation speed on CPU with the FULL-SIZE audioldm-s-full architecture (random weights: same cost).
 
     python bench/generation.py [--durations 5 10] [--ddim-steps 200] [--fast-steps 10] [--quick]
-                               [--precision bf16|fp32] [--contiguous] [--threads N] [--json out.json]
+                               [--precision bf16|fp32] [--contiguous] [--no-prepack] [--threads N] [--json out.json]
                                [--device cpu|cuda[:N]|auto] [--batch-sizes 1 4 8] [--throughput-only]
 
 Prints, per clip length: seconds per clip (end to end: sampling + VAE + HiFi-GAN, batch 1) for DDIM
@@ -18,7 +18,8 @@ Throughput: clips/s for a batch of ``--batch-sizes`` clips (5 s, the fast solver
 with the peak RSS of each, baseline batch 1 in the same run, and whether clip 0 comes out bitwise as at batch 1 (the
 seed contract on the CPU: ``ciap_lib.bridge.invariance``); the batch with the best clips/s whose peak stays under
 4 GB is what ``evaluate-generation`` samples with by default (``ciap_lib.bridge.evaluation.EVAL_BATCH_SIZE``).
-``--throughput-only`` skips the per-clip-length figures above.
+``--throughput-only`` skips the per-clip-length figures above. ``--no-prepack``: the bf16 weight copies without
+oneDNN weight prepacking (``ciap_lib.bridge.prepack``; generation packs them on CPUs with native bf16), for an A/B.
 ``--device cuda``: the same on a GPU (bf16 weight copies there); goals on one H200: a 5 s clip in <= 0.3 s at
 batch 1, >= 20 clips/s batched (``--batch-sizes 1 8``).
 """
@@ -207,6 +208,8 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
     ap.add_argument("--contiguous", action="store_true",
                     help="UNet/VAE weights in the plain (NCHW) layout instead of load_audioldm's channels_last")
+    ap.add_argument("--no-prepack", action="store_true",
+                    help="bf16 weight copies without oneDNN prepacking (ciap_lib.bridge.prepack), for an A/B")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeats", type=int, default=3, help="fast-solver timings are the median of this many runs")
     ap.add_argument("--json", help="also write the figures here")
@@ -218,7 +221,12 @@ def main(argv=None) -> int:
     if args.quick:
         args.durations, args.ddim_steps = [5.0], 10
     torch.set_num_threads(args.threads)
-    print(f"threads={torch.get_num_threads()} load average={os.getloadavg()} precision={args.precision}")
+    if args.no_prepack:
+        import ciap_lib.bridge.frozen as frozen_module
+
+        frozen_module.can_prepack = lambda device, dtype: False
+    print(f"threads={torch.get_num_threads()} load average={os.getloadavg()} precision={args.precision}"
+          f"{' (no prepacking)' if args.no_prepack else ''}")
 
     t0 = time.perf_counter()
     with PeakRSS() as build_mem:
@@ -249,8 +257,11 @@ def main(argv=None) -> int:
     if compute != torch.float32:
         rss0, t0 = rss_bytes(), time.perf_counter()
         audioldm.sampling_modules("bf16")     # made once, on first use; timed here rather than in a clip
-        print(f"bf16 weight copies (UNet, VAE decoder, vocoder): {time.perf_counter() - t0:.2f} s, "
-              f"+{(rss_bytes() - rss0) / 2**30:.2f} GB")
+        from ciap_lib.bridge.prepack import can_prepack
+
+        packed = can_prepack(device, compute) and not args.no_prepack
+        print(f"bf16 weight copies (UNet, VAE decoder, vocoder){', oneDNN-prepacked' if packed else ''}: "
+              f"{time.perf_counter() - t0:.2f} s, +{(rss_bytes() - rss0) / 2**30:.2f} GB")
 
     results = []
     if args.throughput_only:

@@ -7,13 +7,14 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 from ciap_lib.atomic import atomic_path
 from ciap_lib.bridge.architecture import ArchSpec
+from ciap_lib.bridge.prepack import can_prepack, packable, prepack_cpu
 from ciap_lib.safe_load import safe_load
 
 log = logging.getLogger(__name__)
@@ -63,19 +64,21 @@ HALF_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.flo
 
 
 def half_weight_copy(module: torch.nn.Module, dtype: torch.dtype = torch.bfloat16,
-                     parts: tuple[torch.nn.Module, ...] | None = None) -> torch.nn.Module:
+                     parts: tuple[torch.nn.Module, ...] | None = None,
+                     skip: Callable[[torch.nn.Module], bool] | None = None) -> torch.nn.Module:
     """A copy of a frozen ``module`` for bf16/fp16-autocast inference: the weights and biases of the
     convolution and linear layers inside ``parts`` (default: all of ``module``) are cast to ``dtype`` once;
     every other parameter and buffer is shared with the original, not copied.
 
     Under ``torch.autocast(..., dtype)`` the copy computes exactly what the original computes (autocast rounds
     those same weights to ``dtype`` on every call; frozen weights have no autocast cache), without ~600 weight
-    casts per UNet step. Extra memory: half the cast layers' float32 size.
+    casts per UNet step. Extra memory: half the cast layers' float32 size. Layers for which ``skip`` is true are
+    not cast: they share the original's weights (for :func:`~ciap_lib.bridge.prepack.prepack_cpu` to pack).
     """
     inside = {id(m) for part in (parts or (module,)) for m in part.modules()}
     memo: dict[int, Any] = {}
     for m in module.modules():
-        cast = id(m) in inside and isinstance(m, HALF_LAYERS)
+        cast = id(m) in inside and isinstance(m, HALF_LAYERS) and not (skip and skip(m))
         for p in m.parameters(recurse=False):
             memo[id(p)] = torch.nn.Parameter(p.detach().to(dtype), requires_grad=False) if cast else p
         for b in m.buffers(recurse=False):
@@ -129,15 +132,24 @@ class FrozenAudioLDM:
         ``AutoencoderKL`` (which holds the vocoder). ``"fp32"``: the frozen modules themselves. ``"bf16"`` /
         ``"fp16"``: :func:`half_weight_copy` of both (UNet, VAE decoder and vocoder layers cast once, on first use
         on this device; ~0.5 GB for s-full; ~8% faster per UNet step on 2 cores), for use under autocast to that
-        dtype. The copies derive from the frozen weights, which :meth:`assert_unchanged` checks."""
+        dtype. On a CPU with native bf16, the bf16 copies' Conv2d and Linear layers are also reordered once for
+        oneDNN (:func:`~ciap_lib.bridge.prepack.prepack_cpu`). The copies derive from the frozen weights, which
+        :meth:`assert_unchanged` checks."""
         if precision == "fp32":
             return self.unet, self.vae
         if precision not in HALF_DTYPES:
             raise ValueError(f"precision: {precision!r} is not one of ('bf16', 'fp16', 'fp32')")
         if precision not in self._half:
             vae, dtype = self.vae, HALF_DTYPES[precision]
-            self._half[precision] = (half_weight_copy(self.unet, dtype),
-                                     half_weight_copy(vae, dtype, (vae.post_quant_conv, vae.decoder, vae.vocoder)))
+            decode = (vae.post_quant_conv, vae.decoder, vae.vocoder)
+            pack = can_prepack(self.device, dtype)
+            unet = half_weight_copy(self.unet, dtype, skip=packable if pack else None)
+            first_stage = half_weight_copy(vae, dtype, decode, skip=packable if pack else None)
+            if pack:
+                prepack_cpu(unet, dtype)
+                # the copy's decode parts are its own modules, matched to the original's by position
+                prepack_cpu(first_stage, dtype, (first_stage.post_quant_conv, first_stage.decoder, first_stage.vocoder))
+            self._half[precision] = (unet, first_stage)
         return self._half[precision]
 
     # -- frozen, provably ------------------------------------------------------------------------

@@ -1,0 +1,134 @@
+"""oneDNN weight prepacking of the CPU bf16 sampling copies (ciap_lib.bridge.prepack).
+
+Every packed layer is checked against torch's own functional op on the same weights: in float32 on any CPU, and in
+bfloat16 where oneDNN computes it (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``; elsewhere the bf16 cases
+report a skip, and generation does not pack there)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ciap_lib.bridge import frozen, generate
+from ciap_lib.bridge.prepack import (PackedConv1d, PackedConv2d, PackedConvTranspose1d, PackedLinear, can_prepack,
+                                     packable, prepack_cpu)
+
+BF16_OK = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+DTYPES = [torch.float32,
+          pytest.param(torch.bfloat16, marks=pytest.mark.skipif(not BF16_OK, reason="oneDNN has no bf16 on this CPU"))]
+
+
+def _w(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.detach().to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kw", [dict(kernel_size=3, padding=1), dict(kernel_size=1),
+                                dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=3, padding=2, dilation=2)])
+def test_packed_conv2d_is_f_conv2d_bitwise_at_any_batch(dtype, kw):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 12, **kw)
+    x = torch.randn(4, 8, 10, 6)
+    packed = PackedConv2d(conv, dtype)
+    with torch.inference_mode():
+        want = F.conv2d(x.to(dtype), _w(conv.weight, dtype), _w(conv.bias, dtype), conv.stride, conv.padding,
+                        conv.dilation)
+        got = packed(x)
+        assert got.dtype == dtype and torch.equal(got, want)
+        assert torch.equal(packed(x[:1]), got[:1])              # the seed contract: batch size changes nothing
+        assert torch.equal(packed(x.contiguous(memory_format=torch.channels_last)), got)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_conv1d_and_transpose_are_the_functional_ops_bitwise(dtype):
+    torch.manual_seed(1)
+    conv = nn.Conv1d(8, 12, 5, padding=4, dilation=2)
+    up = nn.ConvTranspose1d(12, 6, 16, stride=8, padding=4)
+    x = torch.randn(3, 8, 37)
+    with torch.inference_mode():
+        h = PackedConv1d(conv, dtype)(x)
+        assert h.shape == (3, 12, 37)
+        assert torch.equal(h, F.conv1d(x.to(dtype), _w(conv.weight, dtype), _w(conv.bias, dtype), padding=4,
+                                       dilation=2))
+        y = PackedConvTranspose1d(up, dtype)(F.leaky_relu(h, 0.1))     # a channels_last view in, as in the vocoder
+        want = F.conv_transpose1d(F.leaky_relu(h, 0.1).contiguous(), _w(up.weight, dtype), _w(up.bias, dtype),
+                                  stride=8, padding=4)
+        assert y.shape == want.shape == (3, 6, 37 * 8) and torch.equal(y, want)
+        assert torch.equal(PackedConvTranspose1d(up, dtype)(h[1:2]), PackedConvTranspose1d(up, dtype)(h)[1:2])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_packed_linear_matches_f_linear_on_2d_and_3d_input(dtype):
+    torch.manual_seed(2)
+    lin = nn.Linear(24, 40)
+    packed = PackedLinear(lin, dtype)
+    x = torch.randn(3, 5, 24)
+    with torch.inference_mode():
+        want = F.linear(x.to(dtype), _w(lin.weight, dtype), _w(lin.bias, dtype))
+        got = packed(x)
+        assert got.shape == (3, 5, 40) and got.dtype == dtype
+        # another oneDNN kernel than F.linear's: equal up to the last bit of dtype
+        tol = 1e-5 if dtype == torch.float32 else 2 ** -7
+        assert torch.allclose(got.float(), want.float(), rtol=tol, atol=tol)
+        assert torch.equal(packed(x[:1]), got[:1])
+        assert torch.equal(packed(x.reshape(15, 24)), got.reshape(15, 40))
+
+
+def test_only_plain_zero_padded_layers_inside_parts_are_replaced():
+    class Sub(nn.Conv2d):
+        pass
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),
+                        nn.Conv2d(4, 4, 3, padding="same"), Sub(4, 4, 1), nn.GroupNorm(2, 4),
+                        nn.Sequential(nn.Conv1d(4, 4, 3), nn.Linear(4, 4)))
+    assert [packable(m) for m in net] == [True, False, False, False, False, False]
+    assert prepack_cpu(net, torch.float32, parts=(net[5],)) == 2             # only inside parts
+    assert isinstance(net[5][0], PackedConv1d) and isinstance(net[5][1], PackedLinear)
+    assert type(net[0]) is nn.Conv2d
+    assert prepack_cpu(net, torch.float32) == 1 and isinstance(net[0], PackedConv2d)
+    assert type(net[1]) is nn.Conv2d and type(net[2]) is nn.Conv2d and type(net[3]) is Sub
+    assert "packed" not in str(net.state_dict().keys())                        # opaque tensors stay out of it
+
+
+def test_can_prepack_is_bf16_on_a_native_bf16_cpu_only(monkeypatch):
+    from ciap_lib.bridge import prepack
+
+    assert not can_prepack(torch.device("cpu"), torch.float32)
+    assert not can_prepack(torch.device("cpu"), torch.float16)
+    assert not can_prepack(torch.device("cuda", 0), torch.bfloat16)
+    monkeypatch.setattr(prepack, "cpu_has_bf16", lambda: False)
+    assert not can_prepack(torch.device("cpu"), torch.bfloat16)
+    monkeypatch.setattr(prepack, "cpu_has_bf16", lambda: True)
+    assert can_prepack(torch.device("cpu"), torch.bfloat16) == BF16_OK
+
+
+@pytest.mark.skipif(not BF16_OK, reason="oneDNN has no bf16 on this CPU: generation does not pack here")
+def test_packed_copies_sample_bitwise_what_the_unpacked_copies_sample(tiny_audioldm_ckpt, unit_embeds,
+                                                                      native_bf16, monkeypatch):
+    """The tiny AudioLDM's bf16 copies, packed and not: the same UNet output, mel, waveform and clip, bitwise; the
+    packed copies hold no dense conv/linear layer in the parts they run, and the frozen modules are untouched."""
+    from ciap_lib.bridge import load_audioldm
+
+    a = load_audioldm(tiny_audioldm_ckpt, cache_uncond=False)
+    fingerprint = a.fingerprint()
+    outputs = {}
+    for pack in (False, True):
+        monkeypatch.setattr(frozen, "can_prepack", lambda device, dtype, pack=pack: pack)
+        a._half = {}
+        unet, vae = a.sampling_modules("bf16")
+        dense = [m for part in (unet, vae.post_quant_conv, vae.decoder, vae.vocoder) for m in part.modules()
+                 if packable(m)]
+        assert (dense == []) == pack
+        x, c, ts = torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(3)), unit_embeds(2), \
+            torch.full((2,), 500)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            eps = unet(x, ts, c_film=[c])
+            mel = vae.decode(x)
+            wav = vae.vocoder(mel.squeeze(1).permute(0, 2, 1))
+        clip = generate(a, image_embeds=unit_embeds(1), duration=2.5, steps=2, precision="bf16", seed=7)
+        outputs[pack] = (eps, mel, wav, torch.from_numpy(clip))
+    for unpacked, packed in zip(outputs[False], outputs[True]):
+        assert torch.equal(unpacked, packed)
+    assert a.fingerprint() == fingerprint
+    assert all(type(m) is not PackedConv2d for m in a.ldm.modules())
