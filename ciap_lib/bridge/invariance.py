@@ -26,25 +26,29 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
+
+from ciap_lib.bridge.prepack import PackedLinear
 
 
-def _rowwise_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``nn.Linear.forward`` that computes a 2-D input of several rows one row at a time (M = 1 whatever the
-    batch); any other input as ``nn.Linear`` does."""
+def _rowwise_forward(self: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's own ``forward`` (``nn.Linear`` or its prepacked form,
+    :class:`~ciap_lib.bridge.prepack.PackedLinear`) on a 2-D input of several rows, one row at a time (M = 1
+    whatever the batch); any other input as the layer computes it."""
+    forward = type(self).forward
     if x.dim() != 2 or x.shape[0] < 2:
-        return F.linear(x, self.weight, self.bias)
-    return torch.cat([F.linear(x[i:i + 1], self.weight, self.bias) for i in range(x.shape[0])])
+        return forward(self, x)
+    return torch.cat([forward(self, x[i:i + 1]) for i in range(x.shape[0])])
 
 
 @contextmanager
 def rowwise_linears(module: torch.nn.Module, enabled: bool = True) -> Iterator[torch.nn.Module]:
-    """Within the block, every ``nn.Linear`` in ``module`` that gets a 2-D (N, K) input computes each row on its
-    own, so its output rows do not depend on N (3-D inputs, such as attention projections over the latent's
-    positions, are left as they are). Each layer's ``forward`` is replaced for the block, so the batched product is
-    never computed, and restored on exit; no weight is touched. ``enabled=False``: nothing is changed."""
+    """Within the block, every ``nn.Linear`` (or :class:`~ciap_lib.bridge.prepack.PackedLinear`) in ``module``
+    that gets a 2-D (N, K) input computes each row on its own, so its output rows do not depend on N (3-D inputs,
+    such as attention projections over the latent's positions, are left as they are). Each layer's ``forward`` is
+    replaced for the block, so the batched product is never computed, and restored on exit; no weight is touched.
+    ``enabled=False``: nothing is changed."""
     patched = [m for m in module.modules()
-               if enabled and isinstance(m, torch.nn.Linear) and "forward" not in vars(m)]
+               if enabled and isinstance(m, (torch.nn.Linear, PackedLinear)) and "forward" not in vars(m)]
     for m in patched:
         m.forward = types.MethodType(_rowwise_forward, m)
     try:

@@ -23,7 +23,8 @@ from torch import nn
 
 from ciap_lib.hardware import cpu_has_bf16
 
-__all__ = ["PackedConv2d", "PackedConv1d", "PackedConvTranspose1d", "PackedLinear", "prepack_cpu", "can_prepack", "packable"]
+__all__ = ["PackedConv2d", "PackedConv1d", "PackedConvTranspose1d", "PackedLinear", "prepack_cpu", "can_prepack",
+           "packable"]
 
 
 def can_prepack(device: torch.device, dtype: torch.dtype) -> bool:
