@@ -86,6 +86,11 @@ def half_weight_copy(module: torch.nn.Module, dtype: torch.dtype = torch.bfloat1
     return copy.deepcopy(module, memo)
 
 
+def decode_parts(first_stage: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
+    """The parts of audioldm's ``AutoencoderKL`` that decoding runs: ``post_quant_conv``, ``decoder``, ``vocoder``."""
+    return first_stage.post_quant_conv, first_stage.decoder, first_stage.vocoder
+
+
 def empty_text_tokens() -> dict[str, torch.Tensor]:
     """RoBERTa input for ``""`` exactly as audioldm's tokenizer pads it: (1, 512) ids and mask."""
     ids = torch.full((1, EMPTY_TEXT_LENGTH), PAD_ID, dtype=torch.long)
@@ -132,23 +137,21 @@ class FrozenAudioLDM:
         ``AutoencoderKL`` (which holds the vocoder). ``"fp32"``: the frozen modules themselves. ``"bf16"`` /
         ``"fp16"``: :func:`half_weight_copy` of both (UNet, VAE decoder and vocoder layers cast once, on first use
         on this device; ~0.5 GB for s-full; ~8% faster per UNet step on 2 cores), for use under autocast to that
-        dtype. On a CPU with native bf16, the bf16 copies' Conv2d and Linear layers are also reordered once for
-        oneDNN (:func:`~ciap_lib.bridge.prepack.prepack_cpu`). The copies derive from the frozen weights, which
+        dtype. On a CPU with native bf16, the bf16 copies' convolution and linear layers are also reordered once
+        for oneDNN (:func:`~ciap_lib.bridge.prepack.prepack_cpu`). The copies derive from the frozen weights, which
         :meth:`assert_unchanged` checks."""
         if precision == "fp32":
             return self.unet, self.vae
         if precision not in HALF_DTYPES:
             raise ValueError(f"precision: {precision!r} is not one of ('bf16', 'fp16', 'fp32')")
         if precision not in self._half:
-            vae, dtype = self.vae, HALF_DTYPES[precision]
-            decode = (vae.post_quant_conv, vae.decoder, vae.vocoder)
+            dtype = HALF_DTYPES[precision]
             pack = can_prepack(self.device, dtype)
             unet = half_weight_copy(self.unet, dtype, skip=packable if pack else None)
-            first_stage = half_weight_copy(vae, dtype, decode, skip=packable if pack else None)
+            first_stage = half_weight_copy(self.vae, dtype, decode_parts(self.vae), skip=packable if pack else None)
             if pack:
                 prepack_cpu(unet, dtype)
-                # the copy's decode parts are its own modules, matched to the original's by position
-                prepack_cpu(first_stage, dtype, (first_stage.post_quant_conv, first_stage.decoder, first_stage.vocoder))
+                prepack_cpu(first_stage, dtype, decode_parts(first_stage))
             self._half[precision] = (unet, first_stage)
         return self._half[precision]
 

@@ -1,17 +1,22 @@
 """oneDNN weight prepacking of the CPU bf16 sampling copies: :func:`prepack_cpu`.
 
-``F.conv2d`` and ``F.linear`` on a plain (dense) bf16 weight make oneDNN reorder the weight into its blocked
-layout on every call. On a small activation that reorder is most of the work: a guided audioldm-s-full UNet step
-runs its 640-channel 3x3 convolutions on a 16 x 2 latent (batch 2), where the reorder moves 7.4 MB to do 0.47
-GFLOP. Reordering once, ahead of time, is what ``torch.compile``'s freezing pass does (``mkldnn_fusion.py``); here
-it is done without compiling, with the same two ops: ``mkldnn_reorder_conv2d_weight`` +
-``mkldnn._convolution_pointwise`` and ``mkldnn._reorder_linear_weight`` + ``mkldnn._linear_pointwise``.
+``F.conv2d``, ``F.conv1d``, ``F.conv_transpose1d`` and ``F.linear`` on a plain (dense) bf16 weight make oneDNN reorder
+the weight into its blocked layout on every call. On a small activation that reorder is most of the work: a guided
+audioldm-s-full UNet step runs its 640-channel 3x3 convolutions on a 16 x 2 latent (batch 2), where the reorder moves
+7.4 MB to do 0.47 GFLOP. ``F.conv1d`` in bf16 also copies its input into oneDNN's layout and its output back (40% of
+the HiFi-GAN vocoder's time). Reordering once, ahead of time, is what ``torch.compile``'s freezing pass does
+(``mkldnn_fusion.py``); here it is done without compiling, with the same ops: ``mkldnn_reorder_conv2d_weight`` +
+``mkldnn._convolution_pointwise``, ``mkldnn._reorder_convolution_transpose_weight`` +
+``mkldnn._convolution_transpose_pointwise`` and ``mkldnn._reorder_linear_weight`` + ``mkldnn._linear_pointwise``.
+1-D convolutions run as (1, k) 2-D ones on a channels_last view, so consecutive vocoder layers pass activations on
+without copies.
 
 Measured on a 2-core AMX Xeon (bf16, 2026-12-03): the 640-channel 3x3 convolution x3.3, 384-channel x2.0, Linear
-layers x1.3-1.7 (``bench/generation.py`` prints the whole step). The packed convolution gives bitwise the result
-of ``F.conv2d`` on the same bf16 weight; the packed Linear may differ from ``F.linear`` in the last bit (another
-oneDNN kernel), and both are the same for every batch size, so the seed contract (the same seed gives the same
-audio at any batch size, bitwise on the CPU) holds.
+layers x1.3-1.7, the vocoder's transposed convolutions x2.7-4.4; a 5 s clip x1.5 (``bench/generation.py
+--no-prepack`` for the A/B). The packed convolutions give bitwise the result of the functional ops on the same bf16
+weights; the packed Linear may differ from ``F.linear`` in the last bit (another oneDNN kernel); each gives the same
+numbers for every batch size, so the seed contract (the same seed gives the same audio at any batch size, bitwise on
+the CPU) holds: on that CPU it held only with prepacking.
 
 Only the weight copies that :meth:`~ciap_lib.bridge.frozen.FrozenAudioLDM.sampling_modules` makes are packed, never
 the frozen modules: their fingerprint is untouched.
@@ -33,11 +38,15 @@ def can_prepack(device: torch.device, dtype: torch.dtype) -> bool:
             and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def _zero_padded(conv: nn.Module) -> bool:
+    return conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+
+
 def packable(module: nn.Module) -> bool:
     """Whether :func:`prepack_cpu` replaces ``module``: exactly ``nn.Conv2d``, ``nn.Conv1d`` or
     ``nn.ConvTranspose1d`` with numeric zero padding, or exactly ``nn.Linear``."""
     if type(module) in (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d):
-        return module.padding_mode == "zeros" and not isinstance(module.padding, str)
+        return _zero_padded(module)
     return type(module) is nn.Linear
 
 
@@ -50,7 +59,7 @@ class PackedConv2d(nn.Module):
     def __init__(self, conv: nn.Conv2d, dtype: torch.dtype = torch.bfloat16,
                  input_size: tuple[int, int, int, int] | None = None):
         super().__init__()
-        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        if not _zero_padded(conv):
             raise ValueError(f"PackedConv2d: padding {conv.padding!r} / {conv.padding_mode!r} is not numeric zeros")
         w = conv.weight.detach().to(dtype)
         self.dtype = dtype
@@ -62,7 +71,7 @@ class PackedConv2d(nn.Module):
         # an opaque oneDNN tensor: an attribute, not a parameter or buffer (state_dict cannot hold it)
         self.packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
             w.contiguous().to_mkldnn(), self.padding, self.stride, self.dilation, self.groups, size)
-        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().to(w.dtype), persistent=False)
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().to(dtype), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._convolution_pointwise(x.to(self.dtype), self.packed, self.bias, self.padding,
@@ -128,7 +137,7 @@ class PackedLinear(nn.Module):
         self.dtype = dtype
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), batch_hint)
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(w.dtype),
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(dtype),
                              persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -140,8 +149,9 @@ class PackedLinear(nn.Module):
 
 def prepack_cpu(module: nn.Module, dtype: torch.dtype = torch.bfloat16,
                 parts: tuple[nn.Module, ...] | None = None) -> int:
-    """Replace, in place, every :func:`packable` layer inside ``parts`` (default: all of ``module``) with a
-    :class:`PackedConv2d` / :class:`PackedLinear` holding its weight cast to ``dtype`` and reordered. For weight
+    """Replace, in place, every :func:`packable` layer inside ``parts`` (default: all of ``module``) with its
+    packed form (:class:`PackedConv2d`, :class:`PackedConv1d`, :class:`PackedConvTranspose1d`,
+    :class:`PackedLinear`) holding its weight cast to ``dtype`` and reordered. For weight
     copies only: the copy should share those layers' float32 weights with the frozen module rather than hold a
     cast of them (``half_weight_copy(..., skip=packable)``), so that each layer's weight exists in ``dtype`` only
     transiently, while it is packed. Returns how many layers were replaced."""

@@ -117,8 +117,7 @@ def test_packed_copies_sample_bitwise_what_the_unpacked_copies_sample(tiny_audio
         monkeypatch.setattr(frozen, "can_prepack", lambda device, dtype, pack=pack: pack)
         a._half = {}
         unet, vae = a.sampling_modules("bf16")
-        dense = [m for part in (unet, vae.post_quant_conv, vae.decoder, vae.vocoder) for m in part.modules()
-                 if packable(m)]
+        dense = [m for part in (unet, *frozen.decode_parts(vae)) for m in part.modules() if packable(m)]
         assert (dense == []) == pack
         x, c, ts = torch.randn(2, 8, 16, 16, generator=torch.Generator().manual_seed(3)), unit_embeds(2), \
             torch.full((2,), 500)
