@@ -13,10 +13,10 @@ without copies.
 
 Measured on a 2-core AMX Xeon (bf16, 2026-12-03): the 640-channel 3x3 convolution x3.3, 384-channel x2.0, Linear
 layers x1.3-1.7, the vocoder's transposed convolutions x2.7-4.4; a 5 s clip x1.5 (``bench/generation.py
---no-prepack`` for the A/B). The packed convolutions give bitwise the result of the functional ops on the same bf16
-weights; the packed Linear may differ from ``F.linear`` in the last bit (another oneDNN kernel); each gives the same
-numbers for every batch size, so the seed contract (the same seed gives the same audio at any batch size, bitwise on
-the CPU) holds: on that CPU it held only with prepacking.
+--no-prepack`` for the A/B). There the packed convolutions gave bitwise the result of the functional ops on the
+same bf16 weights, and the packed Linear differed from ``F.linear`` in the last bit at K = 2560 only (another oneDNN
+kernel); each gives the same numbers for every batch size, so the seed contract (the same seed gives the same audio
+at any batch size, bitwise on the CPU) holds: on that CPU it held only with prepacking.
 
 Only the weight copies that :meth:`~ciap_lib.bridge.frozen.FrozenAudioLDM.sampling_modules` makes are packed, never
 the frozen modules: their fingerprint is untouched.

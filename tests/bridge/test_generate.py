@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from ciap_lib.bridge import CIAPCondStage, check_inputs, generate
-from ciap_lib.bridge.prepack import PackedConv2d
 
 
 @pytest.mark.parametrize("duration", [2.5, 3.3])  # 5.0 s: test_readme_example
@@ -125,15 +124,20 @@ def test_a_weight_changed_during_generation_is_caught(tiny_audioldm_ckpt, unit_e
         a.assert_unchanged(("vocoder",))
 
 
-def test_bf16_copies_compute_what_autocast_computes_on_the_frozen_modules(tiny_audioldm, unit_embeds):
+def test_bf16_copies_compute_what_autocast_computes_on_the_frozen_modules(tiny_audioldm, unit_embeds, monkeypatch):
+    """Casting once computes what autocast computes, bitwise (the copies as cast, without oneDNN prepacking: packed
+    against unpacked is tests/bridge/test_prepack.py's)."""
+    from ciap_lib.bridge import frozen
+
     a = tiny_audioldm
+    monkeypatch.setattr(frozen, "can_prepack", lambda device, dtype: False)
+    monkeypatch.setattr(a, "_half", {})          # copies made here, without packing; the shared model's come back
     x, c = torch.randn(2, 8, 16, 16), unit_embeds(2)
     ts = torch.full((2,), 500)
     unet, vae = a.sampling_modules("bf16")
     assert a.sampling_modules("bf16")[0] is unet                  # made once
     assert a.sampling_modules("fp32") == (a.unet, a.vae)
-    first = unet.diffusion_model.input_blocks[0][0]        # cast once, or also packed (ciap_lib.bridge.prepack)
-    assert (first.dtype if isinstance(first, PackedConv2d) else first.weight.dtype) == torch.bfloat16
+    assert unet.diffusion_model.input_blocks[0][0].weight.dtype == torch.bfloat16
     assert a.unet.diffusion_model.input_blocks[0][0].weight.dtype == torch.float32
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(unet(x, ts, c_film=[c]), a.ldm.apply_model(x, ts, c))

@@ -2,7 +2,10 @@
 
 Every packed layer is checked against torch's own functional op on the same weights: in float32 on any CPU, and in
 bfloat16 where oneDNN computes it (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``; elsewhere the bf16 cases
-report a skip, and generation does not pack there)."""
+report a skip, and generation does not pack there). The packed and the functional op may pick different oneDNN
+kernels, so they are held to the last bit of the dtype (on the AMX Xeon where this was written the convolutions came
+out bitwise equal, and a Linear with K = 2560 differed in 5-8 of 40,960 outputs); what must be bitwise is each packed
+layer against itself at another batch size (the seed contract)."""
 from __future__ import annotations
 
 import pytest
@@ -23,10 +26,17 @@ def _w(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.detach().to(dtype)
 
 
+def assert_last_bit(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> None:
+    """``got`` equals ``want`` up to a rounding or two in ``dtype``: same dtype, shape, and values."""
+    assert got.dtype == want.dtype == dtype and got.shape == want.shape
+    tol = 1e-5 if dtype == torch.float32 else 2 ** -7
+    torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol * 0.05)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kw", [dict(kernel_size=3, padding=1), dict(kernel_size=1),
                                 dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=3, padding=2, dilation=2)])
-def test_packed_conv2d_is_f_conv2d_bitwise_at_any_batch(dtype, kw):
+def test_packed_conv2d_is_f_conv2d_and_bitwise_at_any_batch(dtype, kw):
     torch.manual_seed(0)
     conv = nn.Conv2d(8, 12, **kw)
     x = torch.randn(4, 8, 10, 6)
@@ -35,13 +45,13 @@ def test_packed_conv2d_is_f_conv2d_bitwise_at_any_batch(dtype, kw):
         want = F.conv2d(x.to(dtype), _w(conv.weight, dtype), _w(conv.bias, dtype), conv.stride, conv.padding,
                         conv.dilation)
         got = packed(x)
-        assert got.dtype == dtype and torch.equal(got, want)
+        assert_last_bit(got, want, dtype)
         assert torch.equal(packed(x[:1]), got[:1])              # the seed contract: batch size changes nothing
         assert torch.equal(packed(x.contiguous(memory_format=torch.channels_last)), got)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_packed_conv1d_and_transpose_are_the_functional_ops_bitwise(dtype):
+def test_packed_conv1d_and_transpose_are_the_functional_ops(dtype):
     torch.manual_seed(1)
     conv = nn.Conv1d(8, 12, 5, padding=4, dilation=2)
     up = nn.ConvTranspose1d(12, 6, 16, stride=8, padding=4)
@@ -49,12 +59,13 @@ def test_packed_conv1d_and_transpose_are_the_functional_ops_bitwise(dtype):
     with torch.inference_mode():
         h = PackedConv1d(conv, dtype)(x)
         assert h.shape == (3, 12, 37)
-        assert torch.equal(h, F.conv1d(x.to(dtype), _w(conv.weight, dtype), _w(conv.bias, dtype), padding=4,
-                                       dilation=2))
+        assert_last_bit(h, F.conv1d(x.to(dtype), _w(conv.weight, dtype), _w(conv.bias, dtype), padding=4,
+                                    dilation=2), dtype)
         y = PackedConvTranspose1d(up, dtype)(F.leaky_relu(h, 0.1))     # a channels_last view in, as in the vocoder
         want = F.conv_transpose1d(F.leaky_relu(h, 0.1).contiguous(), _w(up.weight, dtype), _w(up.bias, dtype),
                                   stride=8, padding=4)
-        assert y.shape == want.shape == (3, 6, 37 * 8) and torch.equal(y, want)
+        assert y.shape == (3, 6, 37 * 8)
+        assert_last_bit(y, want, dtype)
         assert torch.equal(PackedConvTranspose1d(up, dtype)(h[1:2]), PackedConvTranspose1d(up, dtype)(h)[1:2])
 
 
@@ -67,10 +78,7 @@ def test_packed_linear_matches_f_linear_on_2d_and_3d_input(dtype):
     with torch.inference_mode():
         want = F.linear(x.to(dtype), _w(lin.weight, dtype), _w(lin.bias, dtype))
         got = packed(x)
-        assert got.shape == (3, 5, 40) and got.dtype == dtype
-        # another oneDNN kernel than F.linear's: equal up to the last bit of dtype
-        tol = 1e-5 if dtype == torch.float32 else 2 ** -7
-        assert torch.allclose(got.float(), want.float(), rtol=tol, atol=tol)
+        assert_last_bit(got, want, dtype)
         assert torch.equal(packed(x[:1]), got[:1])
         assert torch.equal(packed(x.reshape(15, 24)), got.reshape(15, 40))
 
@@ -104,10 +112,14 @@ def test_can_prepack_is_bf16_on_a_native_bf16_cpu_only(monkeypatch):
 
 
 @pytest.mark.skipif(not BF16_OK, reason="oneDNN has no bf16 on this CPU: generation does not pack here")
-def test_packed_copies_sample_bitwise_what_the_unpacked_copies_sample(tiny_audioldm_ckpt, unit_embeds,
-                                                                      native_bf16, monkeypatch):
-    """The tiny AudioLDM's bf16 copies, packed and not: the same UNet output, mel, waveform and clip, bitwise; the
-    packed copies hold no dense conv/linear layer in the parts they run, and the frozen modules are untouched."""
+def test_packed_copies_sample_what_the_unpacked_copies_sample(tiny_audioldm_ckpt, unit_embeds, native_bf16,
+                                                              monkeypatch):
+    """The tiny AudioLDM's bf16 copies, packed and not: the same UNet output, mel, waveform and clip up to bf16
+    rounding (bitwise on the AMX Xeon where this was written, as on the full-size model there); the packed copies
+    hold no dense conv/linear layer in the parts they run; a packed clip is bitwise the same at batch 1 and 3; the
+    frozen modules are untouched."""
+    import numpy as np
+
     from ciap_lib.bridge import load_audioldm
 
     a = load_audioldm(tiny_audioldm_ckpt, cache_uncond=False)
@@ -125,10 +137,14 @@ def test_packed_copies_sample_bitwise_what_the_unpacked_copies_sample(tiny_audio
             eps = unet(x, ts, c_film=[c])
             mel = vae.decode(x)
             wav = vae.vocoder(mel.squeeze(1).permute(0, 2, 1))
-        clip = generate(a, image_embeds=unit_embeds(1), duration=2.5, steps=2, precision="bf16", seed=7)
-        outputs[pack] = (eps, mel, wav, torch.from_numpy(clip))
+        kw = dict(duration=2.5, steps=2, precision="bf16", seed=7)
+        clips = generate(a, image_embeds=unit_embeds(3), batch_size=3, **kw)
+        outputs[pack] = (eps, mel, wav, torch.from_numpy(clips))
     for unpacked, packed in zip(outputs[False], outputs[True]):
-        assert torch.equal(unpacked, packed)
+        rel = ((packed.float() - unpacked.float()).norm() / unpacked.float().norm()).item()
+        assert rel < 1e-2, rel
+    np.testing.assert_array_equal(generate(a, image_embeds=unit_embeds(3)[:1], batch_size=1, **kw),
+                                  outputs[True][3][:1].numpy())
     assert a.fingerprint() == fingerprint
     assert all(type(m) is not PackedConv2d for m in a.ldm.modules())
 
