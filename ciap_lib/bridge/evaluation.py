@@ -62,7 +62,9 @@ from ciap_lib.constants import SAMPLE_RATE
 #: batch 8 x2.29, 4.53 GB (batch 1: 3.68-3.72 GB). Measured while other jobs loaded the machine (load average
 #: 10-15 on 2 cores, bf16 matmul at 48 GFLOP/s instead of ~370): the speed-ups are likely smaller on an idle
 #: machine; the peaks do not depend on load. clips/s grew with the batch in every run, so the largest batch
-#: under 4 GB wins.
+#: under 4 GB wins. On an idle 2-core AMX Xeon, with the oneDNN-prepacked copies (2026-12-03, two runs): batch 2
+#: x1.05 (3.76 GB), batch 4 x1.15-1.18 (3.78-3.96 GB), batch 8 x0.85-0.91 (4.13-4.17 GB): batch 4 would win
+#: there, but it peaked at 4.10 GB on the EPYC, so 2 stays, under 4 GB on both.
 EVAL_BATCH_SIZE = 2
 
 MANIFEST = "manifest.json"
