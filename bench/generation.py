@@ -42,6 +42,7 @@ from ciap_lib.bridge import generate  # noqa: E402
 from ciap_lib.bridge import sampling as S  # noqa: E402
 from ciap_lib.bridge.architecture import build_latent_diffusion  # noqa: E402
 from ciap_lib.bridge.frozen import FrozenAudioLDM  # noqa: E402
+from ciap_lib.bridge.prepack import PackedLinear  # noqa: E402
 from ciap_lib.bridge.tiny import full_size_spec  # noqa: E402
 from ciap_lib.hardware import cpu_has_bf16  # noqa: E402
 
@@ -221,16 +222,13 @@ def main(argv=None) -> int:
     if args.quick:
         args.durations, args.ddim_steps = [5.0], 10
     torch.set_num_threads(args.threads)
-    if args.no_prepack:
-        import ciap_lib.bridge.frozen as frozen_module
-
-        frozen_module.can_prepack = lambda device, dtype: False
     print(f"threads={torch.get_num_threads()} load average={os.getloadavg()} precision={args.precision}"
           f"{' (no prepacking)' if args.no_prepack else ''}")
 
     t0 = time.perf_counter()
     with PeakRSS() as build_mem:
         audioldm = full_size_model()
+    audioldm.prepack = not args.no_prepack
     print(f"built full-size audioldm-s-full (random weights) in {time.perf_counter() - t0:.1f} s, "
           f"RSS {build_mem.peak / 2**30:.2f} GB")
     from ciap_lib.bridge.devices import generation_device, half_dtype
@@ -256,10 +254,8 @@ def main(argv=None) -> int:
           f"fingerprint check: {t_fp:.2f} s")
     if compute != torch.float32:
         rss0, t0 = rss_bytes(), time.perf_counter()
-        audioldm.sampling_modules("bf16")     # made once, on first use; timed here rather than in a clip
-        from ciap_lib.bridge.prepack import can_prepack
-
-        packed = can_prepack(device, compute) and not args.no_prepack
+        unet, _ = audioldm.sampling_modules("bf16")     # made once, on first use; timed here rather than in a clip
+        packed = any(isinstance(m, PackedLinear) for m in unet.modules())
         print(f"bf16 weight copies (UNet, VAE decoder, vocoder){', oneDNN-prepacked' if packed else ''}: "
               f"{time.perf_counter() - t0:.2f} s, +{(rss_bytes() - rss0) / 2**30:.2f} GB")
 

@@ -109,6 +109,9 @@ class FrozenAudioLDM:
 
     embed_dim = 512
     sample_rate = 16000
+    #: whether :meth:`sampling_modules` prepacks the bf16 copies for oneDNN where it can
+    #: (:func:`~ciap_lib.bridge.prepack.can_prepack`); False keeps them as cast (``bench/generation.py --no-prepack``)
+    prepack = True
 
     def __init__(self, ldm, path: Path, name: str | None, spec: ArchSpec, cache_uncond: bool = True):
         self.ldm = ldm
@@ -146,7 +149,7 @@ class FrozenAudioLDM:
             raise ValueError(f"precision: {precision!r} is not one of ('bf16', 'fp16', 'fp32')")
         if precision not in self._half:
             dtype = HALF_DTYPES[precision]
-            pack = can_prepack(self.device, dtype)
+            pack = self.prepack and can_prepack(self.device, dtype)
             unet = half_weight_copy(self.unet, dtype, skip=packable if pack else None)
             first_stage = half_weight_copy(self.vae, dtype, decode_parts(self.vae), skip=packable if pack else None)
             if pack:

@@ -61,17 +61,21 @@ class PackedConv2d(nn.Module):
         super().__init__()
         if not _zero_padded(conv):
             raise ValueError(f"PackedConv2d: padding {conv.padding!r} / {conv.padding_mode!r} is not numeric zeros")
-        w = conv.weight.detach().to(dtype)
+        self._pack(conv.weight, conv.bias, dtype, conv.padding, conv.stride, conv.dilation, conv.groups,
+                   input_size or (2, conv.in_channels, 16, 16))
+
+    def _pack(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, padding, stride, dilation,
+              groups: int, input_size) -> None:
+        """Hold ``weight`` (C_out, C_in / groups, kh, kw) cast to ``dtype`` and reordered, with its conv settings."""
         self.dtype = dtype
-        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
-        self.kernel_size = conv.kernel_size
-        self.padding, self.stride = list(conv.padding), list(conv.stride)
-        self.dilation, self.groups = list(conv.dilation), conv.groups
-        size = list(input_size or (2, conv.in_channels, 16, 16))
+        self.out_channels, self.in_channels = weight.shape[0], weight.shape[1] * groups
+        self.kernel_size = tuple(weight.shape[2:])
+        self.padding, self.stride, self.dilation, self.groups = list(padding), list(stride), list(dilation), groups
         # an opaque oneDNN tensor: an attribute, not a parameter or buffer (state_dict cannot hold it)
         self.packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-            w.contiguous().to_mkldnn(), self.padding, self.stride, self.dilation, self.groups, size)
-        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().to(dtype), persistent=False)
+            weight.detach().to(dtype).contiguous().to_mkldnn(), self.padding, self.stride, self.dilation, groups,
+            list(input_size))
+        self.register_buffer("bias", None if bias is None else bias.detach().to(dtype), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.mkldnn._convolution_pointwise(x.to(self.dtype), self.packed, self.bias, self.padding,
@@ -90,12 +94,11 @@ class PackedConv1d(PackedConv2d):
     layout and its output back, 40% of the vocoder's time on a 2-core AMX Xeon)."""
 
     def __init__(self, conv: nn.Conv1d, dtype: torch.dtype = torch.bfloat16):
-        as_2d = nn.Conv2d(conv.in_channels, conv.out_channels, (1, conv.kernel_size[0]), (1, conv.stride[0]),
-                          (0, conv.padding[0]), (1, conv.dilation[0]), conv.groups, conv.bias is not None,
-                          device="meta")
-        as_2d.weight = nn.Parameter(conv.weight.detach().unsqueeze(2), requires_grad=False)
-        as_2d.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach(), requires_grad=False)
-        super().__init__(as_2d, dtype, (1, conv.in_channels, 1, 1024))
+        nn.Module.__init__(self)
+        if not _zero_padded(conv):
+            raise ValueError(f"PackedConv1d: padding {conv.padding!r} / {conv.padding_mode!r} is not numeric zeros")
+        self._pack(conv.weight.unsqueeze(2), conv.bias, dtype, (0, conv.padding[0]), (1, conv.stride[0]),
+                   (1, conv.dilation[0]), conv.groups, (1, conv.in_channels, 1, 1024))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.unsqueeze(2)).squeeze(2)

@@ -127,10 +127,8 @@ def test_a_weight_changed_during_generation_is_caught(tiny_audioldm_ckpt, unit_e
 def test_bf16_copies_compute_what_autocast_computes_on_the_frozen_modules(tiny_audioldm, unit_embeds, monkeypatch):
     """Casting once computes what autocast computes, bitwise (the copies as cast, without oneDNN prepacking: packed
     against unpacked is tests/bridge/test_prepack.py's)."""
-    from ciap_lib.bridge import frozen
-
     a = tiny_audioldm
-    monkeypatch.setattr(frozen, "can_prepack", lambda device, dtype: False)
+    monkeypatch.setattr(a, "prepack", False)
     monkeypatch.setattr(a, "_half", {})          # copies made here, without packing; the shared model's come back
     x, c = torch.randn(2, 8, 16, 16), unit_embeds(2)
     ts = torch.full((2,), 500)
