@@ -320,6 +320,8 @@ class ImageAugment:
         self.parts = tuple(parse_parts(parts, IMAGE_PARTS, "ImageAugment parts"))
         if not 0 < crop_scale_min <= 1:
             raise ValueError(f"ImageAugment: crop_scale_min must be in (0, 1], got {crop_scale_min}")
+        if not 0 <= scale < 1:
+            raise ValueError(f"ImageAugment: scale must be in [0, 1), got {scale}")
         self.crop_scale = (float(crop_scale_min), 1.0)
         self.ratio = (3 / 4, 4 / 3)
         self.degrees, self.translate, self.scale = float(degrees), float(translate), float(scale)
@@ -418,6 +420,7 @@ def from_config(cfg) -> Augmentations:
     audio = AudioAugment(audio_parts, gain_db=cfg.gain_db, snr_db_min=cfg.noise_snr_db_min,
                          snr_db_max=cfg.noise_snr_db_max, speed_perturb=cfg.speed_perturb, tilt_max=cfg.tilt_max,
                          reverb_rt60_max=cfg.reverb_rt60_max)
-    image = ImageAugment(image_parts, crop_scale_min=cfg.crop_scale_min, degrees=cfg.affine_degrees)
+    image = ImageAugment(image_parts, crop_scale_min=cfg.crop_scale_min, degrees=cfg.affine_degrees,
+                         scale=cfg.affine_scale)
     spec = (SpecAugment(cfg.specaug_freq_mask, cfg.specaug_time_mask) if "specaugment" in audio_parts else None)
     return Augmentations(audio=audio or None, image=image or None, spec=spec)

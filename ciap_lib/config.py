@@ -85,6 +85,7 @@ class TrainConfig:
     specaug_time_mask: int = 20           # 'specaugment': one time mask of up to N frames per clip
     crop_scale_min: float = 0.5           # 'crop': area scale of the crop in [crop_scale_min, 1]
     affine_degrees: float = 10.0          # 'affine': rotation uniform in [-x, x] degrees
+    affine_scale: float = 0.1             # 'affine': scale factor uniform in [1 - x, 1 + x]
     seed: int = 0
     device: str = "cpu"                   # 'cpu' | 'cuda' | 'cuda:N' | 'auto'
     # checkpoints and evaluation
@@ -203,6 +204,8 @@ def _value_problems(cfg: "TrainConfig", check_paths: bool, check_weights: bool) 
         out.append(("crop_scale_min", f"must be in (0, 1], got {cfg.crop_scale_min!r}"))
     if not 0 <= cfg.affine_degrees <= 180:
         out.append(("affine_degrees", f"must be in [0, 180], got {cfg.affine_degrees!r}"))
+    if not 0 <= cfg.affine_scale < 1:
+        out.append(("affine_scale", f"must be in [0, 1), got {cfg.affine_scale!r}"))
     if cfg.warmup_epochs >= cfg.epochs > 0 and cfg.lr_schedule == "cosine":
         out.append(("warmup_epochs", f"must be fewer than epochs ({cfg.epochs}), got {cfg.warmup_epochs}"))
     for key, registry, what in (("loss", LOSSES, "a loss"), ("optimizer", OPTIMIZERS, "an optimizer"),

@@ -242,3 +242,8 @@ def test_from_config_builds_what_is_switched_on():
     assert rot.degrees == 30.0
     angles = [rot.sample(np.random.default_rng(i), 32, 32).affine[0] for i in range(200)]
     assert max(np.abs(angles)) > 20 and max(np.abs(angles)) <= 30
+    zoom = from_config(load_config(None, ["augment_image=affine", "affine_scale=0.3"])).image
+    scales = [zoom.sample(np.random.default_rng(i), 32, 32).affine[3] for i in range(200)]
+    assert min(scales) < 0.8 and max(scales) > 1.2 and 0.7 <= min(scales) and max(scales) <= 1.3
+    with pytest.raises(ValueError, match="scale must be in"):
+        ImageAugment(["affine"], scale=1.0)

@@ -194,6 +194,7 @@ def test_augmentation_keys_default_off_and_parse_from_the_command_line():
     ({"speed_perturb": 0.7}, ["speed_perturb", "0.7", "[0, 0.5]"]),
     ({"crop_scale_min": 0.0}, ["crop_scale_min", "(0, 1]"]),
     ({"affine_degrees": 200.0}, ["affine_degrees", "200.0", "[0, 180]"]),
+    ({"affine_scale": 1.0}, ["affine_scale", "1.0", "[0, 1)"]),
     ({"tilt_max": 1.0}, ["tilt_max", "1.0", "[0, 1)"]),
     ({"reverb_rt60_max": 0.0}, ["reverb_rt60_max", "[0.05, 5]"]),
     ({"gain_db": -1.0}, ["gain_db", ">= 0"]),
