@@ -44,7 +44,8 @@ from ciap_lib.images import load_image_uint8, normalize_image  # noqa: E402
 from ciap_lib.models import get_model_config  # noqa: E402
 from ciap_lib.models.image import build_backbone  # noqa: E402
 from ciap_lib.optim import create_optimizer, create_scheduler  # noqa: E402
-from ciap_lib.synthetic import COLOURS, COUNTS, SHAPES, make_synthetic_dataset, shift_variants, write_split  # noqa: E402
+from ciap_lib.synthetic import (COLOURS, COUNTS, SHAPES, make_synthetic_dataset, shift_variants,  # noqa: E402
+                               write_split)
 
 ATTRIBUTES = (("shape", SHAPES), ("colour", COLOURS), ("count", tuple(str(c) for c in COUNTS)))
 
@@ -108,13 +109,17 @@ def accuracy(model: Probe, images: np.ndarray, y: torch.Tensor) -> list[float]:
     return ok.float().mean(0).tolist() + [ok.all(1).float().mean().item()]
 
 
-def train_probe(cfg, data: Path, extra_val: dict[str, Path], target: str = "attributes", log=print) -> dict[str, list[float]]:
+def train_probe(cfg, data: Path, extra_val: dict[str, Path], target: str = "attributes",
+                log=print) -> dict[str, list[float]]:
+    """Train a :class:`Probe` on ``data/train`` as ``cfg`` says; ``{name: accuracy}`` on ``data/val`` ("val") and on
+    each ``extra_val`` split folder."""
     torch.manual_seed(cfg.seed)
     backbone = build_backbone(get_model_config(cfg.model, **cfg.model_overrides()))
     model = Probe(backbone.net, backbone.feature_dim, target)
     augment = from_config(cfg).image
     train_images, train_y = load_split(data / "train", backbone.preprocess)
-    vals = {name: load_split(folder, backbone.preprocess) for name, folder in {"val": data / "val", **extra_val}.items()}
+    folders = {"val": data / "val", **extra_val}
+    vals = {name: load_split(folder, backbone.preprocess) for name, folder in folders.items()}
     opt = create_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
     sched = create_scheduler(cfg.lr_schedule, opt, cfg)
     n = len(train_images)
