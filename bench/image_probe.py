@@ -21,7 +21,6 @@ Prints the wall time beside the fp32 matmul rate measured in the same run.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 import tempfile
 import time
@@ -44,6 +43,7 @@ from ciap_lib.images import load_image_uint8, normalize_image  # noqa: E402
 from ciap_lib.models import get_model_config  # noqa: E402
 from ciap_lib.models.image import build_backbone  # noqa: E402
 from ciap_lib.optim import create_optimizer, create_scheduler  # noqa: E402
+from ciap_lib.pairs import read_csv_rows  # noqa: E402
 from ciap_lib.synthetic import (COLOURS, COUNTS, SHAPES, make_synthetic_dataset, shift_variants,  # noqa: E402
                                write_split)
 
@@ -52,14 +52,10 @@ ATTRIBUTES = (("shape", SHAPES), ("colour", COLOURS), ("count", tuple(str(c) for
 
 def load_split(folder: Path, preprocess) -> tuple[np.ndarray, torch.Tensor]:
     """uint8 images (N,S,S,3) as the backbone sees them, and (N,3) attribute indices (shape, colour, count)."""
-    rows = list(csv.DictReader((folder / "pairs.csv").open(newline="")))
+    _, rows = read_csv_rows(folder / "pairs.csv")
     images = np.stack([load_image_uint8(folder / r["image"], preprocess) for r in rows])
     y = torch.tensor([[values.index(r[name]) for name, values in ATTRIBUTES] for r in rows])
     return images, y
-
-
-def as_batch(images: np.ndarray) -> torch.Tensor:
-    return torch.stack([normalize_image(im) for im in images])
 
 
 SIZES = [len(values) for _, values in ATTRIBUTES]
@@ -104,7 +100,7 @@ def accuracy(model: Probe, images: np.ndarray, y: torch.Tensor) -> list[float]:
     """Right per attribute, and all three right, as fractions."""
     model.eval()
     with torch.no_grad():
-        pred = model.predict(as_batch(images))
+        pred = model.predict(normalize_image(images))
     ok = pred == y
     return ok.float().mean(0).tolist() + [ok.all(1).float().mean().item()]
 
@@ -132,7 +128,7 @@ def train_probe(cfg, data: Path, extra_val: dict[str, Path], target: str = "attr
             if augment is not None:
                 ims = np.stack([augment.augment(ims[k], np.random.default_rng([cfg.seed, epoch, int(i)]))
                                 for k, i in enumerate(idx)])
-            loss = model.loss(as_batch(ims), train_y[idx])
+            loss = model.loss(normalize_image(ims), train_y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
