@@ -401,7 +401,9 @@ def evaluate_generation(checkpoint: str | os.PathLike, data: str | os.PathLike, 
     from ciap_lib.audio_io import load_audio, write_wav
     from ciap_lib.images import load_image
 
-    images = torch.stack([load_image(p.image, int(model.config.image_size)) for p in pairs])  # (N, 3, S, S)
+    # (N, 3, S, S), prepared as the checkpoint stores (size, mean/std, crop): what the condition stage and the
+    # retrieval baseline's index expect
+    images = torch.stack([load_image(p.image, model.preprocess) for p in pairs])
     thumbs, ref_wavs = [], []
     for i, p in enumerate(pairs):
         stem = clip_stem(i, p.image)
@@ -496,11 +498,10 @@ def _generate_retrieval(retrieval: Any, images: torch.Tensor, todo: list[int], p
         with torch.no_grad():  # the query embeddings, as the fallback's own search makes them from images
             query = model.encode_image(images[run].to(device)).float().cpu()          # (B, D)
         waves = retrieval.generate(image_embeds=query, duration=params.duration)
-        for i, w, m in zip(run, waves, retrieval.last_matches):
+        for i, w, note in zip(run, waves, retrieval.describe()):
             p = write_wav(clip_path(out, "retrieval", i, pairs[i].image), w, SAMPLE_RATE)
             entry["clips"][str(i)] = p.relative_to(out).as_posix()
-            entry["notes"][str(i)] = (f"training clip {m.audio.name}" + (f" ({m.label})" if m.label else "")
-                                      + f", cosine {m.score:.3f}")
+            entry["notes"][str(i)] = note
         _write_manifest(out, manifest)
 
 

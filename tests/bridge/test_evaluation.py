@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import soundfile as sf
 
 from ciap_lib import tracking
@@ -260,3 +261,36 @@ def test_cli_defaults_and_bad_input(ciap_workspace, tmp_path, capsys):
     assert main(base + ["--split", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_images_are_prepared_as_the_checkpoint_stores(tmp_path, tiny_audioldm, no_weight_caches):
+    """A timm-backbone checkpoint with stored CLIP mean/std and a squash crop (and no ``image_size`` of its own):
+    the AudioLDM condition and the retrieval baseline's queries are the images prepared that way, as
+    ``CIAPCondStage.load_images`` and the fallback's own search prepare them."""
+    from fixtures.preprocess import STORED, stored_preprocess_checkpoint
+
+    from ciap_lib.bridge import CIAPCondStage
+    from ciap_lib.bridge.metrics import clap_audio_embeddings, clap_score_of_embeddings
+    from ciap_lib.checkpoint import load_ciap
+    from ciap_lib.fallback import NearestNeighbourGenerator
+    from ciap_lib.images import load_image
+    from ciap_lib.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "syn", n_train=6, n_val=2, image_size=40)
+    ck = stored_preprocess_checkpoint(tmp_path, data, audio_encoder="clap")
+    model, _ = load_ciap(ck)
+    model.config.image_size = None  # as experiments/clip_mapper.yaml leaves it: the backbone's own size
+    ev = evaluate_generation(ck, data, "val", 2, out=tmp_path / "out", audioldm=tiny_audioldm, model=model,
+                             params=PARAMS, metrics_dir=tmp_path / "no-weights")
+    stage = CIAPCondStage(model)
+    assert stage.preprocess == STORED
+    images = stage.load_images(ev.images)
+    with torch.no_grad():
+        expected = clap_score_of_embeddings(clap_audio_embeddings(tiny_audioldm, ev.references), stage(images))
+        imagenet = clap_score_of_embeddings(clap_audio_embeddings(tiny_audioldm, ev.references),
+                                            stage(torch.stack([load_image(p, 32) for p in ev.images])))
+    assert ev.reference_clap_score == pytest.approx([float(v) for v in expected], abs=1e-6)
+    assert not ev.reference_clap_score == pytest.approx([float(v) for v in imagenet], abs=1e-6)
+    g = NearestNeighbourGenerator.from_dataset(model, data / "train", None)
+    notes = g.describe(g.search(torch.stack([load_image(p, g.preprocess) for p in ev.images])))
+    assert ev.systems["retrieval"].notes == notes  # the same clips, at the same cosine
