@@ -100,6 +100,21 @@ def test_missing_weights_name_the_model_the_file_and_how_to_get_it(tmp_path, mon
                      image_weights=str(tmp_path / "resnet.safetensors"))
 
 
+def test_a_weights_file_with_image_pretrained_none_is_an_error_not_a_random_init(tmp_path):
+    from ciap_lib.config import TrainConfig
+
+    _saved_timm_model(RESNET, tmp_path / "w.safetensors")
+    for backbone, load in ((f"timm/{RESNET}", "pretrained"), ("resnet18", "imagenet")):
+        kw = dict(image_backbone=backbone, image_weights=str(tmp_path / "w.safetensors"))
+        [problem] = check_image_config(get_model_config("debug", **kw))
+        assert problem.startswith("image_weights: ") and "w.safetensors" in problem
+        assert "image_pretrained is 'none'" in problem and f"image_pretrained={load}" in problem
+        with pytest.raises(ValueError, match="would not be loaded"):
+            create_model("debug", **kw)
+        with pytest.raises(ValueError, match="would not be loaded"):  # found by the config check, before training
+            TrainConfig.from_dict({"model": "debug", **kw}).check(check_paths=False)
+
+
 def test_names_and_pretrained_values_are_checked():
     def problems(**kw):
         return check_image_config(get_model_config("debug", **kw))

@@ -58,6 +58,12 @@ def check_image_config(config: ModelConfig, check_weights: bool = False) -> list
                             f"{name!r}; use one of {list(family.pretrained)}")
         else:
             problems += family.check(arch, config, check_weights)
+        if config.image_weights and config.image_pretrained in (None, "none"):
+            load = [v for v in family.pretrained if v != "none"]
+            problems.append(f"image_weights: {config.image_weights!r} would not be loaded: image_pretrained is 'none' "
+                            "(a random init); " + (f"set image_pretrained={load[0]} to load the file, or drop "
+                                                   "image_weights" if load else
+                                                   f"image_backbone {name!r} takes no weights file"))
     if config.image_size is not None and config.image_size < 8:
         problems.append(f"image_size: must be at least 8 pixels, got {config.image_size}")
     if config.image_preprocess is not None:
