@@ -338,3 +338,21 @@ def test_guidance_controls_start_from_the_params_and_errors_are_shown(ws, diffus
     ui.negative_text.value = "speech"           # the generator has no tokenizer: a clear error in the UI
     assert ui.generate() is None
     assert "roberta-base" in ui.error and "save_pretrained" in ui.error
+
+
+def test_split_batch_mode_takes_the_tokenizer_for_text_steering(ws, ciap, diffusion_tok, tmp_path):
+    """Notebook 04's batch mode on val pairs (``batch.evaluate_split``) with ``negative_text``: the generator's
+    tokenizer reaches ``evaluate-generation``'s sampler (it had stopped with "no tokenizer folder")."""
+    from ciap_lib.bridge.params import GenerationParams
+
+    params = GenerationParams(duration=2.5, steps=1, batch_size=2, negative_text="speech")
+    generation = {"n_images": 2, "fallback_split": "train", "metrics_dir": str(tmp_path / "no-weights")}
+    rep = batch.evaluate_split(diffusion_tok, ciap, ws["checkpoint"], ws["data"], generation, params,
+                               tmp_path / "run", None)
+    ev = rep.evaluation
+    assert ev.params.negative_text == "speech" and ev.systems["diffusion"].generated == 2
+    # and a tokenizer folder named in the notebook's parameters wins over the generator's
+    generation["tokenizer_dir"] = str(tmp_path / "nothing-here")
+    with pytest.raises(ValueError, match="nothing-here"):
+        batch.evaluate_split(diffusion_tok, ciap, ws["checkpoint"], ws["data"], generation, params,
+                             tmp_path / "run2", None)

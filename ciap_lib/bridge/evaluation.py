@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -284,7 +284,8 @@ def _ignore(*_a: Any, **_k: Any) -> None:
 def evaluate_generation(checkpoint: str | os.PathLike, data: str | os.PathLike, split: str = "val", n: int = 200,
                         *, out: str | os.PathLike, audioldm: str | os.PathLike | FrozenAudioLDM | None = DEFAULT_MODEL,
                         ckpt_dir: str | os.PathLike = "ckpt", params: GenerationParams | None = None,
-                        device: str = "cpu", overwrite: bool = False, baseline: bool = True,
+                        device: str | None = None, tokenizer_dir: str | os.PathLike | None = None,
+                        overwrite: bool = False, baseline: bool = True,
                         baseline_split: str = "train", retrieval: Any = None, model: torch.nn.Module | None = None,
                         metrics_dir: str | os.PathLike | None = DEFAULT_WEIGHTS_DIR, is_splits: int = IS_SPLITS,
                         progress: bool = False, echo: Callable[[str], None] = _ignore) -> GenerationEvaluation:
@@ -300,7 +301,11 @@ def evaluate_generation(checkpoint: str | os.PathLike, data: str | os.PathLike, 
             or None. When it is None or the file is missing, only the retrieval system runs (labelled so).
         params: generation parameters (default: ``GenerationParams(batch_size=EVAL_BATCH_SIZE)``);
             ``params.batch_size`` clips are sampled together.
-        device: where the CIAP model, AudioLDM and the metric networks run (``cpu``, ``cuda[:N]``, ``auto``).
+        device: where the CIAP model, AudioLDM and the metric networks run (``cpu``, ``cuda[:N]``, ``auto``;
+            default ``params.device``). The device it resolves to is the ``device`` the settings, the summary and
+            MLflow record.
+        tokenizer_dir: local RoBERTa tokenizer for ``negative_text`` / ``text:`` mix entries (default:
+            ``roberta-base/`` beside the AudioLDM checkpoint).
         overwrite: regenerate clips whose manifest settings differ, instead of refusing.
         baseline: also score the retrieval baseline (always on without AudioLDM: it is then the only system).
         baseline_split: the split the retrieval baseline returns clips from.
@@ -343,7 +348,8 @@ def evaluate_generation(checkpoint: str | os.PathLike, data: str | os.PathLike, 
         echo(f"{split_dir}: {len(skipped_files)} bad or unpaired file(s) skipped, e.g. {skipped_files[0][0]}: "
              f"{skipped_files[0][1]}")
     pairs = pairs_found[:n]
-    dev = resolve_device(device)
+    dev = resolve_device(params.device if device is None else device)
+    params = replace(params, device=str(dev)).check()  # what runs is what is recorded
 
     # ---- models
     if model is None:
@@ -431,7 +437,7 @@ def evaluate_generation(checkpoint: str | os.PathLike, data: str | os.PathLike, 
                      f"({model.config.audio_encoder} mode)")
             if todo:
                 echo(f"diffusion: generating {len(todo)} of {len(pairs)} clips (batch {params.batch_size})")
-                _generate_diffusion(ldm, cond, todo, pairs, params, out, manifest, progress)
+                _generate_diffusion(ldm, cond, todo, pairs, params, out, manifest, progress, tokenizer_dir)
         else:
             if todo:
                 if retrieval is None:
@@ -463,7 +469,8 @@ def evaluate_generation(checkpoint: str | os.PathLike, data: str | os.PathLike, 
 
 
 def _generate_diffusion(ldm: FrozenAudioLDM, cond: torch.Tensor, todo: list[int], pairs: list, params: GenerationParams,
-                        out: Path, manifest: dict[str, Any], progress: bool) -> None:
+                        out: Path, manifest: dict[str, Any], progress: bool,
+                        tokenizer_dir: str | os.PathLike | None = None) -> None:
     """Generate the clips ``todo`` in runs of consecutive indices (clip i: seed ``seed + i * n_candidates``),
     ``batch_size`` at a time; each batch's WAVs and manifest entries are written before the next starts."""
     from tqdm import tqdm
@@ -478,7 +485,8 @@ def _generate_diffusion(ldm: FrozenAudioLDM, cond: torch.Tensor, todo: list[int]
                          sampler=params.sampler, guidance_scale=params.guidance_scale,
                          seed=params.seed + a * params.n_candidates, n_candidates=params.n_candidates,
                          batch_size=params.batch_size, precision=params.precision, negative=params.negative,
-                         negative_text=params.negative_text, mix=params.mix)
+                         negative_text=params.negative_text, mix=params.mix, tokenizer_dir=tokenizer_dir,
+                         device=params.device)
         paths = [clip_path(out, "diffusion", i, pairs[i].image) for i in run]
         write_wavs(waves, paths)
         entry["clips"].update({str(i): p.relative_to(out).as_posix() for i, p in zip(run, paths)})

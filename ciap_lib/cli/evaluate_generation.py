@@ -32,7 +32,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt-dir", default="ckpt", help="folder of named AudioLDM checkpoints (default: ckpt)")
     parser.add_argument("--out", help="output folder: WAVs, thumbnails, manifest, report.html, summary.json "
                                       "(default: <checkpoint folder>/generation-eval-<split>)")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda[:N] | auto (CIAP model, AudioLDM, metric networks)")
+    parser.add_argument("--device", default=None, metavar="DEVICE",
+                        help="auto (CUDA when available), cpu, cuda or cuda:N: the CIAP model, AudioLDM and the metric "
+                             "networks (default: GenerationParams.device, auto)")
+    parser.add_argument("--tokenizer-dir", default=None, metavar="DIR",
+                        help="local RoBERTa tokenizer for --negative-text / text: mix entries (default: "
+                             "roberta-base/ beside the AudioLDM checkpoint); nothing is downloaded")
+    # as `generate` takes them: several values after one flag
+    parser.add_argument("--negative", dest="gen_negative", nargs="+", default=None, metavar="AUDIO",
+                        help="audio clip(s) to steer away from (their averaged CLAP audio embedding replaces the '' "
+                             "text embedding in guidance)")
+    parser.add_argument("--mix", dest="gen_mix", nargs="+", default=None, metavar="ENTRY",
+                        help="mix into the image condition: AUDIO:W or text:TEXT:W (0 <= W <= 1, sum <= 1)")
     parser.add_argument("--overwrite", action="store_true",
                         help="regenerate clips made with other settings (without it they are refused)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
@@ -71,7 +82,9 @@ def generation_params(args: argparse.Namespace):
     values = {}
     for name, tp in GenerationParams.hints().items():
         text = getattr(args, f"gen_{name}", None)
-        if text is not None:
+        if isinstance(text, list):  # --negative / --mix: one value per word
+            values[name] = text
+        elif text is not None:
             values[name] = parse_value(text, tp, "--" + name.replace("_", "-"))
     values.setdefault("batch_size", EVAL_BATCH_SIZE)
     prefix = "--"
@@ -92,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"generation-eval-{args.split}"
         rep = evaluate_generation(
             args.checkpoint, args.data, args.split, args.n, out=out, audioldm=args.audioldm, ckpt_dir=args.ckpt_dir,
-            params=params, device=args.device, overwrite=args.overwrite, baseline=args.baseline,
-            baseline_split=args.baseline_split, metrics_dir=args.metrics_dir, is_splits=args.is_splits,
+            params=params, device=args.device, tokenizer_dir=args.tokenizer_dir, overwrite=args.overwrite,
+            baseline=args.baseline, baseline_split=args.baseline_split, metrics_dir=args.metrics_dir, is_splits=args.is_splits,
             mlflow=args.mlflow, experiment_name=args.experiment, progress=True,
             echo=lambda s: print(f"[evaluate-generation] {s}", file=sys.stderr, flush=True))
     except AudioLDMCheckpointError as e:  # a file that is there but is no matching AudioLDM checkpoint

@@ -131,4 +131,5 @@ def evaluate_split(generator: Generator, model: Any, checkpoint: str | Path, dat
         audioldm=generator.audioldm if diffusion else generation.get("audioldm", "audioldm-s-full"),
         ckpt_dir=generation.get("ckpt_dir", "ckpt"), baseline_split=generation.get("fallback_split", "train"),
         retrieval=None if diffusion else generator, model=model, overwrite=True,
-        metrics_dir=generation.get("metrics_dir", "ckpt/metrics"))
+        metrics_dir=generation.get("metrics_dir", "ckpt/metrics"),
+        tokenizer_dir=generation.get("tokenizer_dir") or getattr(generator, "tokenizer_dir", None))

@@ -294,3 +294,46 @@ def test_images_are_prepared_as_the_checkpoint_stores(tmp_path, tiny_audioldm, n
     g = NearestNeighbourGenerator.from_dataset(model, data / "train", None)
     notes = g.describe(g.search(torch.stack([load_image(p, g.preprocess) for p in ev.images])))
     assert ev.systems["retrieval"].notes == notes  # the same clips, at the same cosine
+
+
+def test_negative_text_mix_and_device_reach_generation(ciap_workspace, tiny_audioldm_ckpt, tiny_audioldm, tmp_path,
+                                                       no_weight_caches):
+    """``--negative-text`` with ``--tokenizer-dir``, ``--mix`` and ``--device`` reach the sampler: each clip equals
+    ``generate``'s with the same steering, seed and condition; the device recorded is the one that ran."""
+    from fixtures.tokenizer import make_tiny_tokenizer
+
+    from ciap_lib.bridge import CIAPCondStage, generate, write_wavs
+    from ciap_lib.checkpoint import load_ciap
+
+    tok = make_tiny_tokenizer(tmp_path / "tok")
+    mix_clip = sorted((ciap_workspace["data"] / "train").glob("*.wav"))[0]
+    out = tmp_path / "out"
+    rc, text = _cli(["evaluate-generation", "--checkpoint", str(ciap_workspace["checkpoint"]), "--data",
+                     str(ciap_workspace["data"]), "--n", "2", "--audioldm", str(tiny_audioldm_ckpt), "--out", str(out),
+                     "--metrics-dir", str(tmp_path / "no-weights"), "--no-baseline", "--no-mlflow", *GEN,
+                     "--negative-text", "speech", "--tokenizer-dir", str(tok), "--mix", f"{mix_clip}:0.3",
+                     "text:rain:0.2"])
+    assert rc == 0, text
+    s = _summary(out)
+    assert s["params"]["negative_text"] == "speech" and s["params"]["mix"] == [f"{mix_clip}:0.3", "text:rain:0.2"]
+    assert s["params"]["device"] == "cpu"  # auto, resolved on this machine
+    model, _ = load_ciap(ciap_workspace["checkpoint"])
+    stage = CIAPCondStage(model)
+    images = sorted((ciap_workspace["data"] / "val").glob("*.png"))[:2]
+    with torch.no_grad():
+        cond = stage(stage.load_images(images))
+    kw = dict(image_embeds=cond, duration=2.5, steps=2, seed=0, batch_size=2, device="cpu")
+    steered = write_wavs(generate(tiny_audioldm, negative_text="speech", tokenizer_dir=tok,
+                                  mix=[f"{mix_clip}:0.3", "text:rain:0.2"], **kw),
+                         [tmp_path / "steered0.wav", tmp_path / "steered1.wav"])
+    plain = generate(tiny_audioldm, **kw)
+    made = sorted(p for p in (out / "wavs").glob("*.wav") if not p.name.endswith(".nn-retrieval.wav"))
+    assert len(made) == 2
+    for m, e, p in zip(made, steered, plain):
+        assert (sf.read(m)[0] == sf.read(e)[0]).all()
+        assert not torch.allclose(torch.as_tensor(sf.read(m)[0], dtype=torch.float32), torch.as_tensor(p), atol=1e-3)
+    # cuda asked for where there is none: a clear error before anything is generated
+    rc = main(["evaluate-generation", "--checkpoint", str(ciap_workspace["checkpoint"]), "--data",
+               str(ciap_workspace["data"]), "--n", "2", "--out", str(tmp_path / "cuda"), "--no-mlflow",
+               "--device", "cuda"])
+    assert rc == 2 and not (tmp_path / "cuda").exists()
