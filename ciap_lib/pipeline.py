@@ -224,6 +224,28 @@ def _resolve(p: str | Path) -> Path:
     return pp if pp.is_absolute() else repo_root() / pp
 
 
+def _audioldm_problems(cfg: Any) -> list[str]:
+    """With ``audio_encoder: clap`` the image side trains against the frozen CLAP audio tower inside the AudioLDM
+    checkpoint ``train.audioldm``: it must be there (``--check`` says so before anything heavy starts)."""
+    from ciap_lib.bridge.checkpoint_io import download_hint, resolve_checkpoint
+    from ciap_lib.workflows import resolved_audio_encoder
+
+    try:
+        if resolved_audio_encoder(cfg) != "clap":
+            return []
+    except ValueError:  # an unknown model: train.check reports it
+        return []
+    try:
+        path, name = resolve_checkpoint(cfg.audioldm)
+    except ValueError as e:
+        return [f"train.{e}"]
+    if _resolve(path).is_file():
+        return []
+    return [f"train.audioldm: AudioLDM checkpoint not found: {path} (audio_encoder 'clap' trains the image side "
+            f"against its frozen CLAP audio tower). " + download_hint(path, name)
+            + "; or set train.audioldm to the file's path"]
+
+
 def _section_problems(sections: dict[str, dict[str, Any]], train: dict[str, Any], check_paths: bool) -> list[str]:
     """Value problems of the data / evaluate / generation sections, each ``"<section>.<key>: <problem>"``."""
     from ciap_lib.bridge.params import GenerationParams
@@ -308,6 +330,8 @@ def validate(raw: Mapping[str, Any], source: str = "<config>", notebooks_dir: Pa
         cfg.check(prefix="train.", check_paths=False, check_weights=check_paths)
     except ValueError as e:
         problems += str(e).splitlines()
+    if check_paths:
+        problems += _audioldm_problems(cfg)
     train = cfg.to_dict()
     problems += _section_problems(sections, train, check_paths)
     if top["run_name"] and not re.fullmatch(r"[A-Za-z0-9._-]+", top["run_name"]):

@@ -169,10 +169,16 @@ def test_clip_mapper_without_its_weights_stops_at_check_with_the_file_it_needs(t
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "TORCH_HOME": str(tmp_path / "torch"),
            "HF_HUB_OFFLINE": "1"}
+    ldm = tmp_path / "ckpt" / "audioldm-s-full.ckpt"
     r = subprocess.run([sys.executable, "-m", "ciap_lib", "run", str(root / "experiments" / "clip_mapper.yaml"),
-                        "--check"], capture_output=True, text=True, timeout=300, env=env, cwd=root)
+                        "-p", f"train.audioldm={ldm}", "--check"], capture_output=True, text=True, timeout=300,
+                       env=env, cwd=root)
     assert r.returncode == 2, r.stdout + r.stderr
-    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert "Traceback" not in r.stderr and len(lines) == 3 and "2 bad parameters" in lines[0], r.stderr
+    # the AudioLDM checkpoint, whose frozen CLAP audio tower is the target, is looked for too
+    assert lines[2].lstrip().startswith("train.audioldm: AudioLDM checkpoint not found: " + str(ldm)), lines[2]
+    assert f"python -m ciap_lib download audioldm-s-full --ckpt-dir {ldm.parent}" in lines[2]
     for words in ("train.image_pretrained", "vit_base_patch32_clip_224.openai",
                   str(tmp_path / "hub" / "models--timm--vit_base_patch32_clip_224.openai"), "model.safetensors",
                   "hf download timm/vit_base_patch32_clip_224.openai", "image_weights=", "image_pretrained=none"):

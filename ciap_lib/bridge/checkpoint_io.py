@@ -49,7 +49,8 @@ TRUST_HINT = ("If you trust this file's source (e.g. the official release, SHA-2
               "explicit opt-in: --trust-checkpoint (generate, download) or load_audioldm(..., trust_checkpoint=True).")
 
 
-def _download_hint(path: Path, name: str | None) -> str:
+def download_hint(path: Path, name: str | None) -> str:
+    """How to get the AudioLDM checkpoint that belongs at ``path`` (named ``name``, when it is one of MODEL_NAMES)."""
     target = name or "audioldm-s-full"
     return (f"Put the original AudioLDM checkpoint at {path} "
             f"(or pass its path with --audioldm / load_audioldm(path)). With a network, fetch it with: "
@@ -105,7 +106,7 @@ def read_state_dict(path: Path, name: str | None = None, trusted: bool = False) 
     :class:`~ciap_lib.safe_load.UnsafeCheckpointError` (refused: names the file and the globals it asks for).
     """
     if not path.is_file():
-        raise AudioLDMNotFoundError(f"AudioLDM checkpoint not found: {path}. " + _download_hint(path, name))
+        raise AudioLDMNotFoundError(f"AudioLDM checkpoint not found: {path}. " + download_hint(path, name))
     expected = read_sidecar(path)
     if expected is not None:
         actual = sha256_file(path)
@@ -113,7 +114,7 @@ def read_state_dict(path: Path, name: str | None = None, trusted: bool = False) 
             raise AudioLDMNotFoundError(
                 f"AudioLDM checkpoint {path} is corrupt: its SHA-256 {actual[:16]}... does not match the "
                 f"recorded {expected[:16]}... in {sidecar_path(path)}. Delete both and download again. "
-                + _download_hint(path, name))
+                + download_hint(path, name))
     try:
         ckpt = safe_load(path, mmap=True, allow=AUDIOLDM_SAFE_GLOBALS, trusted=trusted, hint=TRUST_HINT)
     except UnsafeCheckpointError:
@@ -121,10 +122,10 @@ def read_state_dict(path: Path, name: str | None = None, trusted: bool = False) 
     except Exception as e:  # noqa: BLE001 - truncated archive, junk, a class missing on a trusted load ...
         raise AudioLDMNotFoundError(
             f"AudioLDM checkpoint {path} cannot be read ({type(e).__name__}: {str(e)[:200]}); it is probably "
-            f"truncated or corrupt. " + _download_hint(path, name)) from e
+            f"truncated or corrupt. " + download_hint(path, name)) from e
     sd = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     if not isinstance(sd, dict):
         raise AudioLDMNotFoundError(
             f"{path} opens, but holds no 'state_dict': it is not an original AudioLDM checkpoint. "
-            + _download_hint(path, name))
+            + download_hint(path, name))
     return sd
