@@ -25,7 +25,7 @@ def train_clap_aligned(cfg, callbacks: Sequence = ()):
     for split in (cfg.train_split, cfg.val_split):
         pairs, _skipped = scan_pairs(Path(cfg.data) / split, skip_bad=cfg.skip_bad)
         paths += [p.audio for p in pairs]
-    features = clap_audio_features(audioldm, paths, cfg.clap_cache_dir, progress=True)
+    features = clap_audio_features(audioldm, paths, cfg.clap_cache_dir, progress=True, skip_bad=cfg.skip_bad)
     result = train(cfg, callbacks, audio_features=features)
     audioldm.assert_unchanged()
     return result

@@ -88,9 +88,13 @@ def _audio_side(cfg, paths, info, args) -> dict:
         return {"skipped": f"audio_encoder is {resolved_audio_encoder(cfg)!r}, not 'clap'"}
     from ciap_lib.bridge import clap_audio_features, load_audioldm  # lazy: imports audioldm
 
-    audioldm = load_audioldm(cfg.audioldm)
+    audioldm = load_audioldm(cfg.audioldm, device=info.device)  # this rank's device: its GPU under torchrun
     shard = sorted({str(Path(p).resolve()) for p in paths})[info.rank::info.world_size]
     report: dict = {}
-    clap_audio_features(audioldm, shard, cfg.clap_cache_dir, progress=not args.no_progress, report=report)
+    clap_audio_features(audioldm, shard, cfg.clap_cache_dir, progress=not args.no_progress, report=report,
+                        skip_bad=cfg.skip_bad)
     audioldm.assert_unchanged()
-    return {**report, "folder": os.path.join(cfg.clap_cache_dir, audioldm.reference_fingerprint[:16])}
+    bad = report.pop("skipped", [])
+    for path, why in bad:
+        print(f"cache-features: skipped {path}: {why}", file=sys.stderr)
+    return {**report, "skipped": len(bad), "folder": os.path.join(cfg.clap_cache_dir, audioldm.reference_fingerprint[:16])}

@@ -45,3 +45,45 @@ def test_clap_score_and_frechet(tiny_audioldm):
     d_diff = clap_frechet_distance(tiny_audioldm, waves, ref)
     assert np.isfinite(d_diff) and d_diff > d_same
     assert abs(d_same) < 1e-3
+
+
+def test_features_stream_in_batches_and_bad_files_are_skipped_when_asked(tiny_audioldm, ciap_workspace, tmp_path,
+                                                                          monkeypatch):
+    """Clips are embedded a batch at a time as they are read (not all decoded first), with the same embeddings
+    as one clip at a time; an unreadable file stops the run naming it, or is skipped and reported."""
+    import ciap_lib.audio_io as audio_io
+    from ciap_lib.audio_io import BadFileError
+
+    audio = sorted((ciap_workspace["data"] / "train").glob("*.wav"))[:5]
+    alone = {}
+    for p in audio:
+        alone.update(clap_audio_features(tiny_audioldm, [p], tmp_path / "alone", batch_size=1))
+    reads, at_embed = [], []
+    real_load, real_embed = audio_io.load_audio, tiny_audioldm.clap_audio_embed
+    monkeypatch.setattr(audio_io, "load_audio", lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
+    monkeypatch.setattr(tiny_audioldm, "clap_audio_embed", lambda w: at_embed.append((len(reads), len(w)))
+                        or real_embed(w))
+    report = {}
+    got = clap_audio_features(tiny_audioldm, audio, tmp_path / "cache", batch_size=2, report=report)
+    monkeypatch.undo()
+    assert at_embed == [(2, 2), (4, 2), (5, 1)]  # each batch as soon as it is full: at most 2 clips held
+    assert report == {"computed": 5, "cached": 0}
+    for k, v in got.items():
+        assert torch.allclose(v, alone[k], atol=1e-5), k
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF not really a wav")
+    missing = tmp_path / "missing.wav"
+    for broken in (bad, missing):
+        try:
+            clap_audio_features(tiny_audioldm, [audio[0], broken], tmp_path / "cache")
+        except BadFileError as e:
+            assert broken.name in str(e)
+        else:
+            raise AssertionError(f"{broken.name} was not refused")
+    report = {}
+    got = clap_audio_features(tiny_audioldm, [bad, *audio[:2], missing], tmp_path / "cache", report=report,
+                              skip_bad=True)
+    assert list(got) == [str(p.resolve()) for p in audio[:2]]
+    assert [p for p, _ in report["skipped"]] == [str(bad.resolve()), str(missing.resolve())]
+    assert report["cached"] == 2 and report["computed"] == 0 and all(why for _, why in report["skipped"])
+    tiny_audioldm.assert_unchanged()
