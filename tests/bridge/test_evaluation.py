@@ -195,6 +195,25 @@ def test_resume_generates_nothing_and_changed_settings_are_refused(diffusion_run
         {w: t for w, t in mtimes.items() if not w.name.endswith(".nn-retrieval.wav")}
 
 
+def test_an_interrupted_evaluation_resumes_with_the_clips_an_uninterrupted_one_makes(diffusion_run, ciap_workspace,
+                                                                                   tiny_audioldm, tmp_path):
+    """The state a stop leaves (the manifest lists the clips written so far; here clip 1, made in a batch beside
+    clip 0, is missing): a rerun makes only that clip, bitwise the clip of the uninterrupted run."""
+    out = tmp_path / "out"
+    shutil.copytree(diffusion_run["out"], out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    lost = out / manifest["systems"]["diffusion"]["clips"].pop("1")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    original = sf.read(lost)[0]
+    lost.unlink()
+    kept = {p: p.stat().st_mtime_ns for p in (out / "wavs").glob("*.wav")}
+    ev = evaluate_generation(ciap_workspace["checkpoint"], ciap_workspace["data"], "val", N, out=out,
+                             audioldm=tiny_audioldm, params=PARAMS, metrics_dir=None)
+    assert ev.systems["diffusion"].generated == 1 and ev.systems["retrieval"].generated == 0
+    assert (sf.read(lost)[0] == original).all()
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept  # the others are kept, not rewritten
+
+
 def test_retrieval_only_without_audioldm_and_missing_weights_are_skipped(ciap_workspace, metric_weights, tmp_path,
                                                                        monkeypatch, no_weight_caches):
     only_vggish = tmp_path / "weights"
