@@ -170,7 +170,12 @@ def report_html(ev: Any, embed_media: bool = False, report_dir: str | os.PathLik
     else:
         how = (f"AudioLDM <code>{e(str(ev.audioldm))}</code>; duration {p.duration} s, sampler {e(str(p.sampler))}, "
                f"steps {p.resolved_steps}, guidance {p.guidance_scale}, seed {p.seed}, candidates {p.n_candidates}, "
-               f"precision {e(str(p.precision))}")
+               f"precision {e(str(p.precision))}, device {e(str(p.device))}")
+        steer = ([f"steered away from the clip(s) {', '.join(e(str(x)) for x in p.negative)}"] if p.negative else []) \
+            + ([f"steered away from the text {e(repr(p.negative_text))}"] if p.negative_text else []) \
+            + ([f"mixed in: {', '.join(e(str(x)) for x in p.mix)}"] if p.mix else [])
+        how += "; " + ("; ".join(steer) if steer else "guidance against the CLAP text embedding of \"\" (no negative, "
+                                                        "nothing mixed in)")
     parts.append(
         f"<p class='note'>CIAP checkpoint <code>{e(str(ev.checkpoint))}</code>; pairs <code>{e(str(ev.split_dir))}"
         f"</code> (the paired real clip of each image is its reference); {how}.</p>")

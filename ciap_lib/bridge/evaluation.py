@@ -383,8 +383,14 @@ def evaluate_generation(checkpoint: str | os.PathLike, data: str | os.PathLike, 
     gen_settings = {k: v for k, v in params.to_dict().items() if k != "batch_size"}
     settings: dict[str, dict[str, Any]] = {}
     if "diffusion" in names:
+        from ciap_lib.bridge.guidance import check_files, clip_paths
+
+        check_files(params.negative, params.mix)
+        # the steering clips' contents, not only their paths: a clip edited in place means new clips
+        steering = {str(p): sha256_file(p) for _, p in clip_paths(params.negative, params.mix)}
         settings["diffusion"] = {**gen_settings, "steps": params.resolved_steps, "checkpoint_sha256": ckpt_sha,
-                                 "audioldm_fingerprint": ldm.reference_fingerprint}
+                                 "audioldm_fingerprint": ldm.reference_fingerprint,
+                                 **({"steering_clips_sha256": steering} if steering else {})}
     if "retrieval" in names:
         index_dir = (Path(retrieval.source) if retrieval is not None and retrieval.source
                      else Path(data) / baseline_split)

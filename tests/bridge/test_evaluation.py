@@ -87,6 +87,7 @@ def test_every_figure_is_computed_and_finite(diffusion_run):
 def test_report_has_one_row_per_clip_with_thumbnail_and_players(diffusion_run):
     out = diffusion_run["out"]
     html = (out / "report.html").read_text()
+    assert "guidance against the CLAP text embedding of \"\" (no negative, nothing mixed in)" in html
     rows = re.findall(r"<tr class='clip' data-index='(\d+)'>(.*?)</tr>", html, re.S)
     assert [int(i) for i, _ in rows] == list(range(N))
     for _, row in rows:
@@ -336,6 +337,9 @@ def test_negative_text_mix_and_device_reach_generation(ciap_workspace, tiny_audi
     s = _summary(out)
     assert s["params"]["negative_text"] == "speech" and s["params"]["mix"] == [f"{mix_clip}:0.3", "text:rain:0.2"]
     assert s["params"]["device"] == "cpu"  # auto, resolved on this machine
+    head = (out / "report.html").read_text().split("<table")[0]  # the report says how its clips were steered
+    assert "device cpu" in head and "steered away from the text &#x27;speech&#x27;" in head
+    assert f"mixed in: {mix_clip}:0.3, text:rain:0.2" in head
     model, _ = load_ciap(ciap_workspace["checkpoint"])
     stage = CIAPCondStage(model)
     images = sorted((ciap_workspace["data"] / "val").glob("*.png"))[:2]
@@ -356,3 +360,21 @@ def test_negative_text_mix_and_device_reach_generation(ciap_workspace, tiny_audi
                str(ciap_workspace["data"]), "--n", "2", "--out", str(tmp_path / "cuda"), "--no-mlflow",
                "--device", "cuda"])
     assert rc == 2 and not (tmp_path / "cuda").exists()
+
+
+def test_a_negative_clip_edited_in_place_means_new_clips(ciap_workspace, tiny_audioldm, tmp_path):
+    """Resuming compares the steering clips' contents, not only their paths."""
+    clips = sorted((ciap_workspace["data"] / "train").glob("*.wav"))
+    negative = tmp_path / "negative.wav"
+    shutil.copy(clips[0], negative)
+    params = GenerationParams(duration=2.5, steps=1, batch_size=1, negative=[str(negative)])
+    args = (ciap_workspace["checkpoint"], ciap_workspace["data"], "val", 1)
+    kw = dict(out=tmp_path / "out", audioldm=tiny_audioldm, params=params, metrics_dir=None, baseline=False)
+    assert evaluate_generation(*args, **kw).systems["diffusion"].generated == 1
+    assert evaluate_generation(*args, **kw).systems["diffusion"].generated == 0  # the same clip: kept
+    shutil.copy(clips[1], negative)  # same path, other sound
+    with pytest.raises(ValueError, match="diffusion clips were made with other settings.*steering_clips_sha256"):
+        evaluate_generation(*args, **kw)
+    assert evaluate_generation(*args, **kw, overwrite=True).systems["diffusion"].generated == 1
+    with pytest.raises(ValueError, match="nothere.wav"):  # a missing clip: named before anything else
+        evaluate_generation(*args, **{**kw, "params": GenerationParams(negative=[str(tmp_path / "nothere.wav")])})
