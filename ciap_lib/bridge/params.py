@@ -110,6 +110,11 @@ class GenerationParams:
         if self.precision not in PRECISIONS:
             out.append(("precision", f"{self.precision!r} is not one of {list(PRECISIONS)}"))
         out += spec_problems(self.negative, self.negative_text, self.mix)
+        steered = bool(self.negative) or bool(self.negative_text)
+        if steered and isinstance(g, (int, float)) and not isinstance(g, bool) and g <= 1:
+            out.append(("guidance_scale", f"{g!r} with a negative: guidance steers away from the negative only at "
+                                          "guidance_scale > 1 (at 1 the negative has no effect; below 1 the sound "
+                                          "moves towards it)"))
         if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device):
             out.append(("device", f"{self.device!r} is not a device; use {DEVICE_CHOICES}"))
         return out

@@ -53,6 +53,11 @@ def test_params_check_names_negative_mix_and_device():
     assert ok.check() is ok and GenerationParams.from_dict(ok.to_dict()) == ok
     assert GenerationParams(negative_text="").check().negative_text == ""   # "" is the default vector itself
     assert spec_problems([], None, []) == []
+    # a negative only steers at guidance_scale > 1: at 1 it would be ignored, below 1 followed
+    for g in (1.0, 0.5, 0):
+        with pytest.raises(ValueError, match=rf"guidance_scale: {g!r} with a negative: .* only at guidance_scale > 1"):
+            GenerationParams(negative_text="speech", guidance_scale=g).check()
+        assert GenerationParams(guidance_scale=g).check().guidance_scale == g  # without a negative: allowed
 
 
 def test_uses_text_and_files(tmp_path):
