@@ -265,8 +265,6 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
         _reconcile_best(best_path, ckpt_path, best, start_epoch, select)
     stopped = (cfg.patience is not None and bool(history) and start_epoch < cfg.epochs
                and best.stale(start_epoch) >= cfg.patience)
-    if info.rank:  # distinct randomness per rank beyond the shared data order
-        seed_everything(cfg.seed + 7919 * info.rank + start_epoch)
     if info.is_main:
         cfg.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, cfg.checkpoint_dir / "config.yaml")
@@ -282,6 +280,10 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
     metrics: dict[str, float] = dict(history[-1]) if history else {}
     for epoch in range(start_epoch, cfg.epochs if not stopped else start_epoch):
         sampler.set_epoch(epoch)
+        if info.rank:  # distinct randomness per rank beyond the shared data order (SpecAugment's masks, dropout),
+            # reseeded from (seed, rank, epoch) each epoch, so a resumed run draws what an uninterrupted one does
+            # (rank 0's generator state is saved in the checkpoint instead)
+            seed_everything(cfg.seed + 7919 * info.rank + epoch)
         net.train()
         total, count = 0.0, 0
         bar = progress(loader, len(loader), f"epoch {epoch + 1}/{cfg.epochs}", info.is_main)

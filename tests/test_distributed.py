@@ -146,3 +146,28 @@ def test_torchrun_train_with_a_frozen_backbone_shards_the_feature_cache(tmp_path
     ck = load_checkpoint(tmp_path / "ckpt" / "frozen" / "last.pt")
     assert ck["epoch"] == 1 and ck["model_config"]["freeze_backbone"] is True
     assert ck["model_config"]["image_preprocess"]["mean"][0] == pytest.approx(0.48145466)
+
+
+def test_torchrun_resume_draws_what_an_uninterrupted_run_draws_on_every_rank(tmp_path):
+    """With SpecAugment (model-side random masks) on, 1 epoch + resume under two processes ends with the weights of
+    2 uninterrupted epochs, bitwise: every rank's random draws continue as if never stopped."""
+    data = make_synthetic_dataset(tmp_path / "data", n_train=32, n_val=8, image_size=32)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+
+    def torchrun(run_name: str, epochs: int, *extra: str) -> None:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), "-m", "ciap_lib", "train", "--data", str(data), "--set", "model=debug",
+               "batch_size=16", "num_workers=0", f"ckpt_dir={tmp_path / 'ckpt'}", f"run_name={run_name}",
+               f"epochs={epochs}", "augment_audio=specaugment", "lr_schedule=constant", *extra]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300,
+                           cwd=Path(__file__).parent.parent)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    torchrun("whole", 2)
+    torchrun("stopped", 1)
+    torchrun("stopped", 2, "--resume")
+    whole = load_checkpoint(tmp_path / "ckpt" / "whole" / "last.pt")["model"]
+    resumed = load_checkpoint(tmp_path / "ckpt" / "stopped" / "last.pt")["model"]
+    assert whole.keys() == resumed.keys()
+    for k in whole:
+        assert torch.equal(whole[k], resumed[k]), k
