@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import timm
 import torch
-from safetensors.torch import save_file
 
 import pytest
 
 from ciap_lib.images import ImagePreprocess
+from fixtures.timm_weights import save_timm_weights
 from ciap_lib.models import (BACKBONES, CIAP, ImageWeightsNotFoundError, ModelConfig, check_image_config,
                              create_model, get_model_config, weights_digest)
 from ciap_lib.models.timm_backbone import hf_cache_dir, is_clip_tower, pretrained_cfg
@@ -18,17 +18,9 @@ VIT = "ciap_tiny_vit_clip.test"      # CLIP-style: 16-d projection head kept, CL
 RESNET = "ciap_tiny_resnet.test"     # 10-class classifier dropped: pooled 64-d features
 
 
-def _saved_timm_model(name: str, path, seed: int = 7) -> dict[str, torch.Tensor]:
-    """A whole timm model with random weights saved as .safetensors, the way timm saves it."""
-    torch.manual_seed(seed)
-    sd = {k: v.contiguous() for k, v in timm.create_model(name, pretrained=False).state_dict().items()}
-    save_file(sd, str(path))
-    return sd
-
-
 @pytest.mark.parametrize("name, dropped", [(VIT, ()), (RESNET, ("fc.weight", "fc.bias"))])
 def test_timm_weights_load_through_timms_pretrained_path(name, dropped, tmp_path, monkeypatch):
-    saved = _saved_timm_model(name, tmp_path / "w.safetensors")
+    saved = save_timm_weights(name, tmp_path / "w.safetensors")
     calls = []
     real = timm.models._builder.load_pretrained
     monkeypatch.setattr(timm.models._builder, "load_pretrained",
@@ -72,7 +64,7 @@ def test_weights_from_the_hugging_face_cache(tmp_path, monkeypatch):
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("0123abcd")
     (repo / "snapshots" / "0123abcd").mkdir(parents=True)
-    saved = _saved_timm_model(RESNET, repo / "snapshots" / "0123abcd" / "model.safetensors")
+    saved = save_timm_weights(RESNET, repo / "snapshots" / "0123abcd" / "model.safetensors")
     config = get_model_config("debug", image_backbone=f"timm/{RESNET}", image_pretrained="pretrained")
     assert check_image_config(config, check_weights=True) == []
     got = create_model("debug", image_backbone=f"timm/{RESNET}", image_pretrained="pretrained")
@@ -94,7 +86,7 @@ def test_missing_weights_name_the_model_the_file_and_how_to_get_it(tmp_path, mon
     with pytest.raises(ImageWeightsNotFoundError, match="nothere.safetensors"):
         create_model("debug", image_backbone=f"timm/{VIT}", image_pretrained="pretrained",
                      image_weights=str(tmp_path / "nothere.safetensors"))
-    _saved_timm_model(RESNET, tmp_path / "resnet.safetensors")  # another model's file: an error, never random init
+    save_timm_weights(RESNET, tmp_path / "resnet.safetensors")  # another model's file: an error, never random init
     with pytest.raises(ValueError, match=r"resnet\.safetensors.*not the weights of timm model"):
         create_model("debug", image_backbone=f"timm/{VIT}", image_pretrained="pretrained",
                      image_weights=str(tmp_path / "resnet.safetensors"))
@@ -103,7 +95,7 @@ def test_missing_weights_name_the_model_the_file_and_how_to_get_it(tmp_path, mon
 def test_a_weights_file_with_image_pretrained_none_is_an_error_not_a_random_init(tmp_path):
     from ciap_lib.config import TrainConfig
 
-    _saved_timm_model(RESNET, tmp_path / "w.safetensors")
+    save_timm_weights(RESNET, tmp_path / "w.safetensors")
     for backbone, load in ((f"timm/{RESNET}", "pretrained"), ("resnet18", "imagenet")):
         kw = dict(image_backbone=backbone, image_weights=str(tmp_path / "w.safetensors"))
         [problem] = check_image_config(get_model_config("debug", **kw))

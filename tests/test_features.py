@@ -75,6 +75,25 @@ def test_other_weights_preprocessing_or_precision_miss(data, tmp_path):
     assert not torch.equal(bf16[k], fp32[k]) and torch.allclose(bf16[k], fp32[k], atol=0.1, rtol=0.05)
 
 
+def test_weights_files_loaded_through_timm_key_the_cache(data, tmp_path):
+    """Real weight files through timm's pretrained path: the same file (or a copy under another name) hits, another
+    file misses."""
+    from fixtures.timm_weights import save_timm_weights
+
+    paths = _images(data)[:4]
+    save_timm_weights(VIT.removeprefix("timm/"), tmp_path / "a.safetensors", seed=1)
+    save_timm_weights(VIT.removeprefix("timm/"), tmp_path / "b.safetensors", seed=2)
+    shutil.copy(tmp_path / "a.safetensors", tmp_path / "a-copy.safetensors")
+
+    def model(weights: str):
+        return _model(image_pretrained="pretrained", image_weights=str(tmp_path / weights))
+
+    assert _run(model("a.safetensors"), paths, tmp_path / "c")[1].computed == 4
+    for weights, hit in (("a.safetensors", True), ("a-copy.safetensors", True), ("b.safetensors", False)):
+        _, r = _run(model(weights), paths, tmp_path / "c")
+        assert (r.cached, r.computed) == ((4, 0) if hit else (0, 4)), weights
+
+
 def test_keyed_by_content_damaged_entries_recomputed(data, tmp_path):
     paths = _images(data)[:4]
     model = _model()
