@@ -356,3 +356,31 @@ def test_split_batch_mode_takes_the_tokenizer_for_text_steering(ws, ciap, diffus
     with pytest.raises(ValueError, match="nothing-here"):
         batch.evaluate_split(diffusion_tok, ciap, ws["checkpoint"], ws["data"], generation, params,
                              tmp_path / "run2", None)
+
+
+def test_batch_files_and_the_ui_prepare_images_as_the_checkpoint_stores(ws, tmp_path):
+    """A checkpoint with stored CLIP mean/std and a squash crop: notebook 04's batch files and an upload in the UI
+    query the fallback with the images prepared that way (the same scores, to the last bit, as its own search)."""
+    from fixtures.preprocess import STORED, stored_preprocess_checkpoint
+
+    from ciap_lib.images import load_image
+
+    model, _ = load_ciap(stored_preprocess_checkpoint(tmp_path, ws["data"]))
+    g = NearestNeighbourGenerator.from_dataset(model, ws["data"], "train")
+    assert g.preprocess == STORED
+    images = batch.default_images(ws["data"], 2)
+
+    def scores(preprocess) -> list[float]:
+        return [g.search(load_image(p, preprocess)[None])[0].score for p in images]
+
+    expected = scores(STORED)
+    assert scores(32) != expected  # ImageNet's preparation gives other scores: the checks below tell them apart
+    got = []
+    for p in images:
+        batch.generate_files(g, [p], tmp_path / "wavs", duration=2.5)
+        got.append(g.last_matches[0].score)
+    assert got == expected
+    ui = G.build_generation_ui(g)
+    drive(ui, images[1].read_bytes(), 2.5)
+    assert ui.error is None, ui.error
+    assert g.last_matches[0].score == expected[1]
