@@ -103,7 +103,8 @@ def summary_lines(ev: Any) -> list[str]:
 
 
 def clip_table(ev: Any, relative_to: str | os.PathLike | None = None) -> "Any":
-    """A pandas DataFrame, one row per clip: ``index``, ``image``, ``label``, ``reference`` (the WAV copy),
+    """A pandas DataFrame, one row per clip: ``index``, ``image`` (the source image), ``thumbnail`` (its copy
+    beside the report), ``label``, ``reference`` (the WAV copy),
     ``reference.clap_score``, then per system ``<system>.wav``, ``<system>.clap_score``, ``<system>.kl_panns``,
     ``<system>.kl_panns_sigmoid`` (when computed) and ``<system>.note``. Paths relative to ``relative_to``
     (default: the evaluation's ``out``)."""
@@ -115,7 +116,7 @@ def clip_table(ev: Any, relative_to: str | os.PathLike | None = None) -> "Any":
         return Path(os.path.relpath(Path(p).resolve(), base.resolve())).as_posix()
 
     cols: dict[str, list[Any]] = {
-        "index": list(range(ev.n)), "image": [str(p) for p in ev.images],
+        "index": list(range(ev.n)), "image": [str(p) for p in ev.images], "thumbnail": [rel(p) for p in ev.thumbs],
         "label": [lb or "" for lb in ev.labels], "reference": [rel(p) for p in ev.reference_wavs],
     }
     if ev.reference_clap_score is not None:

@@ -125,8 +125,10 @@ def test_mlflow_run_has_table_report_metrics_and_tags(diffusion_run):
     table = json.loads(Path(local).read_text())
     cols = table["columns"]
     assert len(table["data"]) == N
-    assert {"image", "reference", "diffusion.wav", "diffusion.clap_score", "diffusion.kl_panns",
+    assert {"image", "thumbnail", "reference", "diffusion.wav", "diffusion.clap_score", "diffusion.kl_panns",
             "retrieval.wav", "retrieval.note"} <= set(cols)
+    for col in ("thumbnail", "reference", "diffusion.wav", "retrieval.wav"):  # artifact paths of the same run
+        assert {row[cols.index(col)] for row in table["data"]} <= arts, col
 
 
 def test_report_plays_in_chromium(diffusion_run):
