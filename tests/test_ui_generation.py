@@ -71,6 +71,7 @@ def test_fallback_ui_click_gives_wav_of_chosen_duration(ws, fallback, duration):
     assert ui.steps.disabled and ui.guidance.disabled and ui.sampler.disabled and ui.seed.disabled
     assert ui.n_candidates.disabled
     assert ui.negative_text.disabled and ui.negative_upload.disabled and ui.mix_text.disabled and ui.mix_weight.disabled
+    assert ui.mix_upload.disabled and ui.mix_clip_weight.disabled
     assert not ui.upload.disabled and not ui.duration.disabled and not ui.button.disabled
 
 
@@ -327,9 +328,27 @@ def test_mix_weight_control_reaches_the_generator(ws, diffusion_tok, baseline):
     assert not np.array_equal(wave, base_wave)
 
 
+def test_mix_clip_upload_reaches_the_generator(ws, diffusion_tok, baseline):
+    base_wave, base_kw = baseline
+    buf = io.BytesIO()
+    sf.write(buf, 0.3 * np.random.default_rng(1).standard_normal(16000).astype(np.float32), SR, format="WAV")
+    data = buf.getvalue()
+    up = upload_value(data, name="rain.wav", mime="audio/wav")
+    wave0, kw0, _ = click(ws, diffusion_tok, mix_upload=up)                 # weight 0: nothing is mixed in
+    assert kw0["mix"] == [] and np.array_equal(wave0, base_wave)
+    wave, kw, ui = click(ws, diffusion_tok, mix_upload=up, mix_clip_weight=0.3)
+    [entry] = kw["mix"]
+    path, weight = entry.rsplit(":", 1)
+    assert weight == "0.3" and path.endswith("rain.wav") and open(path, "rb").read() == data, \
+        "the uploaded clip did not reach generate(mix=...)"
+    assert "rain.wav" in ui.mix_file.value and changed_keywords(kw, base_kw) == {"mix"}
+    assert not np.array_equal(wave, base_wave)
+
+
 def test_guidance_controls_start_from_the_params_and_errors_are_shown(ws, diffusion):
     ui = G.build_generation_ui(diffusion, negative_text="speech", mix=["clip.wav:0.2", "text:rain:0.3"])
     assert (ui.negative_text.value, ui.mix_text.value, ui.mix_weight.value) == ("speech", "rain", 0.3)
+    assert (ui.mix_clip, ui.mix_clip_weight.value) == ("clip.wav", 0.2)
     assert ui.params().mix == ["clip.wav:0.2", "text:rain:0.3"]
     with pytest.raises(ValueError, match="mix"):
         G.build_generation_ui(diffusion, mix=["text:rain:2"])

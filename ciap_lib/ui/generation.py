@@ -82,8 +82,10 @@ class GenerationUI(widgets.VBox):
     Guidance (``GenerationParams.negative`` / ``negative_text`` / ``mix``): ``negative_text`` (Text: what to steer
     away from, e.g. "speech"), ``negative_upload`` (FileUpload of audio clips to steer away from; kept in a
     temporary folder, listed in ``negative_files``, emptied by ``negative_clear``), ``mix_text`` (Text) and
-    ``mix_weight`` (FloatSlider 0–1): the condition becomes ``normalize((1 - w) * image + w * text)``. The params'
-    other mix entries (clips, further texts) are kept as they are.
+    ``mix_weight`` (FloatSlider 0–1): the condition becomes ``normalize((1 - w) * image + w * text)``;
+    ``mix_upload`` (FileUpload of one audio clip, kept in the same temporary folder and named in ``mix_file``) and
+    ``mix_clip_weight``: the same with the clip's CLAP audio embedding. The params' first text and first clip
+    entries of ``mix`` start these controls; their other mix entries are kept as they are.
 
     Results of the latest click: ``waveform`` ((T,) float32, 16 kHz), ``wav_bytes`` (the WAV in the player),
     ``error`` (the exception text, or None), ``seconds``.
@@ -123,6 +125,7 @@ class GenerationUI(widgets.VBox):
         # guidance: what to steer away from, what to mix in
         self.negative_clips: list[str] = list(p.negative)
         self._upload_dir: str | None = None
+        self._mix_uploads = 0
         self.negative_text = widgets.Text(value=p.negative_text or "", placeholder="e.g. speech",
                                           description="Avoid (text)", style=style, disabled=not diffusion,
                                           tooltip="guidance steers away from this text's CLAP embedding instead of ''")
@@ -134,12 +137,22 @@ class GenerationUI(widgets.VBox):
         self.negative_files = widgets.HTML()
         at = next((i for i, m in enumerate(p.mix) if m.startswith(TEXT_PREFIX)), None)  # shown in the controls
         first = parse_mix(p.mix[at]) if at is not None else None
-        self._mix_rest = [m for i, m in enumerate(p.mix) if i != at]
+        at_clip = next((i for i, m in enumerate(p.mix) if parse_mix(m).kind == "audio"), None)
+        clip = parse_mix(p.mix[at_clip]) if at_clip is not None else None
+        self._mix_rest = [m for i, m in enumerate(p.mix) if i not in (at, at_clip)]
+        self.mix_clip: str | None = clip.value if clip else None
         self.mix_text = widgets.Text(value=first.value if first else "", placeholder="e.g. rain",
                                      description="Mix in (text)", style=style, disabled=not diffusion)
         self.mix_weight = widgets.FloatSlider(value=first.weight if first else 0.0, min=0.0, max=1.0, step=0.05,
                                               description="Mix weight", style=style, disabled=not diffusion,
                                               tooltip="condition = normalize((1 - w) * image + w * text)")
+        self.mix_upload = widgets.FileUpload(accept="audio/*", multiple=False, description="Mix in (clip)",
+                                             disabled=not diffusion,
+                                             tooltip="mix this clip's CLAP audio embedding into the condition")
+        self.mix_file = widgets.HTML()
+        self.mix_clip_weight = widgets.FloatSlider(value=clip.weight if clip else 0.0, min=0.0, max=1.0, step=0.05,
+                                                   description="Clip weight", style=style, disabled=not diffusion,
+                                                   tooltip="condition = normalize((1 - w) * image + w * clip)")
         self.button = widgets.Button(description="Generate", button_style="primary", icon="play",
                                      tooltip="Generate audio for the uploaded image")
         self.progress = widgets.IntProgress(value=0, min=0, max=1, description="Progress", style=style)
@@ -154,16 +167,20 @@ class GenerationUI(widgets.VBox):
         self.button.on_click(self.generate)
         self.negative_upload.observe(self._on_negative_upload, names="value")
         self.negative_clear.on_click(self._on_negative_clear)
+        self.mix_upload.observe(self._on_mix_upload, names="value")
         self._show_negative_files()
         controls = widgets.VBox([self.duration, self.sampler, self.steps, self.guidance, self.seed, self.n_candidates])
         steer = widgets.VBox([self.negative_text, widgets.HBox([self.negative_upload, self.negative_clear]),
-                              self.negative_files, self.mix_text, self.mix_weight])
+                              self.negative_files, self.mix_text, self.mix_weight, self.mix_upload, self.mix_file,
+                              self.mix_clip_weight])
         super().__init__([self.status, widgets.HBox([widgets.VBox([self.upload, self.preview]), controls, steer]),
                           widgets.HBox([self.button, self.progress]), self.message, self.audio])
 
     def params(self) -> GenerationParams:
         """The generation parameters the controls show now (checked)."""
         mix = list(self._mix_rest)
+        if self.mix_clip and float(self.mix_clip_weight.value) > 0:
+            mix.append(f"{self.mix_clip}:{float(self.mix_clip_weight.value):g}")
         if self.mix_text.value and float(self.mix_weight.value) > 0:
             mix.append(f"{TEXT_PREFIX}{self.mix_text.value}:{float(self.mix_weight.value):g}")
         return GenerationParams.from_dict({
@@ -173,27 +190,37 @@ class GenerationUI(widgets.VBox):
             "negative_text": self.negative_text.value or None, "mix": mix}).check()
 
     # -- clips to steer away from --------------------------------------------------------------------------
-    def _on_negative_upload(self, change: dict) -> None:
-        """Uploaded clips replace the clips to avoid; their bytes go to a temporary folder (atomic writes)."""
+    def _save_upload(self, f: dict, stem: str) -> str:
+        """An uploaded file's bytes, written atomically into this UI's temporary folder as ``<stem>_<name>``."""
         import tempfile
 
         from ciap_lib.atomic import atomic_path
 
+        if self._upload_dir is None:
+            self._upload_dir = tempfile.mkdtemp(prefix="ciap-clips-")
+        content = f["content"]
+        data = content.tobytes() if hasattr(content, "tobytes") else bytes(content)
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f.get("name") or "clip.wav")
+        path = f"{self._upload_dir}/{stem}_{name}"
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+        return path
+
+    def _on_negative_upload(self, change: dict) -> None:
+        """Uploaded clips replace the clips to avoid; their bytes go to a temporary folder (atomic writes)."""
         if not change["new"]:
             return
-        if self._upload_dir is None:
-            self._upload_dir = tempfile.mkdtemp(prefix="ciap-negative-")
-        paths = []
-        for i, f in enumerate(change["new"]):
-            content = f["content"]
-            data = content.tobytes() if hasattr(content, "tobytes") else bytes(content)
-            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f.get("name") or "clip.wav")
-            path = f"{self._upload_dir}/{len(self.negative_clips) + i:03d}_{name}"
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(data)
-            paths.append(path)
-        self.negative_clips = paths
+        self.negative_clips = [self._save_upload(f, f"negative{len(self.negative_clips) + i:03d}")
+                               for i, f in enumerate(change["new"])]
         self._show_negative_files()
+
+    def _on_mix_upload(self, change: dict) -> None:
+        """An uploaded clip becomes the clip mixed in (at ``mix_clip_weight``)."""
+        if not change["new"]:
+            return
+        self._mix_uploads += 1
+        self.mix_clip = self._save_upload(change["new"][0], f"mix{self._mix_uploads:03d}")
+        self.mix_file.value = f"Mixing in: {_html.escape(change['new'][0].get('name') or 'clip')}"
 
     def _on_negative_clear(self, _button: Any = None) -> None:
         self.negative_clips = []
