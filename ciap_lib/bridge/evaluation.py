@@ -27,9 +27,9 @@ Layout of ``out`` (relative paths, so the folder can be moved or logged as a who
     thumbs/<NNNN>_<stem>.png                the image, 128 px
 
 Resuming: ``manifest.json`` records the pairs (image, audio of each index) and, per system, the settings its
-clips were made with (generation parameters except ``batch_size``, which changes no clip; the CIAP checkpoint's
-SHA-256; the AudioLDM weights' fingerprint; for retrieval the index split's fingerprint: file names, sizes,
-mtimes). A clip whose WAV exists
+clips were made with (generation parameters except ``batch_size``, which changes no clip, and ``device``; the
+SHA-256 of each steering clip (``negative``, audio ``mix`` entries); the CIAP checkpoint's SHA-256; the AudioLDM
+weights' fingerprint; for retrieval the index split's fingerprint: file names, sizes, mtimes). A clip whose WAV exists
 and is listed is kept. Settings or pairs that differ from the manifest's are refused (``ValueError`` naming
 each difference) unless ``overwrite=True``, which deletes that system's clips and makes them again: clips of
 two settings are never mixed. Clip ``i`` starts from the noise of seed ``seed + i * n_candidates`` whatever was
@@ -380,7 +380,9 @@ def evaluate_generation(checkpoint: str | os.PathLike, data: str | os.PathLike, 
 
     # ---- settings and manifest (before anything heavy)
     ckpt_sha = sha256_file(checkpoint)
-    gen_settings = {k: v for k, v in params.to_dict().items() if k != "batch_size"}
+    # what the clips depend on: not the batch size (the seed contract) nor the device (a run begun on a CPU may
+    # finish on a GPU: within 1e-3 there, bitwise on the CPU)
+    gen_settings = {k: v for k, v in params.to_dict().items() if k not in ("batch_size", "device")}
     settings: dict[str, dict[str, Any]] = {}
     if "diffusion" in names:
         from ciap_lib.bridge.guidance import check_files, clip_paths
