@@ -153,6 +153,9 @@ class CosineRegressionLoss(nn.Module):
     Returns ``{"loss", "cosine"}`` where ``cosine`` is the mean paired cosine similarity.
     """
 
+    #: the model's ``logit_scale`` gets no gradient from this loss (DDP must be told: an unused parameter)
+    uses_logit_scale = False
+
     def forward(self, image_features: torch.Tensor, audio_features: torch.Tensor,
                 logit_scale: torch.Tensor | None = None, labels: torch.Tensor | None = None
                 ) -> dict[str, torch.Tensor]:

@@ -272,7 +272,8 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
     net: nn.Module = step_model
     if info.enabled:
         net = nn.parallel.DistributedDataParallel(
-            step_model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+            step_model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+            find_unused_parameters=not getattr(loss_fn, "uses_logit_scale", True))  # 'cosine': no logit_scale
     if info.is_main:
         for cb in callbacks:
             cb.on_train_start(cfg, model)
