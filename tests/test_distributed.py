@@ -171,3 +171,21 @@ def test_torchrun_resume_draws_what_an_uninterrupted_run_draws_on_every_rank(tmp
     assert whole.keys() == resumed.keys()
     for k in whole:
         assert torch.equal(whole[k], resumed[k]), k
+
+
+def test_torchrun_clap_training_embeds_each_clip_once(tmp_path, tiny_audioldm_ckpt):
+    """audio_encoder clap under two processes: each computes its shard of the CLAP features, then both read all."""
+    import re
+
+    data = make_synthetic_dataset(tmp_path / "data", n_train=16, n_val=8, image_size=32)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "-m", "ciap_lib", "train", "--data", str(data), "--set", "model=debug", "audio_encoder=clap",
+           "loss=cosine", "batch_size=8", "num_workers=0", "epochs=1", f"audioldm={tiny_audioldm_ckpt}",
+           f"clap_cache_dir={tmp_path / 'clap'}", f"ckpt_dir={tmp_path / 'ckpt'}", "run_name=clap"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=Path(__file__).parent.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    counts = sorted(re.findall(r"CLAP audio features, rank (\d) of 2: (\d+) computed, (\d+) cached", r.stderr))
+    assert counts == [("0", "12", "0"), ("1", "12", "0")], r.stderr[-3000:]  # 24 clips, each embedded once
+    assert len(list((tmp_path / "clap").rglob("*.npy"))) == 24
+    assert load_checkpoint(tmp_path / "ckpt" / "clap" / "last.pt")["epoch"] == 1

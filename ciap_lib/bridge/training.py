@@ -16,7 +16,14 @@ from ciap_lib.bridge.loading import load_audioldm
 def train_clap_aligned(cfg, callbacks: Sequence = ()):
     """Load the frozen AudioLDM named by ``cfg.audioldm``, compute/cache CLAP features of the train and
     val audio, run core ``ciap_lib.train.train(cfg, callbacks, audio_features=...)`` and check the
-    AudioLDM fingerprint is unchanged afterwards. Returns the core ``TrainResult``."""
+    AudioLDM fingerprint is unchanged afterwards. Returns the core ``TrainResult``.
+
+    Under torchrun each process first computes its own shard of the missing features (``rank::world_size`` of the
+    sorted paths, as ``cache-features`` does), then every process reads them all from the cache: each clip is
+    embedded once, not once per process."""
+    import sys
+
+    from ciap_lib import distributed as D
     from ciap_lib.pairs import scan_pairs
     from ciap_lib.train import train
 
@@ -25,7 +32,17 @@ def train_clap_aligned(cfg, callbacks: Sequence = ()):
     for split in (cfg.train_split, cfg.val_split):
         pairs, _skipped = scan_pairs(Path(cfg.data) / split, skip_bad=cfg.skip_bad)
         paths += [p.audio for p in pairs]
-    features = clap_audio_features(audioldm, paths, cfg.clap_cache_dir, progress=True, skip_bad=cfg.skip_bad)
+    info = D.setup(cfg.device)  # train() finds the process group already set up
+    if info.enabled:
+        shard = sorted({str(Path(p).resolve()) for p in paths})[info.rank::info.world_size]
+        report: dict = {}
+        clap_audio_features(audioldm, shard, cfg.clap_cache_dir, progress=info.is_main, report=report,
+                            skip_bad=cfg.skip_bad)
+        print(f"CLAP audio features, rank {info.rank} of {info.world_size}: {report['computed']} computed, "
+              f"{report['cached']} cached", file=sys.stderr, flush=True)
+        D.barrier(info)
+    features = clap_audio_features(audioldm, paths, cfg.clap_cache_dir, progress=info.is_main,
+                                   skip_bad=cfg.skip_bad)
     result = train(cfg, callbacks, audio_features=features)
     audioldm.assert_unchanged()
     return result
