@@ -93,7 +93,8 @@ def test_missing_weights_name_the_model_the_file_and_how_to_get_it(tmp_path, mon
 
 
 def test_a_weights_file_with_image_pretrained_none_is_an_error_not_a_random_init(tmp_path):
-    from ciap_lib.config import TrainConfig
+    from ciap_lib.checkpoint import load_ciap, save_checkpoint
+    from ciap_lib.config import TrainConfig, load_config
 
     save_timm_weights(RESNET, tmp_path / "w.safetensors")
     for backbone, load in ((f"timm/{RESNET}", "pretrained"), ("resnet18", "imagenet")):
@@ -105,6 +106,13 @@ def test_a_weights_file_with_image_pretrained_none_is_an_error_not_a_random_init
             create_model("debug", **kw)
         with pytest.raises(ValueError, match="would not be loaded"):  # found by the config check, before training
             TrainConfig.from_dict({"model": "debug", **kw}).check(check_paths=False)
+        # a checkpoint saved with that combination (before it was an error) still loads: its weights are its own
+        saved = CIAP(get_model_config("debug", **kw), load_pretrained=False)
+        path = save_checkpoint(tmp_path / f"{load}.pt", saved, load_config(None, model="debug"), epoch=1)
+        model, _ = load_ciap(path)
+        assert model.config.image_weights == kw["image_weights"]
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, saved.state_dict()[k]), k
 
 
 def test_names_and_pretrained_values_are_checked():

@@ -36,7 +36,9 @@ IMAGE_BACKBONES: tuple[str, ...] = tuple(n for n in BACKBONES if not n.endswith(
 def build_backbone(config: ModelConfig, load_pretrained: bool = True) -> Backbone:
     """The backbone ``config.image_backbone`` names (weights loaded unless ``load_pretrained`` is False, used
     when a checkpoint will overwrite them)."""
-    problems = [p for p in check_image_config(config) if not p.startswith("head")]
+    problems = [p for p in check_image_config(config) if not p.startswith("head")
+                # rebuilding a checkpoint's model: its weights come from the checkpoint, never from the file
+                and (load_pretrained or not p.startswith("image_weights: "))]
     if problems:
         raise ValueError("; ".join(problems))
     family, arch = get_backbone_family(config.image_backbone)
