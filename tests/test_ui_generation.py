@@ -364,7 +364,7 @@ def test_split_batch_mode_takes_the_tokenizer_for_text_steering(ws, ciap, diffus
     tokenizer reaches ``evaluate-generation``'s sampler (it had stopped with "no tokenizer folder")."""
     from ciap_lib.bridge.params import GenerationParams
 
-    params = GenerationParams(duration=2.5, steps=1, batch_size=2, negative_text="speech")
+    params = GenerationParams(duration=2.5, steps=1, batch_size=2, negative_text="speech", device="cpu")
     generation = {"n_images": 2, "fallback_split": "train", "metrics_dir": str(tmp_path / "no-weights")}
     rep = batch.evaluate_split(diffusion_tok, ciap, ws["checkpoint"], ws["data"], generation, params,
                                tmp_path / "run", None)

@@ -210,6 +210,16 @@ def _forget(out: Path, entry: dict[str, Any]) -> None:
         (out / rel).unlink(missing_ok=True)
 
 
+#: generation parameters no clip depends on, so never resume settings: the batch size (the seed contract) and the
+#: device (a run begun on a CPU may finish on a GPU: within 1e-3 there, bitwise on the CPU). Manifests written
+#: when the device was a setting still resume.
+NOT_SETTINGS = ("batch_size", "device")
+
+
+def _settings(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entry.get("settings", {}).items() if k not in NOT_SETTINGS}
+
+
 def reconcile_manifest(out: Path, manifest: dict[str, Any], pairs: list[dict[str, str]],
                        settings: dict[str, dict[str, Any]], overwrite: bool) -> dict[str, Any]:
     """Check the manifest against this run's ``pairs`` and per-system ``settings``; returns the manifest to
@@ -224,7 +234,7 @@ def reconcile_manifest(out: Path, manifest: dict[str, Any], pairs: list[dict[str
     for name, new in settings.items():
         old = manifest["systems"].get(name)
         if old is not None:
-            diff = _differences(old.get("settings", {}), new)
+            diff = _differences(_settings(old), new)
             if diff:
                 problems.append(f"{name} clips were made with other settings ({'; '.join(diff)})")
     if problems and not overwrite:
@@ -241,10 +251,12 @@ def reconcile_manifest(out: Path, manifest: dict[str, Any], pairs: list[dict[str
             (out / "reference" / f"{stem}.wav").unlink(missing_ok=True)
     for name, new in settings.items():
         old = manifest["systems"].get(name)
-        if old is not None and old.get("settings") != new:
+        if old is not None and _settings(old) != new:
             _forget(out, old)
             old = None
-        if old is None:
+        if old is not None:
+            old["settings"] = new
+        else:
             manifest["systems"][name] = {"settings": new, "clips": {}, "notes": {}}
     manifest["pairs"] = pairs if len(pairs) >= len(old_pairs) else pairs + old_pairs[len(pairs):]
     return manifest
@@ -302,8 +314,8 @@ def evaluate_generation(checkpoint: str | os.PathLike, data: str | os.PathLike, 
         params: generation parameters (default: ``GenerationParams(batch_size=EVAL_BATCH_SIZE)``);
             ``params.batch_size`` clips are sampled together.
         device: where the CIAP model, AudioLDM and the metric networks run (``cpu``, ``cuda[:N]``, ``auto``;
-            default ``params.device``). The device it resolves to is the ``device`` the settings, the summary and
-            MLflow record.
+            default ``params.device``). The device it resolves to is the ``device`` the summary and MLflow record
+            (not a resume setting: see :data:`NOT_SETTINGS`).
         tokenizer_dir: local RoBERTa tokenizer for ``negative_text`` / ``text:`` mix entries (default:
             ``roberta-base/`` beside the AudioLDM checkpoint).
         overwrite: regenerate clips whose manifest settings differ, instead of refusing.
@@ -380,9 +392,7 @@ def evaluate_generation(checkpoint: str | os.PathLike, data: str | os.PathLike, 
 
     # ---- settings and manifest (before anything heavy)
     ckpt_sha = sha256_file(checkpoint)
-    # what the clips depend on: not the batch size (the seed contract) nor the device (a run begun on a CPU may
-    # finish on a GPU: within 1e-3 there, bitwise on the CPU)
-    gen_settings = {k: v for k, v in params.to_dict().items() if k not in ("batch_size", "device")}
+    gen_settings = {k: v for k, v in params.to_dict().items() if k not in NOT_SETTINGS}
     settings: dict[str, dict[str, Any]] = {}
     if "diffusion" in names:
         from ciap_lib.bridge.guidance import check_files, clip_paths

@@ -27,7 +27,7 @@ from ciap_lib.cli import build_parser, main
 REPO = Path(__file__).resolve().parents[2]
 N = 3
 GEN = ["--duration", "2.5", "--steps", "2", "--batch-size", "2"]
-PARAMS = GenerationParams(duration=2.5, steps=2, batch_size=2)
+PARAMS = GenerationParams(duration=2.5, steps=2, batch_size=2, device="cpu")  # the shared tiny model stays put
 
 
 def _cli(argv: list[str]) -> tuple[int, str]:
@@ -267,6 +267,18 @@ def test_manifest_refuses_other_pairs(tmp_path):
     assert not [f for f in out.rglob("*") if f.is_file()]  # clips, reference copies, thumbnails of the old pair
 
 
+def test_a_manifest_that_recorded_the_device_still_resumes(tmp_path):
+    """Manifests written when the device was a setting (``"device": "auto"``) keep their clips."""
+    pairs = [{"image": "a.png", "audio": "a.wav"}]
+    (tmp_path / "wavs").mkdir()
+    (tmp_path / "wavs" / "x.wav").write_bytes(b"kept")
+    old = {"format": "ciap.generation-eval/1", "pairs": pairs, "systems": {"diffusion": {
+        "settings": {"duration": 5.0, "device": "auto"}, "clips": {"0": "wavs/x.wav"}, "notes": {}}}}
+    m = reconcile_manifest(tmp_path, old, pairs, {"diffusion": {"duration": 5.0}}, False)
+    assert m["systems"]["diffusion"] == {"settings": {"duration": 5.0}, "clips": {"0": "wavs/x.wav"}, "notes": {}}
+    assert (tmp_path / "wavs" / "x.wav").read_bytes() == b"kept"
+
+
 def test_cli_defaults_and_bad_input(ciap_workspace, tmp_path, capsys):
     args = build_parser("evaluate-generation").parse_args(
         ["evaluate-generation", "--checkpoint", "c.pt", "--data", "d"])
@@ -334,11 +346,11 @@ def test_negative_text_mix_and_device_reach_generation(ciap_workspace, tiny_audi
                      str(ciap_workspace["data"]), "--n", "2", "--audioldm", str(tiny_audioldm_ckpt), "--out", str(out),
                      "--metrics-dir", str(tmp_path / "no-weights"), "--no-baseline", "--no-mlflow", *GEN,
                      "--negative-text", "speech", "--tokenizer-dir", str(tok), "--mix", f"{mix_clip}:0.3",
-                     "text:rain:0.2"])
+                     "text:rain:0.2", "--device", "cpu"])
     assert rc == 0, text
     s = _summary(out)
     assert s["params"]["negative_text"] == "speech" and s["params"]["mix"] == [f"{mix_clip}:0.3", "text:rain:0.2"]
-    assert s["params"]["device"] == "cpu"  # auto, resolved on this machine
+    assert s["params"]["device"] == "cpu"
     head = (out / "report.html").read_text().split("<table")[0]  # the report says how its clips were steered
     assert "device cpu" in head and "steered away from the text &#x27;speech&#x27;" in head
     assert f"mixed in: {mix_clip}:0.3, text:rain:0.2" in head
@@ -357,11 +369,17 @@ def test_negative_text_mix_and_device_reach_generation(ciap_workspace, tiny_audi
     for m, e, p in zip(made, steered, plain):
         assert (sf.read(m)[0] == sf.read(e)[0]).all()
         assert not torch.allclose(torch.as_tensor(sf.read(m)[0], dtype=torch.float32), torch.as_tensor(p), atol=1e-3)
-    # cuda asked for where there is none: a clear error before anything is generated
+    # a CUDA device that is not there: a clear error before anything is written
     rc = main(["evaluate-generation", "--checkpoint", str(ciap_workspace["checkpoint"]), "--data",
                str(ciap_workspace["data"]), "--n", "2", "--out", str(tmp_path / "cuda"), "--no-mlflow",
-               "--device", "cuda"])
+               "--device", "cuda:99"])
     assert rc == 2 and not (tmp_path / "cuda").exists()
+    # the default, GenerationParams.device "auto", is recorded as what it resolves to here
+    from ciap_lib.distributed import resolve_device
+
+    ev = evaluate_generation(ciap_workspace["checkpoint"], ciap_workspace["data"], "val", 1, out=tmp_path / "auto",
+                             audioldm=None, params=GenerationParams(duration=2.5), metrics_dir=None)
+    assert ev.params.device == str(resolve_device("auto"))
 
 
 def test_a_negative_clip_edited_in_place_means_new_clips(ciap_workspace, tiny_audioldm, tmp_path):
@@ -369,7 +387,8 @@ def test_a_negative_clip_edited_in_place_means_new_clips(ciap_workspace, tiny_au
     clips = sorted((ciap_workspace["data"] / "train").glob("*.wav"))
     negative = tmp_path / "negative.wav"
     shutil.copy(clips[0], negative)
-    params = GenerationParams(duration=2.5, steps=1, batch_size=1, negative=[str(negative)])
+    params = GenerationParams(duration=2.5, steps=1, batch_size=1, negative=[str(negative)],
+                              device="cpu")
     args = (ciap_workspace["checkpoint"], ciap_workspace["data"], "val", 1)
     kw = dict(out=tmp_path / "out", audioldm=tiny_audioldm, params=params, metrics_dir=None, baseline=False)
     assert evaluate_generation(*args, **kw).systems["diffusion"].generated == 1
