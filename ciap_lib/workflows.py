@@ -105,7 +105,8 @@ def load_eval_split(checkpoint: str | Path, data: str | Path | None = None, spli
         pairs, _ = scan_pairs(root / sub if sub else root, skip_bad=skip_bad)
         if audioldm is None:
             audioldm = load_audioldm(cfg.audioldm)
-        features = clap_audio_features(audioldm, [p.audio for p in pairs], cfg.clap_cache_dir, **bridge_kw)
+        features = clap_audio_features(audioldm, [p.audio for p in pairs], cfg.clap_cache_dir,
+                                       **{"skip_bad": skip_bad, **bridge_kw})
     ds = PairDataset(root, sub, model.preprocess, train=False, sample_rate=mc.sample_rate,
                      segment_seconds=mc.segment_seconds, skip_bad=skip_bad, audio_features=features, seed=cfg.seed,
                      cache=cache)

@@ -115,6 +115,18 @@ def test_clap_mode_goes_through_the_bridge(data, tmp_path, tiny_audioldm_ckpt, t
     metrics = evaluate_checkpoint(result.checkpoint, data, audioldm=tiny_audioldm)  # same weights, loaded once
     assert metrics["val_loss"] == pytest.approx(result.metrics["val_loss"], abs=1e-4)
     assert metrics["n_pairs"] == 8
+    # a clip whose header reads but whose audio does not decode: named, or skipped with skip_bad
+    from fixtures.odd_files import good_pair, make_bad_case
+
+    from ciap_lib.audio_io import BadFileError
+
+    bad = make_bad_case(tmp_path / "odd" / "val", "truncated_flac")
+    for stem in ("ok2", "ok3"):
+        good_pair(tmp_path / "odd" / "val", stem)
+    with pytest.raises(BadFileError, match="bad.flac"):
+        evaluate_checkpoint(result.checkpoint, tmp_path / "odd", audioldm=tiny_audioldm)
+    metrics = evaluate_checkpoint(result.checkpoint, tmp_path / "odd", audioldm=tiny_audioldm, skip_bad=True)
+    assert metrics["n_pairs"] == 3 and bad.name == "bad.flac"
 
 
 # ------------------------------------------------------------------------------------------------ preprocessing
