@@ -40,7 +40,8 @@ def clap_audio_features(audioldm: FrozenAudioLDM, audio_paths: Iterable[str | os
     """``{str(resolved path): (512,) unit CLAP audio embedding}`` for every file.
 
     Embeddings found in the cache are read, not recomputed. The others are computed as the files are read, in
-    batches of clips of the same length, each batch written to the cache before the next is read: at most
+    batches of clips of the same length (clips longer than CLAP's 10 s window count as that window, which is all
+    CLAP sees of them), each batch written to the cache before the next is read: at most
     :data:`MAX_PENDING` ``* batch_size`` decoded clips are held at a time, so a VGGSound-sized set (about 200k
     clips) streams through instead of being decoded into memory first.
 
@@ -97,6 +98,7 @@ def clap_audio_features(audioldm: FrozenAudioLDM, audio_paths: Iterable[str | os
                 raise
             skipped.append((key, e.reason))
             continue
+        wave = wave[:audioldm.clap_window_samples]  # what CLAP sees: long clips of any length batch together
         group = pending[len(wave)]
         group.append((key, cached, wave))
         if len(group) == batch_size:  # a full batch of one length

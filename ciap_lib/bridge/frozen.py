@@ -242,6 +242,14 @@ class FrozenAudioLDM:
                 log.info("cannot cache the '' embedding beside %s: %s", self.path, e)
         return emb
 
+    @property
+    def clap_window_samples(self) -> int:
+        """How many leading samples (at ``sample_rate``) of a clip :meth:`clap_audio_embed` can see: its 10 s
+        window plus a margin wider than the resampling filter. Cutting a clip to this many samples changes nothing
+        in its embedding, and lets long clips of different lengths be embedded in one batch."""
+        clap_sr = int(self.clap_audio_cfg["sample_rate"])
+        return -(-int(self.clap_audio_cfg["clip_samples"]) * self.sample_rate // clap_sr) + 64
+
     def clap_audio_embed(self, waveform: torch.Tensor) -> torch.Tensor:
         """(B, T) 16 kHz waveforms -> (B, 512) unit CLAP audio embeddings (frozen audio tower).
 

@@ -87,3 +87,25 @@ def test_features_stream_in_batches_and_bad_files_are_skipped_when_asked(tiny_au
     assert [p for p, _ in report["skipped"]] == [str(bad.resolve()), str(missing.resolve())]
     assert report["cached"] == 2 and report["computed"] == 0 and all(why for _, why in report["skipped"])
     tiny_audioldm.assert_unchanged()
+
+
+def test_clips_longer_than_the_window_batch_together_with_the_same_embeddings(tiny_audioldm, tmp_path, monkeypatch):
+    """CLAP sees the first 10 s: clips of 10.5 s and 11 s are embedded in one batch, exactly as each whole clip."""
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, seconds in enumerate((10.5, 11.0, 12.25)):
+        paths.append(tmp_path / f"long{i}.wav")
+        sf.write(paths[-1], 0.1 * rng.standard_normal(int(seconds * 16000)).astype(np.float32), 16000)
+    calls = []
+    real = tiny_audioldm.clap_audio_embed
+    monkeypatch.setattr(tiny_audioldm, "clap_audio_embed", lambda w: calls.append(tuple(w.shape)) or real(w))
+    got = clap_audio_features(tiny_audioldm, paths, tmp_path / "cache", batch_size=8)
+    monkeypatch.undo()
+    assert calls == [(3, tiny_audioldm.clap_window_samples)]  # one batch
+    from ciap_lib.audio_io import load_audio
+
+    for p in paths:
+        whole = real(torch.from_numpy(load_audio(p, 16000))[None])[0]
+        assert torch.allclose(got[str(p.resolve())], whole.cpu(), atol=1e-6), p.name
