@@ -348,8 +348,10 @@ def test_mix_clip_upload_reaches_the_generator(ws, diffusion_tok, baseline):
 def test_guidance_controls_start_from_the_params_and_errors_are_shown(ws, diffusion):
     ui = G.build_generation_ui(diffusion, negative_text="speech", mix=["clip.wav:0.2", "text:rain:0.3"])
     assert (ui.negative_text.value, ui.mix_text.value, ui.mix_weight.value) == ("speech", "rain", 0.3)
-    assert (ui.mix_clip, ui.mix_clip_weight.value) == ("clip.wav", 0.2)
+    assert (ui.mix_clip, ui.mix_clip_weight.value) == ("clip.wav", 0.2) and "clip.wav" in ui.mix_file.value
     assert ui.params().mix == ["clip.wav:0.2", "text:rain:0.3"]
+    ui = G.build_generation_ui(diffusion, mix=["text:rain:0.3", "a.wav:0.1", "clip.wav:0.2"])  # the order is kept
+    assert ui.params().mix == ["text:rain:0.3", "a.wav:0.1", "clip.wav:0.2"]
     with pytest.raises(ValueError, match="mix"):
         G.build_generation_ui(diffusion, mix=["text:rain:2"])
     ui = G.build_generation_ui(diffusion, duration=2.5, steps=1)

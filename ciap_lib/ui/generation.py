@@ -139,7 +139,9 @@ class GenerationUI(widgets.VBox):
         first = parse_mix(p.mix[at]) if at is not None else None
         at_clip = next((i for i, m in enumerate(p.mix) if parse_mix(m).kind == "audio"), None)
         clip = parse_mix(p.mix[at_clip]) if at_clip is not None else None
-        self._mix_rest = [m for i, m in enumerate(p.mix) if i not in (at, at_clip)]
+        # the params' order, with the two controlled entries in their places (a new one goes last)
+        self._mix_layout = [{at: "text", at_clip: "clip"}.get(i, m) for i, m in enumerate(p.mix)]
+        self._mix_layout += [c for c in ("clip", "text") if c not in self._mix_layout]
         self.mix_clip: str | None = clip.value if clip else None
         self.mix_text = widgets.Text(value=first.value if first else "", placeholder="e.g. rain",
                                      description="Mix in (text)", style=style, disabled=not diffusion)
@@ -149,7 +151,7 @@ class GenerationUI(widgets.VBox):
         self.mix_upload = widgets.FileUpload(accept="audio/*", multiple=False, description="Mix in (clip)",
                                              disabled=not diffusion,
                                              tooltip="mix this clip's CLAP audio embedding into the condition")
-        self.mix_file = widgets.HTML()
+        self.mix_file = widgets.HTML(f"Mixing in: {_html.escape(clip.value)}" if clip else "")
         self.mix_clip_weight = widgets.FloatSlider(value=clip.weight if clip else 0.0, min=0.0, max=1.0, step=0.05,
                                                    description="Clip weight", style=style, disabled=not diffusion,
                                                    tooltip="condition = normalize((1 - w) * image + w * clip)")
@@ -178,11 +180,13 @@ class GenerationUI(widgets.VBox):
 
     def params(self) -> GenerationParams:
         """The generation parameters the controls show now (checked)."""
-        mix = list(self._mix_rest)
+        controlled = {}
         if self.mix_clip and float(self.mix_clip_weight.value) > 0:
-            mix.append(f"{self.mix_clip}:{float(self.mix_clip_weight.value):g}")
+            controlled["clip"] = f"{self.mix_clip}:{float(self.mix_clip_weight.value):g}"
         if self.mix_text.value and float(self.mix_weight.value) > 0:
-            mix.append(f"{TEXT_PREFIX}{self.mix_text.value}:{float(self.mix_weight.value):g}")
+            controlled["text"] = f"{TEXT_PREFIX}{self.mix_text.value}:{float(self.mix_weight.value):g}"
+        mix = [controlled.get(m) if m in ("clip", "text") else m for m in self._mix_layout]
+        mix = [m for m in mix if m]
         return GenerationParams.from_dict({
             **self._base.to_dict(), "duration": float(self.duration.value), "steps": int(self.steps.value),
             "sampler": self.sampler.value, "guidance_scale": float(self.guidance.value), "seed": int(self.seed.value),
