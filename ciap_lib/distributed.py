@@ -40,6 +40,14 @@ class DistInfo:
         return self.rank == 0
 
 
+def shard_paths(paths, rank: int, world_size: int) -> list[str]:
+    """This process's share of ``paths`` when several fill one cache: the sorted unique resolved paths,
+    ``rank::world_size`` (every process computes the same list, so the shares cover it once)."""
+    from pathlib import Path
+
+    return sorted({str(Path(p).resolve()) for p in paths})[rank::world_size]
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` -> ``cuda`` when a CUDA device is available, else ``cpu``; ``cpu``, ``cuda``, ``cuda:N`` as given.
 

@@ -33,6 +33,7 @@ from torch import nn
 from ciap_lib.atomic import atomic_path, atomic_write_text
 from ciap_lib.audio_io import BadFileError
 from ciap_lib.images import ImagePreprocess, load_image
+from ciap_lib.distributed import shard_paths
 
 __all__ = ["PRECISIONS", "FORMAT", "FeatureKey", "CacheReport", "feature_key", "cache_folder", "file_digest",
            "image_features"]
@@ -151,7 +152,7 @@ def image_features(backbone: nn.Module, key: FeatureKey, paths: Iterable[str | o
     folder.mkdir(parents=True, exist_ok=True)
     _write_meta(folder, key)
     preprocess = ImagePreprocess.from_dict(key.preprocess)
-    shard = sorted({str(Path(p).resolve()) for p in paths})[rank::world_size]
+    shard = shard_paths(paths, rank, world_size)
     out: dict[str, torch.Tensor] = {}
     todo: dict[str, list[str]] = {}  # content digest -> paths
     for p in shard:

@@ -34,7 +34,7 @@ def train_clap_aligned(cfg, callbacks: Sequence = ()):
         paths += [p.audio for p in pairs]
     info = D.setup(cfg.device)  # train() finds the process group already set up
     if info.enabled:
-        shard = sorted({str(Path(p).resolve()) for p in paths})[info.rank::info.world_size]
+        shard = D.shard_paths(paths, info.rank, info.world_size)
         report: dict = {}
         clap_audio_features(audioldm, shard, cfg.clap_cache_dir, progress=info.is_main, report=report,
                             skip_bad=cfg.skip_bad)

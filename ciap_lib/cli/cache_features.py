@@ -86,10 +86,11 @@ def _audio_side(cfg, paths, info, args) -> dict:
 
     if resolved_audio_encoder(cfg) != "clap":
         return {"skipped": f"audio_encoder is {resolved_audio_encoder(cfg)!r}, not 'clap'"}
+    from ciap_lib import distributed as D
     from ciap_lib.bridge import clap_audio_features, load_audioldm  # lazy: imports audioldm
 
     audioldm = load_audioldm(cfg.audioldm, device=info.device)  # this rank's device: its GPU under torchrun
-    shard = sorted({str(Path(p).resolve()) for p in paths})[info.rank::info.world_size]
+    shard = D.shard_paths(paths, info.rank, info.world_size)
     report: dict = {}
     clap_audio_features(audioldm, shard, cfg.clap_cache_dir, progress=not args.no_progress, report=report,
                         skip_bad=cfg.skip_bad)
