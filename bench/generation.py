@@ -16,7 +16,8 @@ weights) is timed separately. Target: a 5 s clip in <= 5 s end to end with peak 
 On a shared machine, other processes' load inflates every figure: the script prints the load average.
 
 Throughput: clips/s for a batch of ``--batch-sizes`` clips (``--throughput-durations``, default 5 s; the fast
-solver, ``generate(..., batch_size=B)``) with the peak RSS of each (on CUDA also the peak GPU memory allocated), baseline batch 1 in the same run, and whether clip 0 comes out bitwise as at batch 1 (the
+solver, ``generate(..., batch_size=B)``) with the peak RSS of each (on CUDA also the peak GPU memory allocated),
+baseline batch 1 in the same run, and whether clip 0 comes out bitwise as at batch 1 (the
 seed contract on the CPU: ``ciap_lib.bridge.invariance``); the batch with the best clips/s whose peak stays under
 4 GB is what ``evaluate-generation`` samples with by default (``ciap_lib.bridge.evaluation.EVAL_BATCH_SIZE``).
 ``--throughput-only`` skips the per-clip-length figures above. ``--no-prepack``: the bf16 weight copies without

@@ -98,4 +98,5 @@ def _audio_side(cfg, paths, info, args) -> dict:
     bad = report.pop("skipped", [])
     for path, why in bad:
         print(f"cache-features: skipped {path}: {why}", file=sys.stderr)
-    return {**report, "skipped": len(bad), "folder": os.path.join(cfg.clap_cache_dir, audioldm.reference_fingerprint[:16])}
+    folder = os.path.join(cfg.clap_cache_dir, audioldm.reference_fingerprint[:16])
+    return {**report, "skipped": len(bad), "folder": folder}

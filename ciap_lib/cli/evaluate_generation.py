@@ -1,5 +1,5 @@
 """``python -m ciap_lib evaluate-generation --checkpoint ciap.pt --data DIR [--split val] [--n 200]
-[--audioldm NAME|PATH] [--out DIR] [--batch-size N] [--device cpu] [--overwrite] ...``
+[--audioldm NAME|PATH] [--out DIR] [--batch-size N] [--device auto] [--overwrite] ...``
 
 One clip per image of the split's first ``--n`` pairs (the paired clip is the reference), for the diffusion
 generator and the retrieval baseline; figures ``clap_score``, ``clap_fd`` (CLAP space) and ``fad_vggish``,
@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ciap_lib.bridge.evaluation import EVAL_BATCH_SIZE
     from ciap_lib.bridge.metric_weights import DEFAULT_WEIGHTS_DIR
     from ciap_lib.bridge.params import GenerationParams
+    from ciap_lib.cli.generate import add_steering_arguments
 
     parser.add_argument("--checkpoint", required=True, help="trained CIAP checkpoint (.pt); audio_encoder 'clap' "
                                                             "for generation that follows the image")
@@ -32,18 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt-dir", default="ckpt", help="folder of named AudioLDM checkpoints (default: ckpt)")
     parser.add_argument("--out", help="output folder: WAVs, thumbnails, manifest, report.html, summary.json "
                                       "(default: <checkpoint folder>/generation-eval-<split>)")
-    parser.add_argument("--device", default=None, metavar="DEVICE",
-                        help="auto (CUDA when available), cpu, cuda or cuda:N: the CIAP model, AudioLDM and the metric "
-                             "networks (default: GenerationParams.device, auto)")
-    parser.add_argument("--tokenizer-dir", default=None, metavar="DIR",
-                        help="local RoBERTa tokenizer for --negative-text / text: mix entries (default: "
-                             "roberta-base/ beside the AudioLDM checkpoint); nothing is downloaded")
-    # as `generate` takes them: several values after one flag
-    parser.add_argument("--negative", dest="gen_negative", nargs="+", default=None, metavar="AUDIO",
-                        help="audio clip(s) to steer away from (their averaged CLAP audio embedding replaces the '' "
-                             "text embedding in guidance)")
-    parser.add_argument("--mix", dest="gen_mix", nargs="+", default=None, metavar="ENTRY",
-                        help="mix into the image condition: AUDIO:W or text:TEXT:W (0 <= W <= 1, sum <= 1)")
+    add_steering_arguments(parser, dest_prefix="gen_")  # as `generate` takes them (several values after one flag)
     parser.add_argument("--overwrite", action="store_true",
                         help="regenerate clips made with other settings (without it they are refused)")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
@@ -62,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = GenerationParams(batch_size=EVAL_BATCH_SIZE)
     for name in GenerationParams.hints():
         flag = "--" + name.replace("_", "-")
-        if flag in parser._option_string_actions:  # e.g. --device, should GenerationParams grow one
+        if flag in parser._option_string_actions:  # --negative, --negative-text, --mix: added above
             continue
         extra = " (None: the sampler's own count)" if name == "steps" else ""
         if name == "batch_size":
@@ -105,8 +95,8 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"generation-eval-{args.split}"
         rep = evaluate_generation(
             args.checkpoint, args.data, args.split, args.n, out=out, audioldm=args.audioldm, ckpt_dir=args.ckpt_dir,
-            params=params, device=args.device, tokenizer_dir=args.tokenizer_dir, overwrite=args.overwrite,
-            baseline=args.baseline, baseline_split=args.baseline_split, metrics_dir=args.metrics_dir, is_splits=args.is_splits,
+            params=params, tokenizer_dir=args.tokenizer_dir, overwrite=args.overwrite, baseline=args.baseline,
+            baseline_split=args.baseline_split, metrics_dir=args.metrics_dir, is_splits=args.is_splits,
             mlflow=args.mlflow, experiment_name=args.experiment, progress=True,
             echo=lambda s: print(f"[evaluate-generation] {s}", file=sys.stderr, flush=True))
     except AudioLDMCheckpointError as e:  # a file that is there but is no matching AudioLDM checkpoint

@@ -37,20 +37,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"clips sampled together (default {d.batch_size})")
     parser.add_argument("--precision", default=d.precision, choices=PRECISIONS,
                         help="bf16: half-precision weight copies under autocast (float16 on GPUs without bf16)")
-    parser.add_argument("--negative", nargs="+", default=list(d.negative), metavar="AUDIO",
+    add_steering_arguments(parser, d)
+    parser.add_argument("--device", default=d.device, metavar="DEVICE",
+                        help=f"auto (CUDA when available), cpu, cuda or cuda:N (default {d.device})")
+    parser.add_argument("--clap-score", action="store_true", help="print each clip's CLAP score (CLAP-space cosine)")
+
+
+def add_steering_arguments(parser: argparse.ArgumentParser, defaults=None, dest_prefix: str = "") -> None:
+    """``--negative``, ``--negative-text``, ``--mix`` (into ``<dest_prefix><field>``) and ``--tokenizer-dir``, as
+    ``generate`` and ``evaluate-generation`` take them; ``defaults``: a ``GenerationParams`` (None: every flag
+    defaults to None, i.e. not given)."""
+    d = defaults
+
+    parser.add_argument("--negative", dest=f"{dest_prefix}negative", nargs="+", metavar="AUDIO",
+                        default=list(d.negative) if d else None,
                         help="audio clip(s) to steer away from: their averaged CLAP audio embedding replaces the "
                              "'' text embedding in guidance")
-    parser.add_argument("--negative-text", default=d.negative_text, metavar="TEXT",
+    parser.add_argument("--negative-text", dest=f"{dest_prefix}negative_text", metavar="TEXT",
+                        default=d.negative_text if d else None,
                         help="a text to steer away from instead, e.g. 'speech' (needs --tokenizer-dir)")
-    parser.add_argument("--mix", nargs="+", default=list(d.mix), metavar="ENTRY",
+    parser.add_argument("--mix", dest=f"{dest_prefix}mix", nargs="+", metavar="ENTRY",
+                        default=list(d.mix) if d else None,
                         help="mix into the image condition: AUDIO:W or text:TEXT:W, 0 <= W <= 1, weights summing "
                              "to <= 1; condition = normalize((1 - sum W) * image + sum W * other)")
     parser.add_argument("--tokenizer-dir", default=None, metavar="DIR",
                         help="local RoBERTa tokenizer for --negative-text / text: mix entries (default: "
                              "roberta-base/ beside the AudioLDM checkpoint); nothing is downloaded")
-    parser.add_argument("--device", default=d.device, metavar="DEVICE",
-                        help=f"auto (CUDA when available), cpu, cuda or cuda:N (default {d.device})")
-    parser.add_argument("--clap-score", action="store_true", help="print each clip's CLAP score (CLAP-space cosine)")
 
 
 def _images(items: list[str]) -> list[Path]:
