@@ -36,18 +36,19 @@ IMAGE_BACKBONES: tuple[str, ...] = tuple(n for n in BACKBONES if not n.endswith(
 def build_backbone(config: ModelConfig, load_pretrained: bool = True) -> Backbone:
     """The backbone ``config.image_backbone`` names (weights loaded unless ``load_pretrained`` is False, used
     when a checkpoint will overwrite them)."""
-    problems = [p for p in check_image_config(config) if not p.startswith("head")
-                # rebuilding a checkpoint's model: its weights come from the checkpoint, never from the file
-                and (load_pretrained or not p.startswith("image_weights: "))]
+    # rebuilding a checkpoint's model (load_pretrained False): its weights come from the checkpoint, not the file
+    problems = [p for p in check_image_config(config, weights_file_used=load_pretrained) if not p.startswith("head")]
     if problems:
         raise ValueError("; ".join(problems))
     family, arch = get_backbone_family(config.image_backbone)
     return family.build(arch, config, load_pretrained)
 
 
-def check_image_config(config: ModelConfig, check_weights: bool = False) -> list[str]:
+def check_image_config(config: ModelConfig, check_weights: bool = False, weights_file_used: bool = True) -> list[str]:
     """Problems with the image side of ``config`` (empty when fine), each naming the key, the rejected value
-    and what is allowed. ``check_weights``: pretrained weights must be on disk (nothing is loaded)."""
+    and what is allowed. ``check_weights``: pretrained weights must be on disk (nothing is loaded).
+    ``weights_file_used``: False when the weights come from elsewhere (a checkpoint being rebuilt), so an
+    ``image_weights`` that ``image_pretrained: none`` would ignore is no problem."""
     problems = []
     name = config.image_backbone
     try:
@@ -60,7 +61,7 @@ def check_image_config(config: ModelConfig, check_weights: bool = False) -> list
                             f"{name!r}; use one of {list(family.pretrained)}")
         else:
             problems += family.check(arch, config, check_weights)
-        if config.image_weights and config.image_pretrained in (None, "none"):
+        if weights_file_used and config.image_weights and config.image_pretrained in (None, "none"):
             load = [v for v in family.pretrained if v != "none"]
             problems.append(f"image_weights: {config.image_weights!r} would not be loaded: image_pretrained is 'none' "
                             "(a random init); " + (f"set image_pretrained={load[0]} to load the file, or drop "
