@@ -97,14 +97,18 @@ def plain(obj: Any, where: str = "value") -> Any:
 def save_checkpoint(path: str | os.PathLike, model: CIAP, config: TrainConfig, epoch: int,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
                     history: list[dict[str, float]] | None = None,
-                    metrics: dict[str, float] | None = None) -> Path:
+                    metrics: dict[str, float] | None = None,
+                    label_words: dict[str, Any] | None = None) -> Path:
     """Atomically write a ``ciap-checkpoint/2`` file of ``model`` (unwrap DDP first) after ``epoch``
-    completed epochs."""
+    completed epochs. ``label_words``: the label-word classifier's ``state_dict`` (``word_weight``), kept only so
+    that ``resume`` continues it; the model does not use it."""
     obj = {"format": FORMAT, "model": model.state_dict(), "model_config": plain(model.config.to_dict(), "model_config"),
            "config": plain(config.to_dict(), "config"), "optimizer": optimizer.state_dict() if optimizer else None,
            "scheduler": scheduler.state_dict() if scheduler else None, "epoch": int(epoch),
            "rng": rng_state(), "history": plain(list(history or []), "history"),
            "metrics": plain(dict(metrics or {}), "metrics")}
+    if label_words is not None:
+        obj["label_words"] = label_words
     return atomic_save(obj, path)
 
 

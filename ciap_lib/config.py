@@ -59,6 +59,11 @@ class TrainConfig:
                                           #   | 'infonce+cosine'
     cosine_weight: float = 1.0            # 'infonce+cosine': weight of the cosine regression term
     intra_weight: float = 0.0             # 'infonce_labels': weight of SupCon within each modality (0 = off)
+    word_weight: float = 0.0              # weight of the label-word loss on the image backbone's features (needs
+                                          #   labels; ciap_lib.label_words): a linear classifier of label words
+    backbone_loss: str = "all"            # what trains the image backbone: 'all' (every loss) | 'words' (the
+                                          #   label-word loss alone; the contrastive loss trains the head on its
+                                          #   features with their gradient stopped)
     batch_size: int = 32                  # global batch (split across ranks in distributed runs)
     epochs: int = 10
     lr: float = 1e-3
@@ -148,10 +153,12 @@ class TrainConfig:
         return Path(self.ckpt_dir) / self.run_name
 
 
+#: ``backbone_loss`` values: what trains the image backbone
+BACKBONE_LOSSES = ("all", "words")
 #: keys that must be > 0, and keys that must be >= 0
 _POSITIVE = ("batch_size", "epochs", "lr_step_size", "eval_batch_size", "eval_chunk_size")
-_NON_NEGATIVE = ("num_workers", "warmup_epochs", "weight_decay", "cosine_weight", "intra_weight", "gain_db",
-                 "specaug_freq_mask", "specaug_time_mask")
+_NON_NEGATIVE = ("num_workers", "warmup_epochs", "weight_decay", "cosine_weight", "intra_weight", "word_weight",
+                 "gain_db", "specaug_freq_mask", "specaug_time_mask")
 _RUN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 #: what a ``device`` setting may say (training and generation): cpu, cuda, cuda:N or auto
 DEVICE_PATTERN = re.compile(r"cpu|auto|cuda(:\d+)?")
@@ -212,6 +219,11 @@ def _value_problems(cfg: "TrainConfig", check_paths: bool, check_weights: bool) 
                                 ("lr_schedule", SCHEDULERS, "a learning-rate schedule")):
         if getattr(cfg, key) not in registry:
             out.append((key, f"{getattr(cfg, key)!r} is not {what}; choose from {sorted(registry)}"))
+    if cfg.backbone_loss not in BACKBONE_LOSSES:
+        out.append(("backbone_loss", f"{cfg.backbone_loss!r} is not one of {list(BACKBONE_LOSSES)}"))
+    elif cfg.backbone_loss == "words" and not cfg.word_weight > 0:
+        out.append(("backbone_loss", "'words' trains the image backbone with the label-word loss alone; set "
+                                     f"word_weight > 0 (got {cfg.word_weight!r}) or backbone_loss 'all'"))
     if cfg.feature_precision not in PRECISIONS:
         out.append(("feature_precision", f"{cfg.feature_precision!r} is not one of {list(PRECISIONS)}"))
     if cfg.select_metric is not None and cfg.select_metric not in selectable_metrics():
@@ -233,6 +245,9 @@ def _value_problems(cfg: "TrainConfig", check_paths: bool, check_weights: bool) 
         if cfg.loss in ("cosine", "infonce+cosine") and mc.audio_encoder != "clap":
             out.append(("loss", f"{cfg.loss!r} regresses onto a frozen audio tower; use it with audio_encoder 'clap' "
                                 f"(this model's audio encoder is {mc.audio_encoder!r})"))
+        if mc.freeze_backbone and cfg.word_weight > 0:
+            out.append(("word_weight", "the label-word loss trains the image backbone, and freeze_backbone=true "
+                                       "keeps it fixed; set word_weight 0 or freeze_backbone false"))
         augment = [k for k in IMAGE_AUGMENT_KEYS if parts[k]]
         if mc.freeze_backbone and augment:
             out.append((augment[0], "per-epoch image augmentation cannot work with freeze_backbone=true: a frozen "

@@ -129,15 +129,19 @@ def gather_features(image_features: torch.Tensor, audio_features: torch.Tensor,
 
     Every rank must pass the same local batch size b. With one process the inputs are returned unchanged.
     """
+    return gather_rows(image_features, info), gather_rows(audio_features, info)
+
+
+def gather_rows(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """All-gather (b,...) local rows into (W*b,...) global ones in rank order; the local shard keeps its graph, its
+    gradient scaled by W (DDP averages over ranks, so every rank's global loss then gives the one-process
+    gradient). With one process ``x`` is returned unchanged."""
     if not info.enabled:
-        return image_features, audio_features
-    out = []
-    for feats in (image_features, audio_features):
-        shards = [torch.empty_like(feats) for _ in range(info.world_size)]
-        dist.all_gather(shards, feats.detach().contiguous())
-        shards[info.rank] = scale_grad(feats, float(info.world_size))
-        out.append(torch.cat(shards, dim=0))
-    return out[0], out[1]
+        return x
+    shards = [torch.empty_like(x) for _ in range(info.world_size)]
+    dist.all_gather(shards, x.detach().contiguous())
+    shards[info.rank] = scale_grad(x, float(info.world_size))
+    return torch.cat(shards, dim=0)
 
 
 def gather_labels(labels: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -26,6 +26,7 @@ from ciap_lib.config import TrainConfig, save_config
 from ciap_lib.callbacks import Callback
 from ciap_lib.data import PairDataset, make_loader
 from ciap_lib.embedding import embed_dataset
+from ciap_lib.label_words import BackboneTap, LabelWordLoss
 from ciap_lib.losses import create_loss, loss_from_config, loss_params
 from ciap_lib.models import CIAP, CachedFeatureCIAP, create_model
 from ciap_lib.optim import create_optimizer, create_scheduler
@@ -74,6 +75,15 @@ def compute_loss(model: nn.Module, loss_fn: nn.Module, images: torch.Tensor, aud
     else:
         labels = None  # label-free losses ignore them: no all_gather per step
     return loss_fn(img, aud, out["logit_scale"], labels=labels)
+
+
+def compute_word_loss(words: LabelWordLoss, features: torch.Tensor, labels: torch.Tensor,
+                      info: D.DistInfo = D.DistInfo()) -> torch.Tensor:
+    """The label-word loss over the global batch: ``features`` (b,F) this rank's backbone features (with their
+    graph), ``labels`` (b,) its class ids; both gathered across ranks like the embeddings in :func:`compute_loss`,
+    so every rank computes the same loss and the word classifier (outside DDP) gets the same gradient."""
+    feats = D.gather_rows(features, info)
+    return words(feats, D.gather_labels(labels.to(feats.device), info))
 
 
 @torch.no_grad()
@@ -243,14 +253,24 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
         # BatchNorm statistics over the global batch (SyncBatchNorm is CUDA-only; same state-dict keys).
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(info.device)
-    optimizer = create_optimizer(cfg.optimizer, [p for p in model.parameters() if p.requires_grad], cfg.lr,
-                                 cfg.weight_decay)
+    words, tap = None, None
+    if cfg.word_weight > 0:  # the label-word loss on the image backbone's features (ciap_lib.label_words)
+        words = LabelWordLoss(train_ds.classes, model.image_encoder.feature_dim).to(info.device)
+        tap = BackboneTap(model.image_encoder.backbone, stop_gradient=cfg.backbone_loss == "words")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable += [] if words is None else list(words.parameters())
+    optimizer = create_optimizer(cfg.optimizer, trainable, cfg.lr, cfg.weight_decay)
     scheduler = create_scheduler(cfg.lr_schedule, optimizer, cfg)
     ckpt_path = cfg.checkpoint_dir / "last.pt"
     start_epoch, history = 0, []
     if cfg.resume and ckpt_path.is_file():
         ck = load_checkpoint(ckpt_path, map_location=info.device)
         model.load_state_dict(ck["model"])
+        if words is not None:
+            if "label_words" not in ck:
+                raise ValueError(f"cannot resume {ckpt_path} with word_weight > 0: it was written without the "
+                                 f"label-word loss (start a new run_name, or resume with word_weight 0)")
+            words.load_state_dict(ck["label_words"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         start_epoch, history = int(ck["epoch"]), list(ck["history"])
@@ -293,6 +313,9 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
             audio = batch["audio"].to(info.device, non_blocking=True)
             labels = batch["label"].to(info.device, non_blocking=True)
             losses = compute_loss(net, loss_fn, images, audio, info, labels=labels)
+            if words is not None:
+                losses["loss_words"] = compute_word_loss(words, tap.pop(), labels, info)
+                losses["loss"] = losses["loss"] + cfg.word_weight * losses["loss_words"]
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             if cfg.grad_clip:
@@ -314,7 +337,8 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
                                     loss_batch_size=cfg.batch_size, chunk_size=cfg.eval_chunk_size,
                                     loss_kwargs=loss_params(cfg.loss, cfg)))
             history.append(metrics)
-            save_checkpoint(ckpt_path, model, cfg, epoch + 1, optimizer, scheduler, history, metrics)
+            save_checkpoint(ckpt_path, model, cfg, epoch + 1, optimizer, scheduler, history, metrics,
+                            label_words=None if words is None else words.state_dict())
             improved = best.update(epoch + 1, metrics)
             if improved:
                 copy_checkpoint(ckpt_path, best_path)
@@ -332,6 +356,8 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
             stopped = True
             break
 
+    if tap is not None:
+        tap.remove()
     history = D.broadcast_object(history, info)
     best = selection.Best.from_history(select, history)
     extra["best"] = best.to_dict(best_path if best_path.is_file() else None)

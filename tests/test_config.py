@@ -113,6 +113,9 @@ def test_train_set_and_run_p_and_flags_share_the_parser():
     ("unfreeze_last", 0, ["unfreeze_last", "positive"]),
     ("cosine_weight", -1.0, ["cosine_weight", ">= 0"]),
     ("intra_weight", -1.0, ["intra_weight", ">= 0"]),
+    ("word_weight", -1.0, ["word_weight", ">= 0"]),
+    ("backbone_loss", "head", ["backbone_loss", "'head'", "'all'", "'words'"]),
+    ("backbone_loss", "words", ["backbone_loss", "word_weight > 0"]),  # words alone, with no word loss
     ("feature_precision", "fp16", ["feature_precision", "'fp16'", "bf16"]),
 ])
 def test_check_names_the_key_the_value_and_what_is_allowed(key, value, words):
@@ -123,6 +126,12 @@ def test_check_names_the_key_the_value_and_what_is_allowed(key, value, words):
     assert f"train.{key}" in msg or f"train.{words[0]}" in msg
     for w in words:
         assert w in msg, msg
+
+
+def test_label_words_need_a_backbone_that_trains():
+    TrainConfig.from_dict({"word_weight": 1.0, "backbone_loss": "words"}).check()
+    with pytest.raises(ValueError, match="word_weight.*freeze_backbone=true"):
+        TrainConfig.from_dict({"word_weight": 1.0, "freeze_backbone": True}).check()
 
 
 def test_check_lists_every_problem_and_passes_good_configs(tmp_path):

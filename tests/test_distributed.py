@@ -1,5 +1,5 @@
-"""Two CPU processes (gloo) give the same loss and gradients as one process on the combined batch (InfoNCE, and the
-label-aware InfoNCE with its labels gathered across ranks);
+"""Two CPU processes (gloo) give the same loss and gradients as one process on the combined batch (InfoNCE, the
+label-aware InfoNCE with its labels gathered across ranks, and that plus the label-word loss on the backbone);
 ``torchrun -m ciap_lib train`` trains with DDP, rank 0 checkpoints, and resume works with another world size."""
 import os
 import socket
@@ -16,7 +16,8 @@ from ciap_lib.checkpoint import load_checkpoint
 from ciap_lib.losses import ClipLoss, create_loss
 from ciap_lib.models import create_model
 from ciap_lib.synthetic import make_synthetic_dataset
-from ciap_lib.train import compute_loss
+from ciap_lib.label_words import BackboneTap, LabelWordLoss
+from ciap_lib.train import compute_loss, compute_word_loss
 
 WORLD = 2
 GLOBAL_BATCH = 8
@@ -47,6 +48,26 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def _step(model, loss, images, audio, labels, info=D.DistInfo()):
+    """Forward and backward one (local) batch as training does; ``loss="words"``: label-aware InfoNCE plus the
+    label-word loss, which alone trains the backbone. Returns (loss, gradients of the model and word classifier)."""
+    words = None
+    inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    if loss == "words":
+        torch.manual_seed(1)
+        words = LabelWordLoss(["a-b", "a-c", "d"], inner.image_encoder.feature_dim)
+        tap = BackboneTap(inner.image_encoder.backbone, stop_gradient=True)
+    total = compute_loss(model, create_loss("infonce_labels" if words else loss), images, audio, info,
+                         labels=labels)["loss"]
+    if words is not None:
+        total = total + compute_word_loss(words, tap.pop(), labels, info)
+    total.backward()
+    grads = _grads(inner)
+    if words is not None:
+        grads.update({f"words.{n}": g for n, g in _grads(words).items()})
+    return total.detach(), grads
+
+
 def _worker(rank: int, port: int, out: str, loss: str = "infonce") -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -59,22 +80,21 @@ def _worker(rank: int, port: int, out: str, loss: str = "infonce") -> None:
         images, audio = _batch()
         b = GLOBAL_BATCH // WORLD
         shard = slice(rank * b, (rank + 1) * b)
-        losses = compute_loss(ddp, create_loss(loss), images[shard], audio[shard], info, labels=LABELS[shard])
-        losses["loss"].backward()
-        torch.save({"loss": losses["loss"].detach(), "grads": _grads(model)}, f"{out}.{rank}")
+        total, grads = _step(ddp, loss, images[shard], audio[shard], LABELS[shard], info)
+        torch.save({"loss": total, "grads": grads}, f"{out}.{rank}")
     finally:
         D.cleanup(info)
 
 
-@pytest.mark.parametrize("loss", ["infonce", "infonce_labels"])
+@pytest.mark.parametrize("loss", ["infonce", "infonce_labels", "words"])
 def test_two_processes_match_one_process_on_the_combined_batch(tmp_path, loss):
     model = _model()
     images, audio = _batch()
-    ref_loss = compute_loss(model, create_loss(loss), images, audio, labels=LABELS)["loss"]
-    ref_loss.backward()
-    ref = _grads(model)
+    ref_loss, ref = _step(model, loss, images, audio, LABELS)
     if loss == "infonce_labels":  # the labels matter: same-class pairs across the two shards are positives
         assert not torch.allclose(ref_loss, compute_loss(model, ClipLoss(), images, audio)["loss"])
+    if loss == "words":  # the word classifier is outside DDP: its gradient must agree on every rank too
+        assert "words.classifier.weight" in ref
 
     mp.spawn(_worker, args=(_free_port(), str(tmp_path / "res"), loss), nprocs=WORLD, join=True)
     for rank in range(WORLD):

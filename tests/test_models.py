@@ -178,5 +178,10 @@ def test_heads_give_unit_vectors_of_the_embedding_size(head):
             (64 * 48 + 48) + 3 * (2 * (48 * 48 + 48) + 2 * 48) + 2 * 48 + (48 * 512 + 512)
     else:
         assert [type(m).__name__ for m in h.children()] == ["Linear", "LayerNorm"]
+    feats = torch.rand(2, 64) + 0.1
+    if head == "normed_linear":  # it sees the direction of the features, not their size
+        assert torch.allclose(h(feats), h(3.0 * feats), atol=1e-6)
+    else:
+        assert not torch.allclose(h(feats), h(3.0 * feats), atol=1e-6)
     with pytest.raises(ValueError, match="unknown head"):
         create_head("attention", 64, model.config)

@@ -1,5 +1,5 @@
 """Training loop: end-to-end learning on the synthetic set, resume == uninterrupted, callbacks, clap features,
-best.pt selection, early stopping, the label-aware loss."""
+best.pt selection, early stopping, the label-aware loss, the label-word loss."""
 import math
 
 import pytest
@@ -8,6 +8,7 @@ import torch
 from ciap_lib.checkpoint import load_checkpoint, load_ciap
 from ciap_lib.config import load_config
 from ciap_lib.data import PairDataset
+from ciap_lib.models import create_model
 from ciap_lib.pairs import scan_pairs
 from ciap_lib.synthetic import make_synthetic_dataset
 from ciap_lib.callbacks import Callback
@@ -46,7 +47,11 @@ def _cfg(data, tmp_path, **kw):
 AUGMENT = dict(augment_audio="gain,shift,noise,speed,specaugment", augment_image="crop,affine,jitter")
 
 
-@pytest.mark.parametrize("aug", [{}, AUGMENT], ids=["plain", "augmented"])
+#: the default recipe's image-side parts: the label-word loss alone trains the backbone, a head on normalised features
+WORDS = dict(loss="infonce_labels", word_weight=1.0, backbone_loss="words", head="normed_linear")
+
+
+@pytest.mark.parametrize("aug", [{}, AUGMENT, WORDS], ids=["plain", "augmented", "label-words"])
 def test_resume_equals_uninterrupted_run(small_data, tmp_path, aug):
     full = train(_cfg(small_data, tmp_path, run_name="full", **aug))
     with pytest.raises(KeyboardInterrupt):
@@ -191,6 +196,31 @@ def test_label_aware_loss_trains(small_data, tmp_path):
     r = train(_cfg(small_data, tmp_path, run_name="lab", epochs=2, loss="infonce_labels"))
     assert all(math.isfinite(h["val_loss"]) and math.isfinite(h["i2a_class_R@1"]) for h in r.history)
     assert r.extra["best"]["metric"] == "i2a_class_R@1"
+
+
+def test_label_word_loss_trains_the_backbone_alone_and_is_checkpointed(small_data, tmp_path):
+    r = train(_cfg(small_data, tmp_path, run_name="words", epochs=2, **WORDS))
+    ck = load_checkpoint(r.checkpoint)
+    labels = {line.split(",")[2] for line in (small_data / "train" / "pairs.csv").read_text().splitlines()[1:]}
+    vocab_size = len({w for label in labels for w in label.split("-")})
+    assert ck["label_words"]["classifier.weight"].shape[0] == vocab_size
+    start = create_model("debug", head="normed_linear").state_dict()
+    moved = {k for k in start if k.startswith("image_encoder.backbone.") and not torch.equal(start[k], ck["model"][k])}
+    assert moved  # the word loss trained the backbone
+    # a run written without the word loss cannot be resumed with it: the classifier would start afresh
+    train(_cfg(small_data, tmp_path, run_name="plain", epochs=1))
+    with pytest.raises(ValueError, match="without the label-word loss"):
+        train(_cfg(small_data, tmp_path, run_name="plain", epochs=2, resume=True, **WORDS))
+
+
+def test_label_word_loss_needs_labels(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "syn", n_train=24, n_val=8, image_size=32)
+    for split in ("train", "val"):  # drop the label column
+        csv_path = data / split / "pairs.csv"
+        lines = csv_path.read_text().splitlines()
+        csv_path.write_text("\n".join(",".join(line.split(",")[:2]) for line in lines) + "\n")
+    with pytest.raises(ValueError, match="needs labelled training pairs"):
+        train(_cfg(data, tmp_path, run_name="nolab", epochs=1, batch_size=8, **WORDS))
 
 
 def test_selectable_metrics_are_what_validation_computes():

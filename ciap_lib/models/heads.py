@@ -1,6 +1,8 @@
 """Image heads: backbone features (B, F) -> (B, embed_dim) L2-normalized embeddings. A registry of names.
 
 * ``linear``: Linear -> LayerNorm (the original design).
+* ``normed_linear``: the features L2-normalized (times sqrt(F)) first, then ``linear``: the head sees the direction
+  of the backbone's features, not their size, which changes with the image (larger objects, more edges).
 * ``mlp``: a V2A-Mapper-style residual MLP (regression mapper): Linear(F -> width), ``depth`` pre-norm residual
   blocks ``x + W2 GELU(W1 LayerNorm(x))`` (width -> width -> width), LayerNorm, Linear(width -> embed_dim).
 
@@ -27,6 +29,13 @@ class LinearHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.norm(self.proj(features)), dim=-1)
+
+
+class NormedLinearHead(LinearHead):
+    """(B, F) -> L2 normalize * sqrt(F) -> Linear -> LayerNorm -> L2 normalize -> (B, embed_dim)."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.normalize(features, dim=-1) * features.shape[-1] ** 0.5)
 
 
 class ResidualBlock(nn.Module):
@@ -59,7 +68,8 @@ class MLPHead(nn.Module):
 
 
 #: ``head`` name -> class taking ``(in_dim, config)``
-HEADS: dict[str, Callable[[int, ModelConfig], nn.Module]] = {"linear": LinearHead, "mlp": MLPHead}
+HEADS: dict[str, Callable[[int, ModelConfig], nn.Module]] = {"linear": LinearHead, "normed_linear": NormedLinearHead,
+                                                             "mlp": MLPHead}
 
 
 def create_head(name: str, in_dim: int, config: ModelConfig) -> nn.Module:
