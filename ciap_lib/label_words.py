@@ -59,7 +59,6 @@ class LabelWordLoss(nn.Module):
         empty = [c for c, w in zip(classes, words) if not w]
         if empty:
             raise ValueError(f"word_weight: labels without a letter or digit have no words: {empty[:5]}")
-        self.classes = list(classes)
         self.vocab = sorted({w for ws in words for w in ws})
         targets = torch.zeros(len(classes), len(self.vocab))
         for i, ws in enumerate(words):

@@ -319,7 +319,7 @@ def _train(cfg: TrainConfig, callbacks: Sequence[Callback], audio_features: Mapp
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)  # what the optimizer steps
             optimizer.step()
             model.clamp_logit_scale()
             loss = float(losses["loss"].detach())
