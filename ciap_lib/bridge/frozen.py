@@ -140,7 +140,7 @@ class FrozenAudioLDM:
         ``AutoencoderKL`` (which holds the vocoder). ``"fp32"``: the frozen modules themselves. ``"bf16"`` /
         ``"fp16"``: :func:`half_weight_copy` of both (UNet, VAE decoder and vocoder layers cast once, on first use
         on this device; ~0.5 GB for s-full; ~8% faster per UNet step on 2 cores), for use under autocast to that
-        dtype. On a CPU with native bf16, the bf16 copies' convolution and linear layers are also reordered once
+        dtype; on CUDA of the UNet alone, with the frozen first stage (decoding runs in float32 there). On a CPU with native bf16, the bf16 copies' convolution and linear layers are also reordered once
         for oneDNN (:func:`~ciap_lib.bridge.prepack.prepack_cpu`). The copies derive from the frozen weights, which
         :meth:`assert_unchanged` checks."""
         if precision == "fp32":
@@ -151,7 +151,11 @@ class FrozenAudioLDM:
             dtype = HALF_DTYPES[precision]
             pack = self.prepack and can_prepack(self.device, dtype)
             unet = half_weight_copy(self.unet, dtype, skip=packable if pack else None)
-            first_stage = half_weight_copy(self.vae, dtype, decode_parts(self.vae), skip=packable if pack else None)
+            # no decoder copy where decoding runs in float32 anyway (CUDA: ciap_lib.bridge.devices.decode_dtype)
+            from ciap_lib.bridge.devices import decode_dtype
+
+            first_stage = (self.vae if decode_dtype(self.device, dtype) is None else
+                           half_weight_copy(self.vae, dtype, decode_parts(self.vae), skip=packable if pack else None))
             if pack:
                 prepack_cpu(unet, dtype)
                 prepack_cpu(first_stage, dtype, decode_parts(first_stage))

@@ -147,10 +147,12 @@ def decode_latents(audioldm: FrozenAudioLDM, latents: torch.Tensor, autocast: bo
 
     On the CPU one clip at a time: the decoder's GroupNorms (channels-last under bf16) and its fp32 convolutions
     split their sums by the batch (:mod:`ciap_lib.bridge.invariance`), so a batched decode would depend on the
-    other clips in it. (Clipping, as audioldm's ``generate_sample``, is decided per clip too.)"""
+    other clips in it. (Clipping, as audioldm's ``generate_sample``, is decided per clip too.) On CUDA batched, in
+    float32 whatever ``autocast`` says (:func:`ciap_lib.bridge.devices.decode_dtype`: a bf16 decode broke the seed
+    contract there)."""
     if latents.device.type == "cpu" and latents.shape[0] > 1:
         return torch.cat([decode_latents(audioldm, z[None], autocast, half) for z in latents])
-    dtype = half if autocast else None
+    dtype = devices.decode_dtype(latents.device, half if autocast else None)
     with torch.inference_mode(), devices.autocast(latents.device, dtype):
         z = latents
         if torch.max(torch.abs(z)) > 1e2:  # as audioldm's generate_sample

@@ -70,6 +70,13 @@ def test_half_dtype_is_bf16_or_fp16_where_bf16_is_not_native(monkeypatch):
     assert seen == [False]                                                    # emulated bf16 does not count
 
 
+def test_decoding_runs_in_float32_on_cuda_and_in_the_sampling_dtype_on_the_cpu():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert D.decode_dtype(cpu, torch.bfloat16) == torch.bfloat16 and D.decode_dtype(cpu, torch.float16) == torch.float16
+    assert D.decode_dtype(cpu, None) is None
+    assert D.decode_dtype(gpu, torch.bfloat16) is None and D.decode_dtype(gpu, None) is None   # the seed contract
+
+
 def test_fp16_copies_compute_what_fp16_autocast_computes_on_the_frozen_modules(tiny_audioldm, unit_embeds):
     a = tiny_audioldm
     unet, vae = D.sampling_modules(a, torch.float16)
