@@ -3,7 +3,7 @@
     python bench/generation.py [--durations 5 10] [--ddim-steps 200] [--fast-steps 10] [--quick]
                                [--precision bf16|fp32] [--contiguous] [--no-prepack] [--threads N] [--json out.json]
                                [--device cpu|cuda[:N]|auto] [--batch-sizes 1 4 8] [--throughput-durations 5]
-                               [--throughput-only]
+                               [--throughput-only] [--no-cuda-graphs]
 
 Prints, per clip length: seconds per clip (end to end: sampling + VAE + HiFi-GAN, batch 1) for DDIM
 (``--ddim-steps``, AudioLDM's 200 by default) and the fast solver (DPM-Solver++ at its default steps),
@@ -22,8 +22,8 @@ seed contract on the CPU: ``ciap_lib.bridge.invariance``); the batch with the be
 4 GB is what ``evaluate-generation`` samples with by default (``ciap_lib.bridge.evaluation.EVAL_BATCH_SIZE``).
 ``--throughput-only`` skips the per-clip-length figures above. ``--no-prepack``: the bf16 weight copies without
 oneDNN weight prepacking (``ciap_lib.bridge.prepack``; generation packs them on CPUs with native bf16), for an A/B.
-``--device cuda``: the same on a GPU (a bf16 UNet copy there, the decoder in float32: ``devices.decode_dtype``; each
-batch size warmed up once before it is timed); goals on one H200: a 5 s clip in <= 0.3 s at batch 1, >= 20 clips/s
+``--device cuda``: the same on a GPU (a bf16 UNet copy there, replayed from CUDA graphs: ``--no-cuda-graphs`` for the
+eager A/B; the decoder in float32: ``devices.decode_dtype``; each batch size warmed up once before it is timed); goals on one H200: a 5 s clip in <= 0.3 s at batch 1, >= 20 clips/s
 batched (``bench/gpu_check.sh`` runs ``--batch-sizes 1 8 32 --throughput-durations 5 10``). The matmul shares are
 printed there too, but a GPU step at these sizes is bound by kernel launches, not by the matmul rate.
 """
@@ -227,6 +227,9 @@ def main(argv=None) -> int:
                     help="UNet/VAE weights in the plain (NCHW) layout instead of load_audioldm's channels_last")
     ap.add_argument("--no-prepack", action="store_true",
                     help="bf16 weight copies without oneDNN prepacking (ciap_lib.bridge.prepack), for an A/B")
+    ap.add_argument("--no-cuda-graphs", action="store_true",
+                    help="on CUDA, run the UNet calls eagerly instead of replaying CUDA graphs "
+                         "(ciap_lib.bridge.cuda_graphs), for an A/B")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--repeats", type=int, default=3, help="fast-solver timings are the median of this many runs")
     ap.add_argument("--json", help="also write the figures here")
@@ -241,12 +244,13 @@ def main(argv=None) -> int:
         args.durations, args.ddim_steps = [5.0], 10
     torch.set_num_threads(args.threads)
     print(f"threads={torch.get_num_threads()} load average={os.getloadavg()} precision={args.precision}"
-          f"{' (no prepacking)' if args.no_prepack else ''}")
+          f"{' (no prepacking)' if args.no_prepack else ''}{' (no CUDA graphs)' if args.no_cuda_graphs else ''}")
 
     t0 = time.perf_counter()
     with PeakRSS() as build_mem:
         audioldm = full_size_model()
     audioldm.prepack = not args.no_prepack
+    audioldm.cuda_graphs = not args.no_cuda_graphs
     print(f"built full-size audioldm-s-full (random weights) in {time.perf_counter() - t0:.1f} s, "
           f"RSS {build_mem.peak / 2**30:.2f} GB")
     from ciap_lib.bridge.devices import generation_device, half_dtype

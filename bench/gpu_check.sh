@@ -10,7 +10,8 @@
 #    video stack (which those tests do not need) still runs them;
 # 2. bench/generation.py --device cuda: full-size audioldm-s-full (random weights, same cost), 5 s and 10 s clips,
 #    batch 1, 8 and 32 (clips/s, peak RSS and peak GPU memory at each). Goals on one H200: a 5 s clip in
-#    <= 0.3 s at batch 1, >= 20 clips/s batched;
+#    <= 0.3 s at batch 1, >= 20 clips/s batched; then 5 s clips again with eager UNet calls (--no-cuda-graphs),
+#    the baseline of the CUDA-graph speed-up, in the same run;
 # 3. one training epoch on the GPU: python -m ciap_lib train --set device=cuda epochs=1 (the synthetic set).
 # Figures go to $OUT/*.json, the cuda tests' report to $OUT/cuda_tests.xml. Every part runs even if an earlier one
 # failed (one machine session is short); the exit status is non-zero if any part failed, and the last line names them.
@@ -47,6 +48,10 @@ part "1/3 tests marked cuda (${#cuda_files[@]} files)" \
 part "2/3 generation speed on the GPU" \
     "$PY" bench/generation.py --device cuda --durations 5 10 --batch-sizes 1 8 32 --throughput-durations 5 10 \
     --json "$OUT/generation_cuda.json"
+
+part "2/3 (A/B) the same throughput with eager UNet calls (no CUDA graphs)" \
+    "$PY" bench/generation.py --device cuda --no-cuda-graphs --throughput-only --batch-sizes 1 8 32 \
+    --throughput-durations 5 --json "$OUT/generation_cuda_eager.json"
 
 part "3/3 one training epoch on the GPU" \
     "$PY" -m ciap_lib train --set device=cuda epochs=1 run_name=gpu_check "ckpt_dir=$CKPT_DIR" --json "$OUT/train_cuda.json"

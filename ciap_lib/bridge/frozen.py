@@ -112,6 +112,9 @@ class FrozenAudioLDM:
     #: whether :meth:`sampling_modules` prepacks the bf16 copies for oneDNN where it can
     #: (:func:`~ciap_lib.bridge.prepack.can_prepack`); False keeps them as cast (``bench/generation.py --no-prepack``)
     prepack = True
+    #: whether sampling on CUDA replays the UNet call from CUDA graphs (:mod:`ciap_lib.bridge.cuda_graphs`); False
+    #: runs it eagerly (``bench/generation.py --no-cuda-graphs``)
+    cuda_graphs = True
 
     def __init__(self, ldm, path: Path, name: str | None, spec: ArchSpec, cache_uncond: bool = True):
         self.ldm = ldm
@@ -134,6 +137,8 @@ class FrozenAudioLDM:
         self._fingerprint = combine_digests(self._digests)
         self.uncond_embedding = self._uncond(cache_uncond)
         self._half: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {}
+        #: the captured UNet calls on CUDA (:func:`ciap_lib.bridge.cuda_graphs.graphed_call`), per module and dtype
+        self.graphs: dict = {}
 
     def sampling_modules(self, precision: str = "fp32") -> tuple[torch.nn.Module, torch.nn.Module]:
         """``(unet, first_stage)`` to sample and decode with: audioldm's ``DiffusionWrapper`` and its
@@ -222,7 +227,7 @@ class FrozenAudioLDM:
 
     def to(self, device: str | torch.device) -> "FrozenAudioLDM":
         self.ldm.to(device)
-        self._half = {}
+        self._half, self.graphs = {}, {}
         self.uncond_embedding = self.uncond_embedding.to(device)
         return self
 

@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from ciap_lib.bridge import devices
+from ciap_lib.bridge import cuda_graphs, devices
 from ciap_lib.bridge.attention import fused_attention
 from ciap_lib.bridge.invariance import rowwise_linears
 from ciap_lib.bridge.frozen import FrozenAudioLDM
@@ -88,6 +88,8 @@ def predict_noise(audioldm: FrozenAudioLDM, x: torch.Tensor, t: torch.Tensor, co
     ``uncond``: what guidance steers away from, (1,1,512) or (N,1,512); default ``audioldm.uncond_embedding``
     (the CLAP text embedding of ``""``). The UNet sees ``cat([uncond, cond])`` as its film condition.
     ``autocast``: run under autocast to ``half`` (bfloat16, or float16 on GPUs without bf16) with weight copies.
+    On CUDA the UNet call is replayed from a CUDA graph captured once per shape (:mod:`ciap_lib.bridge.cuda_graphs`;
+    ``audioldm.cuda_graphs = False``: eagerly).
     """
     n = x.shape[0]
     if guidance_scale != 1.0:
@@ -99,11 +101,22 @@ def predict_noise(audioldm: FrozenAudioLDM, x: torch.Tensor, t: torch.Tensor, co
     ts = torch.full((x_in.shape[0],), int(t), dtype=torch.long, device=x.device)
     dtype = half if autocast else None
     unet, _ = devices.sampling_modules(audioldm, dtype)
-    # on the CPU the small Linears run row by row: a clip's noise prediction does not depend on its batch;
-    # attention runs through torch's fused SDPA kernel (ciap_lib.bridge.attention)
-    with devices.autocast(x.device, dtype), rowwise_linears(unet, enabled=x.device.type == "cpu"), \
-            fused_attention(unet):
-        eps = unet(x_in, ts, c_film=[c_in])      # what LatentDiffusion.apply_model does for film conditioning
+
+    def unet_call(x_in: torch.Tensor, ts: torch.Tensor, c_in: torch.Tensor) -> torch.Tensor:
+        # on the CPU the small Linears run row by row: a clip's noise prediction does not depend on its batch;
+        # attention runs through torch's fused SDPA kernel (ciap_lib.bridge.attention)
+        with devices.autocast(x_in.device, dtype), rowwise_linears(unet, enabled=x_in.device.type == "cpu"), \
+                fused_attention(unet):
+            return unet(x_in, ts, c_film=[c_in])      # what LatentDiffusion.apply_model does for film conditioning
+
+    if x.device.type == "cuda" and audioldm.cuda_graphs:   # launch-bound there: replayed (ciap_lib.bridge.cuda_graphs)
+        def captured(x_in: torch.Tensor, ts: torch.Tensor, c_in: torch.Tensor) -> torch.Tensor:
+            with cuda_graphs.cached_timestep_frequencies():
+                return unet_call(x_in, ts, c_in)
+
+        eps = cuda_graphs.graphed_call(audioldm.graphs, unet, dtype, captured)(x_in, ts, c_in)
+    else:
+        eps = unet_call(x_in, ts, c_in)
     eps = eps.float()
     if guidance_scale != 1.0:
         eps_u, eps_c = eps.chunk(2)

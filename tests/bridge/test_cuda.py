@@ -79,3 +79,37 @@ def test_negative_and_mix_on_cuda(gpu_audioldm, embeds, tiny_tokenizer_dir, tmp_
     w = generate(gpu_audioldm, image_embeds=embeds[:2], duration=2.5, steps=2, device="cuda", negative=[clip],
                  mix=["text:rain:0.3"], tokenizer_dir=tiny_tokenizer_dir)
     assert w.shape == (2, 40000) and np.isfinite(w).all()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_cuda_graph_replay_gives_the_eager_audio(gpu_audioldm, embeds, precision, record_property):
+    kw = dict(image_embeds=embeds[:3], duration=2.5, steps=3, seed=11, precision=precision, device="cuda",
+              verify_frozen=False)
+    gpu_audioldm.cuda_graphs = False
+    try:
+        eager = generate(gpu_audioldm, **kw)
+    finally:
+        del gpu_audioldm.cuda_graphs                  # back to the class default: replayed from graphs
+    gpu_audioldm.graphs.clear()
+    graphed = generate(gpu_audioldm, **kw)
+    again = generate(gpu_audioldm, **kw)
+    record_property("max_abs_diff_graphed_vs_eager", float(np.abs(graphed - eager).max()))   # in cuda_tests.xml
+    (call,) = gpu_audioldm.graphs.values()            # one UNet module and dtype
+    assert call.captures == 1 and len(call.graphs) == 1          # captured once, then replayed
+    assert np.abs(graphed - eager).max() <= 1e-3, np.abs(graphed - eager).max()   # the seed contract's bound
+    assert np.array_equal(again, graphed)
+
+
+def test_cuda_graphs_keep_the_most_recent_shapes(gpu_audioldm, embeds):
+    from ciap_lib.bridge import cuda_graphs as G
+
+    gpu_audioldm.graphs.clear()
+    kw = dict(duration=2.5, steps=1, device="cuda", verify_frozen=False)
+    for b in range(1, G.MAX_GRAPHS + 2):
+        generate(gpu_audioldm, image_embeds=embeds[:b], batch_size=b, **kw)
+    (call,) = gpu_audioldm.graphs.values()
+    assert call.captures == G.MAX_GRAPHS + 1 and len(call.graphs) == G.MAX_GRAPHS
+    generate(gpu_audioldm, image_embeds=embeds[:G.MAX_GRAPHS + 1], batch_size=G.MAX_GRAPHS + 1, **kw)
+    assert call.captures == G.MAX_GRAPHS + 1                     # kept: replayed
+    generate(gpu_audioldm, image_embeds=embeds[:1], batch_size=1, **kw)
+    assert call.captures == G.MAX_GRAPHS + 2                     # the oldest shape was dropped: captured again
