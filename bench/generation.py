@@ -23,8 +23,9 @@ seed contract on the CPU: ``ciap_lib.bridge.invariance``); the batch with the be
 ``--throughput-only`` skips the per-clip-length figures above. ``--no-prepack``: the bf16 weight copies without
 oneDNN weight prepacking (``ciap_lib.bridge.prepack``; generation packs them on CPUs with native bf16), for an A/B.
 ``--device cuda``: the same on a GPU (a bf16 UNet copy there, replayed from CUDA graphs: ``--no-cuda-graphs`` for the
-eager A/B; the decoder in float32: ``devices.decode_dtype``; each batch size warmed up once before it is timed); goals on one H200: a 5 s clip in <= 0.3 s at batch 1, >= 20 clips/s
-batched (``bench/gpu_check.sh`` runs ``--batch-sizes 1 8 32 --throughput-durations 5 10``). The matmul shares are
+eager A/B; the decoder in float32: ``devices.decode_dtype``; each batch size warmed up once before it is timed);
+goals on one H200: a 5 s clip in <= 0.3 s at batch 1, >= 20 clips/s batched (``bench/gpu_check.sh`` runs
+``--batch-sizes 1 8 32 --throughput-durations 5 10``). The matmul shares are
 printed there too, but a GPU step at these sizes is bound by kernel launches, not by the matmul rate.
 """
 from __future__ import annotations
@@ -278,7 +279,8 @@ def main(argv=None) -> int:
         rss0, t0 = rss_bytes(), time.perf_counter()
         unet, _ = audioldm.sampling_modules("bf16")     # made once, on first use; timed here rather than in a clip
         packed = any(isinstance(m, PackedLinear) for m in unet.modules())
-        print(f"bf16 weight copies (UNet{'' if cuda else ', VAE decoder, vocoder'}){', oneDNN-prepacked' if packed else ''}: "
+        parts = "UNet" if cuda else "UNet, VAE decoder, vocoder"     # CUDA decodes in float32: no decoder copy
+        print(f"bf16 weight copies ({parts}){', oneDNN-prepacked' if packed else ''}: "
               f"{time.perf_counter() - t0:.2f} s, +{(rss_bytes() - rss0) / 2**30:.2f} GB")
 
     results = []

@@ -51,8 +51,9 @@ def decode_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dtype
     (where the decode runs one clip at a time, :func:`ciap_lib.bridge.sampling.decode_latents`); None (float32, the
     frozen modules, TF32 convolutions by cuDNN's default) on CUDA. Measured on an H200 with the tiny model, the same
     latents decoded in a batch of 8 and alone differed by up to 3.9e-3 in bf16 (two bf16 steps of the output: cuDNN
-    picks other kernels for other batch sizes) and 6.8e-5 in float32, against the 1e-3 of the seed contract; the
-    float32 decode of 8 full-size 5 s clips took 0.062 s against 0.058 s in bf16."""
+    picks other kernels for other batch sizes) and 6.8e-6 in float32 (the whole clip, bf16 UNet included: 6.8e-5),
+    against the 1e-3 of the seed contract; the float32 decode of 8 full-size 5 s clips took 0.062 s against 0.058 s
+    in bf16."""
     return None if device.type == "cuda" else dtype
 
 
