@@ -66,6 +66,20 @@ from ciap_lib.constants import SAMPLE_RATE
 #: x1.05 (3.76 GB), batch 4 x1.15-1.18 (3.78-3.96 GB), batch 8 x0.85-0.91 (4.13-4.17 GB): batch 4 would win
 #: there, but it peaked at 4.10 GB on the EPYC, so 2 stays, under 4 GB on both.
 EVAL_BATCH_SIZE = 2
+#: The same on CUDA. On one H200 (full-size audioldm-s-full, random weights, bf16 UNet replayed from CUDA graphs,
+#: 5 s clips, 6 DPM-Solver++ steps; ``bench/gpu_check.sh``, 2026-12-04, ``bench/results/h200-2026-12-04/``):
+#: 22.8 clips/s at batch 1, 65.4 at batch 8 with 3.2 GB of GPU memory at the peak, 76.6 at batch 32 with 6.3 GB
+#: (10.4 GB for 10 s clips). Batch 8 keeps most of the gain within the memory of a small GPU.
+EVAL_BATCH_SIZE_CUDA = 8
+
+
+def default_batch_size(device: str | torch.device = "auto") -> int:
+    """The batch size ``evaluate-generation`` samples with when none is given: :data:`EVAL_BATCH_SIZE` where
+    ``device`` (``auto``, ``cpu``, ``cuda[:N]``) resolves to the CPU, :data:`EVAL_BATCH_SIZE_CUDA` on CUDA. A device
+    that does not resolve is a ``ValueError`` (``ciap_lib.bridge.devices.generation_device``)."""
+    from ciap_lib.bridge.devices import generation_device
+
+    return EVAL_BATCH_SIZE_CUDA if generation_device(device).type == "cuda" else EVAL_BATCH_SIZE
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "ciap.generation-eval/1"
@@ -311,8 +325,8 @@ def evaluate_generation(checkpoint: str | os.PathLike, data: str | os.PathLike, 
         out: output folder (WAVs, references, thumbnails, manifest).
         audioldm: AudioLDM checkpoint name (under ``ckpt_dir``) or path, an already loaded ``FrozenAudioLDM``,
             or None. When it is None or the file is missing, only the retrieval system runs (labelled so).
-        params: generation parameters (default: ``GenerationParams(batch_size=EVAL_BATCH_SIZE)``);
-            ``params.batch_size`` clips are sampled together.
+        params: generation parameters (default: ``GenerationParams`` with :func:`default_batch_size` for
+            ``device``); ``params.batch_size`` clips are sampled together.
         device: where the CIAP model, AudioLDM and the metric networks run (``cpu``, ``cuda[:N]``, ``auto``;
             default ``params.device``). The device it resolves to is the ``device`` the summary and MLflow record
             (not a resume setting: see :data:`NOT_SETTINGS`).
@@ -340,7 +354,9 @@ def evaluate_generation(checkpoint: str | os.PathLike, data: str | os.PathLike, 
     from ciap_lib.distributed import resolve_device
     from ciap_lib.pairs import scan_pairs
 
-    params = (params if params is not None else GenerationParams(batch_size=EVAL_BATCH_SIZE)).check()
+    if params is None:
+        params = GenerationParams(batch_size=default_batch_size("auto" if device is None else device))
+    params = params.check()
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n: must be an integer >= 1, got {n!r}")
     if isinstance(is_splits, bool) or not isinstance(is_splits, int) or is_splits < 1:

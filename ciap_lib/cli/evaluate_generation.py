@@ -17,7 +17,7 @@ HELP = ("evaluate generated audio on a split with paired clips (CLAP score/FD, F
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ciap_lib.bridge.evaluation import EVAL_BATCH_SIZE
+    from ciap_lib.bridge.evaluation import EVAL_BATCH_SIZE, EVAL_BATCH_SIZE_CUDA
     from ciap_lib.bridge.metric_weights import DEFAULT_WEIGHTS_DIR
     from ciap_lib.bridge.params import GenerationParams
     from ciap_lib.cli.generate import add_steering_arguments
@@ -56,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         extra = " (None: the sampler's own count)" if name == "steps" else ""
         if name == "batch_size":
-            extra = (" (default: the fastest batch under 4 GB on the 2-core CPU bench, see "
-                     "ciap_lib.bridge.evaluation.EVAL_BATCH_SIZE)")
+            extra = (f" on the CPU, the fastest batch under 4 GB on the 2-core CPU bench; {EVAL_BATCH_SIZE_CUDA} on "
+                     "CUDA (see ciap_lib.bridge.evaluation.default_batch_size)")
         parser.add_argument(flag, dest=f"gen_{name}", default=None, metavar="VALUE",
                             help=f"GenerationParams.{name}, default {getattr(d, name)!r}{extra}")
 
@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def generation_params(args: argparse.Namespace):
     """The ``GenerationParams`` of the ``--<field>`` flags (each parsed as its field's type; ``ValueError``
     naming the flag), checked."""
-    from ciap_lib.bridge.evaluation import EVAL_BATCH_SIZE
+    from ciap_lib.bridge.evaluation import EVAL_BATCH_SIZE, default_batch_size
     from ciap_lib.bridge.params import GenerationParams
     from ciap_lib.config import parse_value
 
@@ -76,7 +76,11 @@ def generation_params(args: argparse.Namespace):
             values[name] = text
         elif text is not None:
             values[name] = parse_value(text, tp, "--" + name.replace("_", "-"))
-    values.setdefault("batch_size", EVAL_BATCH_SIZE)
+    if "batch_size" not in values:   # the device's default; a device that does not resolve is reported below
+        try:
+            values["batch_size"] = default_batch_size(values.get("device", "auto"))
+        except ValueError:
+            values["batch_size"] = EVAL_BATCH_SIZE
     prefix = "--"
     params = GenerationParams.from_dict(values, prefix=prefix)
     bad = params.problems()

@@ -279,6 +279,33 @@ def test_a_manifest_that_recorded_the_device_still_resumes(tmp_path):
     assert (tmp_path / "wavs" / "x.wav").read_bytes() == b"kept"
 
 
+def test_default_batch_size_follows_the_device(monkeypatch):
+    from ciap_lib.bridge.evaluation import EVAL_BATCH_SIZE_CUDA, default_batch_size
+    from ciap_lib.cli.evaluate_generation import generation_params
+
+    def flags(*extra):
+        return generation_params(build_parser("evaluate-generation").parse_args(
+            ["evaluate-generation", "--checkpoint", "c.pt", "--data", "d", *extra]))
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_batch_size("auto") == default_batch_size("cpu") == EVAL_BATCH_SIZE
+    assert flags().batch_size == EVAL_BATCH_SIZE
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        default_batch_size("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)       # what torch reports with one GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert EVAL_BATCH_SIZE_CUDA != EVAL_BATCH_SIZE
+    assert default_batch_size("auto") == default_batch_size("cuda:0") == EVAL_BATCH_SIZE_CUDA
+    assert default_batch_size("cpu") == EVAL_BATCH_SIZE
+    assert flags().batch_size == EVAL_BATCH_SIZE_CUDA                  # --device auto: the GPU
+    assert flags("--device", "cpu").batch_size == EVAL_BATCH_SIZE
+    assert flags("--device", "cuda", "--batch-size", "3").batch_size == 3
+    assert flags("--device", "cuda:5").batch_size == EVAL_BATCH_SIZE      # no such GPU: an error when it runs
+    with pytest.raises(ValueError, match="--device: 'tpu' is not a device"):
+        flags("--device", "tpu")
+
+
 def test_cli_defaults_and_bad_input(ciap_workspace, tmp_path, capsys):
     args = build_parser("evaluate-generation").parse_args(
         ["evaluate-generation", "--checkpoint", "c.pt", "--data", "d"])
