@@ -287,7 +287,7 @@ def set_spec_augment(model: nn.Module, module: nn.Module | None) -> None:
     if not hasattr(enc, "spec_augment"):
         name = type(enc).__name__
         raise ValueError(f"specaugment masks a log-mel input; the audio encoder {name} has none "
-                         "(use audio_encoder 'logmel_cnn')")
+                         "(use audio_encoder 'logmel_cnn' or 'logmel_cnn_tc')")
     enc.spec_augment = module if module is not None else nn.Identity()
 
 

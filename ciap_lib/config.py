@@ -49,7 +49,7 @@ class TrainConfig:
     head: str | None = None               # a key of ciap_lib.models.heads.HEADS: 'linear' | 'mlp'
     head_depth: int | None = None         # 'mlp' head: residual blocks
     head_width: int | None = None         # 'mlp' head: hidden width
-    audio_encoder: str | None = None      # 'mlp' | 'logmel_cnn' | 'clap'
+    audio_encoder: str | None = None      # 'mlp' | 'logmel_cnn' | 'logmel_cnn_tc' | 'clap'
     # frozen-backbone feature cache (ciap_lib.features; filled ahead by `python -m ciap_lib cache-features`)
     feature_cache_dir: str = "data/cache/image_features"
     feature_precision: str = "fp32"       # 'fp32' | 'bf16' (autocast) for computing cached backbone features
@@ -77,7 +77,7 @@ class TrainConfig:
     # augmentation of the training split (ciap_lib.augment; validation never; seeded per seed, epoch and item).
     # Parts are comma-separated names, "" = off (the default): augment_audio=gain,noise
     augment_audio: str = ""               # 'gain', 'shift', 'noise' (white/pink), 'speed', 'tilt', 'reverb' (wave);
-                                          # 'specaugment' (log-mel masks, logmel_cnn only). Not with audio_encoder clap
+                                          # 'specaugment' (log-mel masks, logmel_cnn(_tc) only). Not with audio_encoder clap
     augment_image: str = ""               # 'crop' (RandomResizedCrop), 'affine' (small), 'jitter' (colour).
                                           # Not with freeze_backbone (cached features)
     gain_db: float = 6.0                  # 'gain': uniform in [-gain_db, gain_db] dB
@@ -174,7 +174,7 @@ def _value_problems(cfg: "TrainConfig", check_paths: bool, check_weights: bool) 
     from ciap_lib.augment import AUDIO_PARTS, IMAGE_PARTS, REVERB_RT60_MIN, parse_parts
     from ciap_lib.features import PRECISIONS
     from ciap_lib.losses import LOSSES
-    from ciap_lib.models import MODEL_CONFIGS, check_model_config, get_model_config
+    from ciap_lib.models import AUDIO_ENCODERS, MODEL_CONFIGS, check_model_config, get_model_config
     from ciap_lib.optim import OPTIMIZERS, SCHEDULERS
     from ciap_lib.selection import selectable_metrics
 
@@ -257,9 +257,10 @@ def _value_problems(cfg: "TrainConfig", check_paths: bool, check_weights: bool) 
             out.append(("augment_audio", f"audio augmentation ({cfg.augment_audio!r}) cannot work with audio_encoder "
                                          "'clap': it trains on CLAP features computed once per clip and cached; "
                                          "turn the augmentation off, or use audio_encoder 'logmel_cnn' or 'mlp'"))
-        elif "specaugment" in parts["augment_audio"] and mc.audio_encoder != "logmel_cnn":
+        elif "specaugment" in parts["augment_audio"] and not hasattr(AUDIO_ENCODERS.get(mc.audio_encoder), "log_mel"):
             out.append(("augment_audio", f"'specaugment' masks a log-mel input; audio_encoder {mc.audio_encoder!r} "
-                                         "has none (use audio_encoder 'logmel_cnn', or drop 'specaugment')"))
+                                         "has none (use audio_encoder 'logmel_cnn' or 'logmel_cnn_tc', or drop "
+                                         "'specaugment')"))
     if check_paths:
         root = Path(cfg.data)
         if not root.is_dir() and root != Path(TrainConfig.data):  # the embedded set is built on first use

@@ -7,7 +7,7 @@ so the generation UI and notebook 04 work with either; ``kind`` / ``label`` say 
 
 Two ways of matching (``match``):
 
-* ``"audio"`` (default for the ``mlp`` / ``logmel_cnn`` audio encoders): cross-modal, the query image
+* ``"audio"`` (default for the ``mlp`` / ``logmel_cnn`` / ``logmel_cnn_tc`` audio encoders): cross-modal, the query image
   embedding against the CIAP audio embeddings of the training clips (what CIAP was trained for);
 * ``"image"`` (used for the ``clap`` encoder, whose audio side needs AudioLDM's CLAP tower, i.e. the very
   checkpoint that is missing): the query image against the training images; the paired clip is returned.

@@ -427,7 +427,7 @@ def test_mlflow_opens_runs_table_and_compares_pipeline_runs(browser, mlflow_ui, 
                 else:  # the UI rounds to 3 significant digits
                     assert float(cell) == pytest.approx(want, rel=5e-3, abs=5e-3), (key, cell, want)
         for key, want in (("resolved.model", ["debug", "clap_aligned"]),
-                          ("resolved.audio_encoder", ["logmel_cnn", "clap"]),
+                          ("resolved.audio_encoder", ["logmel_cnn_tc", "clap"]),
                           ("resolved.image_backbone", ["tiny_cnn", "tiny_cnn"])):
             row = page.locator(f"tr:has(th:text-is('{key}'))").first
             assert [c.strip() for c in row.locator("td").all_inner_texts()] == want, key

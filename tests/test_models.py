@@ -30,6 +30,25 @@ def test_audio_encoders_shape_and_unit_norm(encoder):
     assert out.shape == (3, 512) and _unit(out)
 
 
+def test_logmel_cnn_tc_is_logmel_cnn_plus_residual_temporal_convolutions():
+    torch.manual_seed(0)
+    enc = create_model("debug", audio_encoder="logmel_cnn_tc").audio_encoder.eval()
+    mel = enc.log_mel(torch.randn(2, enc.num_samples, generator=torch.Generator().manual_seed(1)))
+    with torch.no_grad():
+        base = enc.cnn(mel).mean(dim=2)                 # the conv blocks of logmel_cnn, frequency averaged
+        h = enc.frame_features(mel)
+        assert h.shape == base.shape and not torch.allclose(h, base, atol=1e-3)
+        for block in enc.temporal:                      # with zero convolutions each residual block adds nothing
+            block[0].weight.zero_()
+            block[0].bias.zero_()
+        assert torch.equal(enc.frame_features(mel), base)
+    assert [block[0].dilation for block in enc.temporal] == [(1,), (2,)]   # +-3 frames of context
+    from ciap_lib.config import TrainConfig
+
+    TrainConfig.from_dict({"model": "debug", "audio_encoder": "logmel_cnn_tc",
+                           "augment_audio": "gain,specaugment"}).check()   # it has a log-mel input to mask
+
+
 def test_mlp_is_exactly_the_original_design():
     enc = create_model("seed", image_pretrained="none").audio_encoder
     linears = [m for m in enc.modules() if isinstance(m, nn.Linear)]

@@ -187,12 +187,12 @@ def test_parent_run_carries_headline_figures_and_resolved_params(run):
         assert m[f"val_{d}_class_R_at_1"] == m2[f"final_{d}_class_R_at_1"]  # the synthetic set has labels
     assert m["clap_score"] == m4["diffusion.clap_score"]
     assert m["seconds_per_clip"] == m4["diffusion.seconds_per_clip"] > 0
-    assert "clap_mean_cosine" not in m  # logmel_cnn mode: 03 has no CLAP alignment to report
+    assert "clap_mean_cosine" not in m  # logmel_cnn_tc mode: 03 has no CLAP alignment to report
     p = parent.data.params
     assert p["train.image_backbone"] == "None"  # the override as given ...
     assert {k: p[f"resolved.{k}"] for k in ("model", "image_backbone", "image_size", "audio_encoder", "loss",
                                             "epochs")} == {  # ... and what was built
-        "model": "debug", "image_backbone": "tiny_cnn", "image_size": "32", "audio_encoder": "logmel_cnn",
+        "model": "debug", "image_backbone": "tiny_cnn", "image_size": "32", "audio_encoder": "logmel_cnn_tc",
         "loss": "infonce_labels", "epochs": str(EPOCHS)}
     exp = client.get_experiment(parent.info.experiment_id)
     assert exp.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"

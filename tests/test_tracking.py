@@ -209,9 +209,10 @@ def test_headline_figures_of_the_nested_runs_go_onto_the_parent(store):
 
 @pytest.mark.parametrize("name, overrides, want", [
     ("default", ["model=debug", "train.image_backbone=null"],
-     {"model": "debug", "image_backbone": "tiny_cnn", "image_size": 32, "audio_encoder": "logmel_cnn",
+     {"model": "debug", "image_backbone": "tiny_cnn", "image_size": 32, "audio_encoder": "logmel_cnn_tc",
       "loss": "infonce_labels", "epochs": 40}),
-    ("default", [], {"model": "default", "image_backbone": "small_cnn", "image_size": 64}),
+    ("default", [], {"model": "default", "image_backbone": "small_cnn", "image_size": 64,
+                     "audio_encoder": "logmel_cnn_tc"}),
     ("clap_aligned", ["train.image_backbone=tiny_cnn", "epochs=3", "loss=cosine"],
      {"model": "clap_aligned", "image_backbone": "tiny_cnn", "audio_encoder": "clap", "epochs": 3, "loss": "cosine"}),
     ("seed", [], {"image_backbone": "resnet18", "image_pretrained": "imagenet", "audio_encoder": "mlp",

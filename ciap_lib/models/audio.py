@@ -101,6 +101,36 @@ class LogMelCNNAudioEncoder(nn.Module):
         return F.normalize(self.norm(self.proj(h)), dim=-1)
 
 
+@register_audio_encoder("logmel_cnn_tc")
+class LogMelTemporalCNNAudioEncoder(LogMelCNNAudioEncoder):
+    """``logmel_cnn`` with temporal context: after the conv blocks the frequency axis is averaged out and two
+    residual 1-D convolutions over the remaining frames (kernel 3, dilations 1 and 2, GroupNorm) run before the
+    mean+max pooling. A frame of the conv blocks sees ~0.46 s of audio (46 mel frames at the 10 ms hop); after the
+    temporal convolutions it sees 3 frames either side as well, ~1.4 s: a rhythm (a pulse rate) across the whole
+    1 s window rather than one or two of its pulses. (B,T) -> (B,D)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__(config)
+        c = 8 * config.cnn_width
+        self.temporal = nn.ModuleList(
+            nn.Sequential(nn.Conv1d(c, c, 3, padding=d, dilation=d), nn.GroupNorm(min(8, c // 2), c), nn.ReLU())
+            for d in (1, 2))
+
+    def frame_features(self, mel: torch.Tensor) -> torch.Tensor:
+        """(B,1,n_mels,frames) log-mel (:meth:`log_mel`) -> (B, 8 * cnn_width, frames / 16) features per time frame,
+        before pooling."""
+        h = self.cnn(mel).mean(dim=2)
+        for block in self.temporal:
+            h = h + block(h)
+        return h
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        _check_waveform(audio, self.num_samples, "logmel_cnn_tc")
+        h = self.frame_features(self.spec_augment(self.log_mel(audio)))
+        h = torch.cat([h.mean(dim=-1), h.amax(dim=-1)], dim=1)
+        return F.normalize(self.norm(self.proj(h)), dim=-1)
+
+
 @register_audio_encoder("clap")
 class PrecomputedEmbeddingEncoder(nn.Module):
     """Parameter-free: (B,clap_dim) precomputed (frozen CLAP) embeddings -> L2-normalised (B,D).

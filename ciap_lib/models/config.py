@@ -34,10 +34,10 @@ class ModelConfig:
             is built; keys the feature cache and is logged to MLflow.
         head: key of ``ciap_lib.models.heads.HEADS``: ``linear`` (Linear + LayerNorm) or ``mlp`` (residual MLP).
         head_depth / head_width: residual blocks and hidden width of the ``mlp`` head.
-        audio_encoder: key of ``AUDIO_ENCODERS`` (``mlp``, ``logmel_cnn``, ``clap``).
+        audio_encoder: key of ``AUDIO_ENCODERS`` (``mlp``, ``logmel_cnn``, ``logmel_cnn_tc``, ``clap``).
         sample_rate / segment_seconds: the audio window the encoders see (16 kHz, 1 s).
         mlp_hidden: hidden width of the ``mlp`` audio encoder (1024 in the original design).
-        n_mels, n_fft, hop_length: log-mel front end of ``logmel_cnn``.
+        n_mels, n_fft, hop_length: log-mel front end of ``logmel_cnn`` / ``logmel_cnn_tc``.
         cnn_width: channel width of the first conv block (doubles per block) for the small CNNs.
         clap_dim: size of precomputed CLAP audio embeddings (``clap`` encoder input).
         init_logit_scale: initial value of the log-space logit scale (log(1/0.07)).
