@@ -20,12 +20,13 @@ _T = TypeVar("_T", bound=type)
 
 
 def register_audio_encoder(name: str) -> Callable[[_T], _T]:
-    """Class decorator adding an audio encoder to ``AUDIO_ENCODERS`` under ``name``."""
+    """Class decorator adding an audio encoder to ``AUDIO_ENCODERS`` under ``name`` (kept as ``cls.registry_name``)."""
 
     def deco(cls: _T) -> _T:
         if name in AUDIO_ENCODERS and AUDIO_ENCODERS[name] is not cls:
             raise ValueError(f"audio encoder {name!r} is already registered ({AUDIO_ENCODERS[name].__name__})")
         AUDIO_ENCODERS[name] = cls
+        cls.registry_name = name         # the name errors give (a subclass registers its own)
         return cls
 
     return deco
@@ -94,10 +95,15 @@ class LogMelCNNAudioEncoder(nn.Module):
         std = x.std(dim=(2, 3), keepdim=True)
         return (x - mean) / (std + 1e-5)
 
+    def frame_features(self, mel: torch.Tensor) -> torch.Tensor:
+        """(B,1,n_mels,frames) log-mel (:meth:`log_mel`) -> (B, 8 * cnn_width, n_mels / 16, frames / 16) features of
+        the conv blocks, before pooling."""
+        return self.cnn(mel)
+
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        _check_waveform(audio, self.num_samples, "logmel_cnn")
-        h = self.cnn(self.spec_augment(self.log_mel(audio)))
-        h = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+        _check_waveform(audio, self.num_samples, self.registry_name)
+        h = self.frame_features(self.spec_augment(self.log_mel(audio))).flatten(2)    # (B, C, positions)
+        h = torch.cat([h.mean(dim=-1), h.amax(dim=-1)], dim=1)
         return F.normalize(self.norm(self.proj(h)), dim=-1)
 
 
@@ -118,17 +124,11 @@ class LogMelTemporalCNNAudioEncoder(LogMelCNNAudioEncoder):
 
     def frame_features(self, mel: torch.Tensor) -> torch.Tensor:
         """(B,1,n_mels,frames) log-mel (:meth:`log_mel`) -> (B, 8 * cnn_width, frames / 16) features per time frame,
-        before pooling."""
+        before pooling (the pooling and projection are ``logmel_cnn``'s)."""
         h = self.cnn(mel).mean(dim=2)
         for block in self.temporal:
             h = h + block(h)
         return h
-
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        _check_waveform(audio, self.num_samples, "logmel_cnn_tc")
-        h = self.frame_features(self.spec_augment(self.log_mel(audio)))
-        h = torch.cat([h.mean(dim=-1), h.amax(dim=-1)], dim=1)
-        return F.normalize(self.norm(self.proj(h)), dim=-1)
 
 
 @register_audio_encoder("clap")
