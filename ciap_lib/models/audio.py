@@ -57,7 +57,7 @@ class MLPAudioEncoder(nn.Module):
                                  nn.Linear(config.mlp_hidden, config.embed_dim))
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        _check_waveform(audio, self.num_samples, "mlp")
+        _check_waveform(audio, self.num_samples, self.registry_name)
         return F.normalize(self.net(audio), dim=-1)
 
 
