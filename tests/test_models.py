@@ -38,11 +38,14 @@ def test_logmel_cnn_tc_is_logmel_cnn_plus_residual_temporal_convolutions():
         base = enc.cnn(mel).mean(dim=2)                 # the conv blocks of logmel_cnn, frequency averaged
         h = enc.frame_features(mel)
         assert h.shape == base.shape and not torch.allclose(h, base, atol=1e-3)
+        assert h.shape[-1] == math.ceil(mel.shape[-1] / 8)     # time halved by three conv blocks, not the fourth
+        plain = create_model("debug", audio_encoder="logmel_cnn").audio_encoder.eval()
+        assert plain.frame_features(mel).shape[-1] == math.ceil(mel.shape[-1] / 16)
         for block in enc.temporal:                      # with zero convolutions each residual block adds nothing
             block[0].weight.zero_()
             block[0].bias.zero_()
         assert torch.equal(enc.frame_features(mel), base)
-    assert [block[0].dilation for block in enc.temporal] == [(1,), (2,)]   # +-3 frames of context
+    assert [block[0].dilation for block in enc.temporal] == [(1,), (2,), (4,)]   # +-7 frames of context
     from ciap_lib.config import TrainConfig
 
     TrainConfig.from_dict({"model": "debug", "audio_encoder": "logmel_cnn_tc",

@@ -63,14 +63,16 @@ class MLPAudioEncoder(nn.Module):
 
 @register_audio_encoder("logmel_cnn")
 class LogMelCNNAudioEncoder(nn.Module):
-    """(B,T) waveform -> log-mel (B,1,n_mels,frames) -> ``spec_augment`` -> 4 conv blocks (GroupNorm) -> mean+max
-    pool -> Linear -> LayerNorm -> L2 (B,D).
+    """(B,T) waveform -> log-mel (B,1,n_mels,frames) -> ``spec_augment`` -> 4 conv blocks (GroupNorm, each halving
+    frequency and time: ``POOLS``) -> mean+max pool -> Linear -> LayerNorm -> L2 (B,D).
 
     ``spec_augment`` is the front end's augmentation slot: ``nn.Identity`` unless training puts a
     :class:`ciap_lib.augment.SpecAugment` there (``set_spec_augment``; it masks in training mode only).
     """
 
     input_kind = "waveform"
+    #: (frequency, time) max-pooling after each conv block
+    POOLS: tuple[tuple[int, int], ...] = ((2, 2),) * 4
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -81,9 +83,9 @@ class LogMelCNNAudioEncoder(nn.Module):
         w = config.cnn_width
         chans = [1, w, 2 * w, 4 * w, 8 * w]
         layers: list[nn.Module] = []
-        for cin, cout in zip(chans[:-1], chans[1:]):
+        for cin, cout, pool in zip(chans[:-1], chans[1:], self.POOLS, strict=True):
             layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(min(8, cout // 2), cout),
-                       nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True)]
+                       nn.ReLU(inplace=True), nn.MaxPool2d(pool, ceil_mode=True)]
         self.cnn = nn.Sequential(*layers)
         self.proj = nn.Linear(2 * chans[-1], config.embed_dim)
         self.norm = nn.LayerNorm(config.embed_dim)
@@ -109,21 +111,27 @@ class LogMelCNNAudioEncoder(nn.Module):
 
 @register_audio_encoder("logmel_cnn_tc")
 class LogMelTemporalCNNAudioEncoder(LogMelCNNAudioEncoder):
-    """``logmel_cnn`` with temporal context: after the conv blocks the frequency axis is averaged out and two
-    residual 1-D convolutions over the remaining frames (kernel 3, dilations 1 and 2, GroupNorm) run before the
-    mean+max pooling. A frame of the conv blocks sees ~0.46 s of audio (46 mel frames at the 10 ms hop); after the
-    temporal convolutions it sees 3 frames either side as well, ~1.4 s: a rhythm (a pulse rate) across the whole
-    1 s window rather than one or two of its pulses. (B,T) -> (B,D)."""
+    """``logmel_cnn`` with temporal context. The last conv block halves only the frequency axis, so that the frames
+    stay 80 ms apart (13 for a 1 s window; ``logmel_cnn``'s are 160 ms apart, 7 frames). Then the frequency axis is
+    averaged out, and three residual 1-D convolutions over the frames (kernel 3, dilations 1, 2 and 4, GroupNorm)
+    run before ``logmel_cnn``'s mean+max pooling and projection. A frame of the conv blocks sees ~0.38 s of audio
+    (38 mel frames at the 10 ms hop); after the temporal convolutions it sees 7 frames either side as well, ~1.5 s:
+    a rhythm (a pulse rate) across the whole 1 s window, at a step finer than the 167 ms between pulses at 6 a
+    second. (B,T) -> (B,D)."""
+
+    POOLS = ((2, 2), (2, 2), (2, 2), (2, 1))
+    #: dilation of each residual temporal convolution
+    DILATIONS: tuple[int, ...] = (1, 2, 4)
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         c = 8 * config.cnn_width
         self.temporal = nn.ModuleList(
             nn.Sequential(nn.Conv1d(c, c, 3, padding=d, dilation=d), nn.GroupNorm(min(8, c // 2), c), nn.ReLU())
-            for d in (1, 2))
+            for d in self.DILATIONS)
 
     def frame_features(self, mel: torch.Tensor) -> torch.Tensor:
-        """(B,1,n_mels,frames) log-mel (:meth:`log_mel`) -> (B, 8 * cnn_width, frames / 16) features per time frame,
+        """(B,1,n_mels,frames) log-mel (:meth:`log_mel`) -> (B, 8 * cnn_width, frames / 8) features per time frame,
         before pooling (the pooling and projection are ``logmel_cnn``'s)."""
         h = self.cnn(mel).mean(dim=2)
         for block in self.temporal:
