@@ -23,8 +23,8 @@ difference, the wall time of each run and, measured in the same run, the machine
 times can be set beside another machine's. Target (issue 10): the new recipe >= 0.90 and >= old + 0.15, both runs
 together <= 5 min on 2 cores. Single runs vary with the seed (2026-12-03: seed 0 gave old 0.188, new 0.719; seed 1
 old 0.177, new 0.542 at the last epoch, 0.615 with best.pt; 2026-12-04, with the label-word loss: new 0.792, 0.781,
-0.802, 0.760 for seeds 0-3; with ``logmel_cnn_tc`` as well: 0.885, 0.865, 0.906, 0.927): compare recipes over a
-few ``--seed`` values.
+0.802, 0.760 for seeds 0-3; with ``logmel_cnn_tc`` as well: 0.885, 0.865, 0.906, 0.927; with its 80 ms frames
+(2026-12-04 (6)): 0.948, 0.917, 0.906, 0.948): compare recipes over a few ``--seed`` values.
 """
 from __future__ import annotations
 
