@@ -175,12 +175,12 @@ class NearestNeighbourGenerator:
                  guidance_scale: float = 2.5, seed: int = 0, n_candidates: int = 1, sampler: str = "dpmpp",
                  callback: Callable[..., Any] | None = None, negative: Sequence[str] | None = None,
                  negative_text: str | None = None, mix: Sequence[str] | None = None,
-                 device: str | None = None) -> np.ndarray:
+                 device: str | None = None, precision: str = "auto") -> np.ndarray:
         """The closest training clip per image, as (B, T) float32 at 16 kHz, T = round(duration * 16000).
 
         Same signature as the diffusion wrapper; ``cond_stage``, ``steps``, ``guidance_scale``, ``seed``,
-        ``n_candidates``, ``sampler``, ``negative``, ``negative_text``, ``mix`` and ``device`` have no effect on
-        retrieval (the result is deterministic).
+        ``n_candidates``, ``sampler``, ``negative``, ``negative_text``, ``mix``, ``device`` and ``precision`` have no
+        effect on retrieval (the result is deterministic).
         ``callback(step, total)`` is called once per image.
         """
         from ciap_lib.audio_io import load_audio

@@ -405,3 +405,25 @@ def test_batch_files_and_the_ui_prepare_images_as_the_checkpoint_stores(ws, tmp_
     drive(ui, images[1].read_bytes(), 2.5)
     assert ui.error is None, ui.error
     assert g.last_matches[0].score == expected[1]
+
+
+def test_the_precision_parameter_reaches_the_generator(ws, diffusion, tmp_path):
+    """Notebook 04's ``precision`` (a GenerationParams field with no control of its own) reaches generate() from the
+    widget and from the batch path, and the clip is the one that precision gives."""
+    from ciap_lib import bridge
+
+    rec = Recorder(diffusion)
+    ui = G.build_generation_ui(rec, duration=2.5, steps=1, precision="fp32")
+    ui.upload.value = upload_value(png_bytes(ws))
+    wave = ui.generate()
+    assert ui.error is None, ui.error
+    assert rec.calls[-1]["precision"] == "fp32"
+    rec = Recorder(diffusion)
+    [out] = batch.generate_files(rec, batch.default_images(ws["data"], 1), tmp_path / "wavs", duration=2.5, steps=1,
+                                 precision="fp32")
+    assert rec.calls[-1]["precision"] == "fp32"
+    img = rec.calls[-1]["images"]
+    want = bridge.generate(diffusion.audioldm, images=img, cond_stage=diffusion.cond_stage, duration=2.5, steps=1,
+                           precision="fp32")[0]
+    np.testing.assert_array_equal(out["waveform"], want)
+    assert wave.shape == want.shape

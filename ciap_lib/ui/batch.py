@@ -85,7 +85,8 @@ def generate_files(generator: Generator, image_paths: Sequence[str | Path], out_
         img = load_image(path, generator.preprocess)[None]
         wave = generator.generate(images=img, duration=p.duration, steps=p.steps, guidance_scale=p.guidance_scale,
                                   seed=p.seed, sampler=p.sampler, n_candidates=p.n_candidates, negative=p.negative,
-                                  negative_text=p.negative_text, mix=p.mix, device=p.device)[0]
+                                  negative_text=p.negative_text, mix=p.mix, device=p.device,
+                                  precision=p.precision)[0]
         wav = write_wav(out_dir / output_name(path.name, generator), wave, SAMPLE_RATE)
         seconds = time.perf_counter() - t0
         note = "; ".join(generator.describe()) if not generator.is_diffusion and hasattr(generator, "describe") else ""

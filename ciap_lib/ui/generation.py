@@ -307,7 +307,7 @@ class GenerationUI(widgets.VBox):
             out = self.generator.generate(
                 images=image, duration=p.duration, steps=p.steps, guidance_scale=p.guidance_scale, seed=p.seed,
                 sampler=p.sampler, n_candidates=p.n_candidates, callback=self._callback, negative=p.negative,
-                negative_text=p.negative_text, mix=p.mix, device=p.device)
+                negative_text=p.negative_text, mix=p.mix, device=p.device, precision=p.precision)
         except Exception as e:  # shown in the UI; the notebook keeps running
             self._fail(f"{type(e).__name__}: {e}")
             self.progress.bar_style = "danger"

@@ -45,7 +45,7 @@ class Generator(Protocol):
                  guidance_scale: float = 2.5, seed: int = 0, n_candidates: int = 1, sampler: str = "dpmpp",
                  callback: Callable[..., Any] | None = None, negative: Sequence[str] | None = None,
                  negative_text: str | None = None, mix: Sequence[str] | None = None,
-                 device: str | None = None) -> np.ndarray: ...
+                 device: str | None = None, precision: str = "auto") -> np.ndarray: ...
 
 
 class DiffusionGenerator:
@@ -95,10 +95,10 @@ class DiffusionGenerator:
                  guidance_scale: float = 2.5, seed: int = 0, n_candidates: int = 1, sampler: str = "dpmpp",
                  callback: Callable[..., Any] | None = None, negative: Sequence[str] | None = None,
                  negative_text: str | None = None, mix: Sequence[str] | None = None,
-                 device: str | None = None) -> np.ndarray:
+                 device: str | None = None, precision: str = "auto") -> np.ndarray:
         """(B, T) float32 16 kHz waveforms, T = round(duration * 16000); see ``ciap_lib.bridge.generate``
         (``negative``/``negative_text``/``mix``: what guidance steers away from and what is mixed in;
-        ``device``: ``auto``/``cpu``/``cuda[:N]``, None = where the model is)."""
+        ``device``: ``auto``/``cpu``/``cuda[:N]``, None = where the model is; ``precision``: ``auto``/``bf16``/``fp32``)."""
         from ciap_lib import bridge
 
         return np.asarray(bridge.generate(
@@ -106,7 +106,7 @@ class DiffusionGenerator:
             cond_stage=cond_stage if cond_stage is not None else (self.cond_stage if image_embeds is None else None),
             duration=duration, steps=steps, guidance_scale=guidance_scale, seed=seed, n_candidates=n_candidates,
             sampler=sampler, callback=callback, negative=negative, negative_text=negative_text, mix=mix,
-            tokenizer_dir=self.tokenizer_dir, device=device), dtype=np.float32)
+            tokenizer_dir=self.tokenizer_dir, device=device, precision=precision), dtype=np.float32)
 
     def clap_score(self, waveforms: np.ndarray, images: torch.Tensor) -> np.ndarray:
         """(B,) cosine between each image's condition embedding and its clip's CLAP audio embedding
