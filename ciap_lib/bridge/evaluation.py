@@ -329,7 +329,8 @@ def evaluate_generation(checkpoint: str | os.PathLike, data: str | os.PathLike, 
             ``device``); ``params.batch_size`` clips are sampled together.
         device: where the CIAP model, AudioLDM and the metric networks run (``cpu``, ``cuda[:N]``, ``auto``;
             default ``params.device``). The device it resolves to is the ``device`` the summary and MLflow record
-            (not a resume setting: see :data:`NOT_SETTINGS`).
+            (not a resume setting: see :data:`NOT_SETTINGS`). ``precision="auto"`` is recorded, and resumed, as what
+            it resolves to on that device (``devices.resolve_precision``).
         tokenizer_dir: local RoBERTa tokenizer for ``negative_text`` / ``text:`` mix entries (default:
             ``roberta-base/`` beside the AudioLDM checkpoint).
         overwrite: regenerate clips whose manifest settings differ, instead of refusing.
@@ -350,6 +351,7 @@ def evaluate_generation(checkpoint: str | os.PathLike, data: str | os.PathLike, 
             manifest's without ``overwrite``. ``AudioLDMCheckpointError``: an AudioLDM file that is not a
             matching checkpoint (a missing one is not an error: the retrieval system runs alone).
     """
+    from ciap_lib.bridge.devices import resolve_precision
     from ciap_lib.checkpoint import load_ciap
     from ciap_lib.distributed import resolve_device
     from ciap_lib.pairs import scan_pairs
@@ -377,7 +379,9 @@ def evaluate_generation(checkpoint: str | os.PathLike, data: str | os.PathLike, 
              f"{skipped_files[0][1]}")
     pairs = pairs_found[:n]
     dev = resolve_device(params.device if device is None else device)
-    params = replace(params, device=str(dev)).check()  # what runs is what is recorded
+    # what runs is what is recorded: the device, and the precision ``auto`` picks on it (a resume setting: the two
+    # precisions give different clips)
+    params = replace(params, device=str(dev), precision=resolve_precision(params.precision, dev)).check()
 
     # ---- models
     if model is None:

@@ -35,7 +35,7 @@ PathList = Sequence[str | os.PathLike] | None
 
 def check_inputs(duration: float = 5.0, steps: int | None = None, guidance_scale: float = 2.5,
                  n_candidates: int = 1, sampler: str = DEFAULT_SAMPLER, batch_size: int = 4,
-                 precision: str = "bf16", images: ImageInput = None, image_embeds: torch.Tensor | None = None,
+                 precision: str = "auto", images: ImageInput = None, image_embeds: torch.Tensor | None = None,
                  cond_stage: CIAPCondStage | None = None, require_cond_stage: bool = True, *,
                  negative: PathList = None, negative_text: str | None = None, mix: Sequence[str] | None = None,
                  negative_embeds: torch.Tensor | None = None, mix_embeds: torch.Tensor | None = None,
@@ -121,7 +121,7 @@ def embed_images(images: ImageInput, cond_stage: CIAPCondStage) -> torch.Tensor:
 def generate(audioldm: FrozenAudioLDM, images: ImageInput = None, *, image_embeds: torch.Tensor | None = None,
              cond_stage: CIAPCondStage | None = None, duration: float = 5.0, steps: int | None = None,
              guidance_scale: float = 2.5, seed: int = 0, n_candidates: int = 1, sampler: str = DEFAULT_SAMPLER,
-             callback: Callable[[int, int], None] | None = None, batch_size: int = 4, precision: str = "bf16",
+             callback: Callable[[int, int], None] | None = None, batch_size: int = 4, precision: str = "auto",
              verify_frozen: bool = True, return_latents: bool = False,
              negative: PathList = None, negative_text: str | None = None, mix: Sequence[str] | None = None,
              negative_embeds: torch.Tensor | None = None, mix_embeds: torch.Tensor | None = None,
@@ -140,8 +140,10 @@ def generate(audioldm: FrozenAudioLDM, images: ImageInput = None, *, image_embed
             closest (cosine) to the condition embedding (after ``mix``).
         callback: ``callback(done, total)`` after each solver step and each decode.
         batch_size: clips (images x candidates) sampled together.
-        precision: ``"bf16"`` (autocast in UNet/VAE/vocoder with half-precision weight copies, the fast default;
-            float16 on GPUs without bfloat16; float32 on CPUs without native bf16: ``devices.half_dtype``) or ``"fp32"``.
+        precision: ``"auto"`` (the default: ``"bf16"`` on CUDA and on CPUs where bf16 is measured faster than float32,
+            else ``"fp32"``: ``devices.resolve_precision``), ``"bf16"`` (autocast in UNet/VAE/vocoder with
+            half-precision weight copies; float16 on GPUs without bfloat16; float32 on CPUs without native bf16:
+            ``devices.half_dtype``) or ``"fp32"``. The two give different audio for the same seed.
         verify_frozen: after generating, check that the weights of the AudioLDM parts this call ran still
             hash as at load (~0.5 s for audioldm-s-full's UNet, VAE and vocoder on 2 cores).
         return_latents: also return the chosen clips' latents (B, 8, T, 16).
@@ -192,7 +194,7 @@ def generate(audioldm: FrozenAudioLDM, images: ImageInput = None, *, image_embed
     devices.place(audioldm, dev)
     half = devices.half_dtype(dev)
     steps = DEFAULT_STEPS[sampler] if steps is None else steps
-    autocast = precision == "bf16"
+    autocast = devices.resolve_precision(precision, dev) == "bf16"
     n_frames = latent_frames(duration)
     n_samples = int(round(duration * SAMPLE_RATE))
 

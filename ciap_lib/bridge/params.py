@@ -22,7 +22,7 @@ from ciap_lib.bridge.guidance import spec_problems
 from ciap_lib.config import DEVICE_CHOICES, DEVICE_PATTERN, check_type
 from ciap_lib.constants import check_duration
 
-PRECISIONS: tuple[str, ...] = ("bf16", "fp32")
+PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -37,8 +37,10 @@ class GenerationParams:
         seed: clip ``i`` candidate ``k`` starts from the noise of seed ``seed + i * n_candidates + k``.
         n_candidates: clips sampled per image; the one closest to the condition in CLAP space is kept.
         batch_size: clips (images x candidates) sampled together.
-        precision: ``bf16`` (half-precision weight copies under autocast: bfloat16, or float16 on GPUs without
-            bfloat16; float32 on CPUs without native bf16, where emulated bf16 is ~8x slower per UNet step) or ``fp32``.
+        precision: ``auto`` (the faster of the two on the device: ``bf16`` on CUDA and on CPUs whose bf16 matmul is
+            measured >= 1.2x float32's, such as AMX Xeons, else ``fp32``: ``ciap_lib.bridge.devices.resolve_precision``),
+            ``bf16`` (half-precision weight copies under autocast: bfloat16, or float16 on GPUs without bfloat16;
+            float32 on CPUs without native bf16, where emulated bf16 is ~8x slower per UNet step) or ``fp32``.
         negative: audio clip paths; guidance steers away from their averaged CLAP audio embedding instead of
             the CLAP text embedding of ``""``.
         negative_text: a text to steer away from instead (``"speech"``; needs a local RoBERTa tokenizer); not
@@ -55,7 +57,7 @@ class GenerationParams:
     seed: int = 0
     n_candidates: int = 1
     batch_size: int = 4
-    precision: str = "bf16"
+    precision: str = "auto"
     negative: list[str] = field(default_factory=list)
     negative_text: str | None = None
     mix: list[str] = field(default_factory=list)

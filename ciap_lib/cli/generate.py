@@ -36,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sample N clips per image, keep the one closest to the image in CLAP space")
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"clips sampled together (default {d.batch_size})")
     parser.add_argument("--precision", default=d.precision, choices=PRECISIONS,
-                        help="bf16: half-precision weight copies under autocast (float16 on GPUs without bf16)")
+                        help="auto (default): bf16 on CUDA and on CPUs where bf16 is measured faster than float32, "
+                             "else fp32; bf16: half-precision weight copies under autocast (float16 on GPUs without "
+                             "bf16); fp32")
     add_steering_arguments(parser, d)
     parser.add_argument("--device", default=d.device, metavar="DEVICE",
                         help=f"auto (CUDA when available), cpu, cuda or cuda:N (default {d.device})")
@@ -89,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
     from ciap_lib.bridge import (AudioLDMCheckpointError, AudioLDMNotFoundError, CIAPCondStage, check_inputs,
                                  clap_score, generate, load_audioldm, write_wavs)
     from ciap_lib.bridge.clap_text import default_tokenizer_dir
+    from ciap_lib.bridge.devices import generation_device, resolve_precision
     from ciap_lib.bridge.generate import embed_images
     from ciap_lib.bridge.guidance import uses_text
     from ciap_lib.bridge.checkpoint_io import resolve_checkpoint
@@ -119,6 +122,10 @@ def run(args: argparse.Namespace) -> int:
                   "embeddings are not in CLAP space, so AudioLDM will not follow them", file=sys.stderr)
         cond = embed_images(images, cond_stage)
         audioldm = load_audioldm(args.audioldm, ckpt_dir=args.ckpt_dir, trust_checkpoint=args.trust_checkpoint)
+        precision = resolve_precision(args.precision, generation_device(args.device))
+        if precision != args.precision:
+            print(f"generate: precision {args.precision} -> {precision} on {generation_device(args.device)}",
+                  file=sys.stderr)
     except (ValueError, AudioLDMNotFoundError, AudioLDMCheckpointError) as e:
         print(f"generate: error: {e}", file=sys.stderr)
         return 2
@@ -135,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         waves = generate(audioldm, image_embeds=cond, **guide, duration=args.duration, steps=args.steps,
                          guidance_scale=args.guidance_scale, seed=args.seed, n_candidates=args.n_candidates,
                          sampler=args.sampler, callback=progress, batch_size=args.batch_size,
-                         precision=args.precision)
+                         precision=precision)
     finally:
         bar.close()
     paths = write_wavs(waves, targets)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import soundfile as sf
+import torch
 
 from ciap_lib.cli import main
 
@@ -94,6 +95,12 @@ def test_generate_negative_mix_device_flags_reach_generate(tiny_audioldm, ciap_w
     kw = calls[-1]
     assert kw["negative"] == [str(clip)] and kw["mix"] == ["text:rain:0.3", f"{clip}:0.2"]
     assert kw["tokenizer_dir"] == str(tiny_tokenizer_dir) and kw["device"] == "cpu" and kw["negative_text"] is None
+    # --precision auto (the default) reaches generate() as what it resolves to on this CPU, and says so
+    from ciap_lib.bridge.devices import resolve_precision
+
+    resolved = resolve_precision("auto", torch.device("cpu"))
+    assert kw["precision"] == resolved
+    assert f"generate: precision auto -> {resolved} on cpu" in capsys.readouterr().err
     assert sf.info(out).frames == 40000
 
 

@@ -124,3 +124,28 @@ def test_generate_on_cpu_by_name_and_auto_is_the_same_clip(tiny_audioldm, unit_e
     a = generate(tiny_audioldm, **kw)
     np.testing.assert_array_equal(generate(tiny_audioldm, device="cpu", **kw), a)
     np.testing.assert_array_equal(generate(tiny_audioldm, device="auto", **kw), a)
+
+
+def test_auto_precision_is_bf16_on_cuda_and_the_faster_one_on_the_cpu(monkeypatch):
+    def not_measured():
+        raise AssertionError("measured bf16 against float32 where it did not need to")
+
+    monkeypatch.setattr(D, "cpu_prefers_bf16", not_measured)
+    assert D.resolve_precision("auto", torch.device("cuda", 0)) == "bf16"      # float16 before Ampere: half_dtype
+    for asked in ("bf16", "fp32"):                                             # asked for: as it is, anywhere
+        assert D.resolve_precision(asked, torch.device("cpu")) == asked
+        assert D.resolve_precision(asked, torch.device("cuda", 0)) == asked
+    monkeypatch.setattr(D, "cpu_prefers_bf16", lambda: True)                  # AMX Xeons
+    assert D.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    monkeypatch.setattr(D, "cpu_prefers_bf16", lambda: False)                 # AVX2, or AVX512-BF16 slower than fp32
+    assert D.resolve_precision("auto", torch.device("cpu")) == "fp32"
+
+
+def test_auto_is_a_precision_everywhere_and_the_default():
+    from ciap_lib.bridge import GenerationParams
+
+    assert GenerationParams().precision == "auto"
+    for p in ("auto", "bf16", "fp32"):
+        GenerationParams(precision=p).check()
+    with pytest.raises(ValueError, match=r"precision: 'fp16' is not one of \['auto', 'bf16', 'fp32'\]"):
+        check_inputs(precision="fp16", image_embeds=torch.zeros(1, 512))

@@ -171,3 +171,20 @@ def test_cond_stage_rejects_wrong_embed_size(tmp_path):
     ws = make_workspace(tmp_path, n_train=2, n_val=2, embed_dim=64)
     with pytest.raises(ValueError, match="embedding size 64"):
         CIAPCondStage.from_checkpoint(ws["checkpoint"])
+
+
+@pytest.mark.parametrize("prefers_bf16, resolved", [(False, "fp32"), (True, "bf16")])
+def test_auto_precision_gives_the_audio_of_the_precision_it_resolves_to(tiny_audioldm, unit_embeds, monkeypatch,
+                                                                        native_bf16, prefers_bf16, resolved):
+    from ciap_lib.bridge import devices
+
+    monkeypatch.setattr(devices, "cpu_prefers_bf16", lambda: prefers_bf16)
+    asked = []
+    real = tiny_audioldm.sampling_modules
+    monkeypatch.setattr(tiny_audioldm, "sampling_modules", lambda p="fp32": asked.append(p) or real(p))
+    kw = dict(image_embeds=unit_embeds(2), duration=2.5, steps=2, verify_frozen=False)
+    auto = generate(tiny_audioldm, **kw)                                       # the default precision is auto
+    assert set(asked) == {resolved}
+    np.testing.assert_array_equal(auto, generate(tiny_audioldm, precision=resolved, **kw))
+    other = generate(tiny_audioldm, precision="bf16" if resolved == "fp32" else "fp32", **kw)
+    assert not np.array_equal(auto, other)                                     # the two precisions do differ
