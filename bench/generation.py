@@ -1,7 +1,7 @@
 """Generation speed on CPU with the FULL-SIZE audioldm-s-full architecture (random weights: same cost).
 
     python bench/generation.py [--durations 5 10] [--ddim-steps 200] [--fast-steps 10] [--quick]
-                               [--precision bf16|fp32] [--contiguous] [--no-prepack] [--threads N] [--json out.json]
+                               [--precision auto|bf16|fp32] [--contiguous] [--no-prepack] [--threads N] [--json out.json]
                                [--device cpu|cuda[:N]|auto] [--batch-sizes 1 4 8] [--throughput-durations 5]
                                [--throughput-only] [--no-cuda-graphs]
 
@@ -9,8 +9,11 @@ Prints, per clip length: seconds per clip (end to end: sampling + VAE + HiFi-GAN
 (``--ddim-steps``, AudioLDM's 200 by default) and the fast solver (DPM-Solver++ at its default steps),
 their ratio (fast-solver figures: the median of ``--repeats`` runs), the peak RSS during each run, and achieved GFLOP/s (FLOPs counted with torch's
 FlopCounterMode on one guided UNet step, the VAE decode and the vocoder) as a share of a matmul in the dtype
-generation computes in (bf16, or float32 on a CPU without native bf16), measured in the same run; the guided UNet
-step (target >= 75%) and the decode (>= 78%) are also printed on their own. ``--quick``: 5 s only, DDIM timed over ``--ddim-steps 10`` and extrapolated
+generation computes in, measured in the same run; the guided UNet step and the decode (>= 78%) are also printed on
+their own. ``--precision auto`` (the default, as in ``generate``) computes in bf16 on CUDA and on CPUs where bf16 is
+measured faster than float32, else in float32 (``ciap_lib.bridge.devices.resolve_precision``). The CPU target, a
+guided UNet step at >= 75% of the bf16 matmul, is judged against a bf16 matmul measured beside each step whatever the
+step computes in (against the float32 matmul on a CPU without native bf16). ``--quick``: 5 s only, DDIM timed over ``--ddim-steps 10`` and extrapolated
 to 200 steps (marked "extrapolated"). The fingerprint check after generation (a full SHA-256 of the
 weights) is timed separately. Target: a 5 s clip in <= 5 s end to end with peak < 4 GB on 2 cores.
 On a shared machine, other processes' load inflates every figure: the script prints the load average.
@@ -49,7 +52,7 @@ from ciap_lib.bridge.architecture import build_latent_diffusion  # noqa: E402
 from ciap_lib.bridge.frozen import FrozenAudioLDM  # noqa: E402
 from ciap_lib.bridge.prepack import PackedLinear  # noqa: E402
 from ciap_lib.bridge.tiny import full_size_spec  # noqa: E402
-from ciap_lib.hardware import cpu_has_bf16  # noqa: E402
+from ciap_lib.hardware import cpu_has_bf16, matmul_gflops  # noqa: E402
 
 
 def rss_bytes() -> int:
@@ -93,26 +96,6 @@ def full_size_model(name: str = "audioldm-s-full") -> FrozenAudioLDM:
     return FrozenAudioLDM(ldm, Path(f"{name}-random.ckpt"), name, spec, cache_uncond=False)
 
 
-def matmul_gflops(n: int = 2048, seconds: float = 1.5, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.bfloat16) -> float:
-    """GFLOP/s of an n x n matmul in ``dtype`` on ``device``, measured now (the baseline of every share)."""
-    if torch.device(device).type == "cuda":
-        n = max(n, 8192)
-    elif dtype == torch.bfloat16 and not cpu_has_bf16():
-        n, seconds = 256, 0.5   # emulated bf16 (~1 GFLOP/s on AVX2): a 2048 matmul would take 20 s
-    a = torch.randn(n, n, dtype=dtype, device=device)
-    b = torch.randn(n, n, dtype=dtype, device=device)
-    sync = torch.cuda.synchronize if a.is_cuda else (lambda: None)
-    a @ b
-    sync()
-    t0, k = time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        k += 1
-        sync()
-    return 2 * n ** 3 * k / (time.perf_counter() - t0) / 1e9
-
-
 def count_flops(audioldm: FrozenAudioLDM, duration: float) -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -137,28 +120,41 @@ def count_flops(audioldm: FrozenAudioLDM, duration: float) -> dict[str, float]:
 
 
 def unet_step_share(audioldm: FrozenAudioLDM, duration: float, precision: str, dtype: torch.dtype,
-                    flops: float, rounds: int = 5) -> dict[str, float]:
+                    flops: float, rounds: int = 5, target_dtype: torch.dtype | None = None) -> dict[str, float]:
     """One guided UNet step (``predict_noise``, as sampling runs it) timed alternately with the matmul baseline,
     ``rounds`` times: this VM's speed drifts by 20-40% within minutes, so each step is set beside a matmul measured
-    seconds from it. Returns the medians of the step time, the matmul rate and the per-round share."""
+    seconds from it. ``target_dtype`` (when not ``dtype``): a matmul in it is measured in each round too (the CPU
+    target's yardstick, bf16, when the step computes in float32). Returns the medians of the step time, the matmul
+    rate(s) and the per-round share(s)."""
     frames = S.latent_frames(duration)
     z = torch.randn(1, audioldm.latent_channels, frames, audioldm.latent_f_size, device=audioldm.device)
     cond = torch.nn.functional.normalize(torch.randn(1, 1, 512, device=audioldm.device), dim=-1)
     half = dtype if precision == "bf16" else torch.bfloat16
     sync = torch.cuda.synchronize if audioldm.device.type == "cuda" else (lambda: None)
-    times, rates, shares = [], [], []
+    other = target_dtype if target_dtype not in (None, dtype) else None
+    times, rates, shares, t_rates, t_shares = [], [], [], [], []
     with torch.inference_mode():
         S.predict_noise(audioldm, z, torch.tensor(500), cond, 2.5, autocast=precision == "bf16", half=half)
         for _ in range(rounds):
             rates.append(matmul_gflops(seconds=0.5, device=audioldm.device, dtype=dtype))
+            if other is not None:
+                t_rates.append(matmul_gflops(seconds=0.5, device=audioldm.device, dtype=other))
             sync()
             t0 = time.perf_counter()
             S.predict_noise(audioldm, z, torch.tensor(500), cond, 2.5, autocast=precision == "bf16", half=half)
             sync()
             times.append(time.perf_counter() - t0)
             shares.append(flops / times[-1] / 1e9 / rates[-1])
-    return {"seconds": statistics.median(times), "matmul_gflops": statistics.median(rates),
-            "share": statistics.median(shares), "shares": shares}
+            if other is not None:
+                t_shares.append(flops / times[-1] / 1e9 / t_rates[-1])
+    out = {"seconds": statistics.median(times), "matmul_gflops": statistics.median(rates),
+           "share": statistics.median(shares), "shares": shares}
+    if other is None:
+        out.update(target_matmul_gflops=out["matmul_gflops"], target_share=out["share"], target_shares=shares)
+    else:
+        out.update(target_matmul_gflops=statistics.median(t_rates), target_share=statistics.median(t_shares),
+                   target_shares=t_shares)
+    return out
 
 
 def time_clip(audioldm, duration, sampler, steps, precision, repeats: int = 1, batch: int = 1) -> tuple[float, int]:
@@ -223,7 +219,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ddim-steps", type=int, default=200)
     ap.add_argument("--fast-steps", type=int, default=S.DEFAULT_STEPS[S.DEFAULT_SAMPLER])
     ap.add_argument("--quick", action="store_true", help="5 s only; DDIM over 10 steps, extrapolated to 200")
-    ap.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
+    ap.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"),
+                    help="auto (generation's default): bf16 on CUDA and on CPUs where bf16 is measured faster than "
+                         "float32, else fp32 (ciap_lib.bridge.devices.resolve_precision)")
     ap.add_argument("--contiguous", action="store_true",
                     help="UNet/VAE weights in the plain (NCHW) layout instead of load_audioldm's channels_last")
     ap.add_argument("--no-prepack", action="store_true",
@@ -254,9 +252,11 @@ def main(argv=None) -> int:
     audioldm.cuda_graphs = not args.no_cuda_graphs
     print(f"built full-size audioldm-s-full (random weights) in {time.perf_counter() - t0:.1f} s, "
           f"RSS {build_mem.peak / 2**30:.2f} GB")
-    from ciap_lib.bridge.devices import generation_device, half_dtype
+    from ciap_lib.bridge.devices import generation_device, half_dtype, resolve_precision
+    from ciap_lib.hardware import cpu_bf16_speedup
 
     device = generation_device(args.device)
+    asked, args.precision = args.precision, resolve_precision(args.precision, device)
     audioldm.to(device)
     cuda = device.type == "cuda"
     print(f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if cuda else ""))
@@ -267,14 +267,23 @@ def main(argv=None) -> int:
     audioldm.assert_unchanged()
     t_fp = time.perf_counter() - t0
     # the baseline: a matmul in the dtype generation computes in (bf16 falls back to float32 on CPUs without
-    # native bf16: ciap_lib.bridge.devices.half_dtype); the bf16 rate is printed beside it
+    # native bf16: ciap_lib.bridge.devices.half_dtype); the bf16 rate is printed beside it. The CPU target (a guided
+    # UNet step at >= 75% of the bf16 matmul) is judged against the bf16 matmul where bf16 is native, whatever the
+    # step computes in; where it is emulated (~1 GFLOP/s), against the float32 matmul
     compute = half_dtype(device) if args.precision == "bf16" else torch.float32
     peak_matmul = matmul_gflops(device=device, dtype=compute)
     name = str(compute).replace("torch.", "")
+    native_bf16 = device.type == "cuda" or cpu_has_bf16()
     bf16_rate = peak_matmul if compute == torch.bfloat16 else matmul_gflops(device=device, dtype=torch.bfloat16)
-    print(f"computing in {name}; {name} matmul: {peak_matmul:.0f} GFLOP/s (the baseline of every share below), "
-          f"bf16 matmul: {bf16_rate:.1f} GFLOP/s{'' if device.type == 'cuda' or cpu_has_bf16() else ' (no native bf16 on this CPU)'}; "
-          f"fingerprint check: {t_fp:.2f} s")
+    target_dtype = torch.bfloat16 if native_bf16 else compute
+    target_name = str(target_dtype).replace("torch.", "")
+    why = ""
+    if asked == "auto" and not cuda:
+        why = (f" (bf16 matmul measured at {cpu_bf16_speedup():.2f}x float32's here)" if cpu_has_bf16() else
+               " (no native bf16 on this CPU)")
+    print(f"precision {asked} -> {args.precision}{why}: computing in {name}; {name} matmul: {peak_matmul:.0f} GFLOP/s "
+          f"(the baseline of every share below), bf16 matmul: {bf16_rate:.1f} GFLOP/s"
+          f"{'' if native_bf16 else ' (no native bf16 on this CPU)'}; fingerprint check: {t_fp:.2f} s")
     if compute != torch.float32:
         rss0, t0 = rss_bytes(), time.perf_counter()
         unet, _ = audioldm.sampling_modules("bf16")     # made once, on first use; timed here rather than in a clip
@@ -320,17 +329,25 @@ def main(argv=None) -> int:
         print(f"  fast  {f['sampler']:>5} {f['steps']:>3} steps: {f['seconds']:7.2f} s/clip  peak {f['peak_rss_gb']:.2f} GB  "
               f"{f['gflops_per_s']:6.0f} GFLOP/s = {100 * f['share_of_matmul']:.0f}% of {name} matmul")
         u = row["unet_step_alternating"] = unet_step_share(audioldm, duration, args.precision, compute,
-                                                           flops["unet_step"])
+                                                           flops["unet_step"], target_dtype=target_dtype)
+        # the same against the targets' yardstick (the bf16 matmul) when the clip computes in another dtype
+        rescale = peak_matmul / bf16_rate if (target_dtype != compute and not cuda) else None
+        also = (lambda share: f" ({100 * share * rescale:.0f}% of the bf16 matmul)") if rescale else (lambda share: "")
         print(f"    from the clip timings: guided UNet step {f['unet_step_s']:.2f} s = "
-              f"{100 * f['unet_step_share_of_matmul']:.0f}% of the start's {name} matmul;  decode {f['decode_s']:.2f} s = "
-              + (f"{100 * f['decode_share_of_matmul']:.0f}%" if f["decode_share_of_matmul"] is not None else
-                 "n/a (within the timing noise)")
+              f"{100 * f['unet_step_share_of_matmul']:.0f}% of the start's {name} matmul"
+              f"{also(f['unet_step_share_of_matmul'])};  decode {f['decode_s']:.2f} s = "
+              + (f"{100 * f['decode_share_of_matmul']:.0f}%{also(f['decode_share_of_matmul'])}"
+                 if f["decode_share_of_matmul"] is not None else "n/a (within the timing noise)")
               + (" (float32 on CUDA)" if cuda else " (must stay >= 78%)"))
         print(f"    guided UNet step alone, alternating with the matmul ({len(u['shares'])} rounds): {u['seconds']:.2f} s, "
               f"{name} matmul {u['matmul_gflops']:.0f} GFLOP/s, share {100 * u['share']:.0f}% "
-              f"(rounds {', '.join(f'{100 * x:.0f}%' for x in u['shares'])}; "
-              + ("the 75% target is the CPU's: on the GPU a step is launch-bound)" if cuda else
-                 f"target >= 75%: {'met' if u['share'] >= 0.75 else 'NOT met'})"))
+              f"(rounds {', '.join(f'{100 * x:.0f}%' for x in u['shares'])}"
+              + ("; the 75% target is the CPU's: on the GPU a step is launch-bound)" if cuda else ")"))
+        if not cuda:
+            print(f"    the CPU target, the step against the {target_name} matmul measured beside it "
+                  f"({u['target_matmul_gflops']:.0f} GFLOP/s): {100 * u['target_share']:.0f}% "
+                  f"(rounds {', '.join(f'{100 * x:.0f}%' for x in u['target_shares'])}; "
+                  f"target >= 75%: {'met' if u['target_share'] >= 0.75 else 'NOT met'})")
         extra = (f"  -> 200 steps extrapolated: {d['extrapolated_200_steps_seconds']:.1f} s"
                  if "extrapolated_200_steps_seconds" in d else "")
         print(f"  ddim  {d['steps']:>3} steps:       {d['seconds']:7.2f} s/clip  peak {d['peak_rss_gb']:.2f} GB  "
@@ -349,7 +366,9 @@ def main(argv=None) -> int:
     peak_after = matmul_gflops(device=device, dtype=compute)
     print(f"\n{name} matmul at the end: {peak_after:.0f} GFLOP/s (start {peak_matmul:.0f}): the shares above use the start")
     if args.json:
-        Path(args.json).write_text(json.dumps({"compute_dtype": name, "matmul_gflops": peak_matmul,
+        Path(args.json).write_text(json.dumps({"precision_asked": asked, "precision": args.precision,
+                                               "compute_dtype": name, "matmul_gflops": peak_matmul,
+                                               "target_dtype": target_name,
                                                "bf16_matmul_gflops": bf16_rate, "fingerprint_check_s": t_fp,
                                                "threads": args.threads, "load_average": os.getloadavg(),
                                                "device": str(device),

@@ -33,12 +33,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-from recipe import matmul_gflops  # noqa: E402
 
 from ciap_lib.augment import from_config  # noqa: E402
 from ciap_lib.config import load_config  # noqa: E402
+from ciap_lib.hardware import matmul_gflops  # noqa: E402
 from ciap_lib.images import load_image_uint8, normalize_image  # noqa: E402
 from ciap_lib.models import get_model_config  # noqa: E402
 from ciap_lib.models.image import build_backbone  # noqa: E402
@@ -154,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs is not None:
         recipe["epochs"] = args.epochs
     cfg = load_config(None, **recipe)
-    rate = matmul_gflops()
+    rate = matmul_gflops(1024, 1.0, "cpu", torch.float32)
     print(f"fp32 matmul: {rate:.0f} GFLOP/s on {torch.get_num_threads()} threads")
     heads = "linear heads (shape, colour, count)" if args.target == "attributes" else "a linear head on the label"
     print(f"probe: {cfg.image_backbone} + {heads}, augment_image={cfg.augment_image!r}, "

@@ -43,23 +43,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ciap_lib.checkpoint import load_checkpoint  # noqa: E402
+from ciap_lib.hardware import matmul_gflops  # noqa: E402
 from ciap_lib.synthetic import condition_table, make_synthetic_dataset, shift_variants, write_split  # noqa: E402
 from ciap_lib.workflows import evaluate_checkpoint  # noqa: E402
 
 #: the recipe the ``default`` experiment used before issue 10 (TrainConfig keys)
 OLD_RECIPE = {"model": "default", "epochs": 12, "batch_size": 32, "lr": 1.0e-3, "optimizer": "adam",
               "lr_schedule": "step", "loss": "infonce", "num_workers": 0, "seed": 0}
-
-
-def matmul_gflops(n: int = 1024, seconds: float = 1.0) -> float:
-    """fp32 matmul rate of this machine (GFLOP/s), measured now."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t0, k = time.perf_counter(), 0
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        k += 1
-    return 2 * n ** 3 * k / (time.perf_counter() - t0) / 1e9
 
 
 def train(name: str, recipe: dict, data: Path, work: Path) -> dict:
@@ -104,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     print("held-out conditions, train -> val:")
     for row in condition_table():
         print(f"  {row['side']:5s}  {row['factor']:40s}  {row['train']:>12s}  ->  {row['val']}")
-    rate = matmul_gflops()
+    rate = matmul_gflops(1024, 1.0, "cpu", torch.float32)
     print(f"fp32 matmul: {rate:.0f} GFLOP/s on {torch.get_num_threads()} threads")
     with tempfile.TemporaryDirectory(prefix="ciap-recipe-") as tmp:
         work = Path(tmp)
