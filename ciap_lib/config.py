@@ -52,7 +52,7 @@ class TrainConfig:
     audio_encoder: str | None = None      # 'mlp' | 'logmel_cnn' | 'logmel_cnn_tc' | 'clap'
     # frozen-backbone feature cache (ciap_lib.features; filled ahead by `python -m ciap_lib cache-features`)
     feature_cache_dir: str = "data/cache/image_features"
-    feature_precision: str = "fp32"       # 'fp32' | 'bf16' (autocast) for computing cached backbone features
+    feature_precision: str = "fp32"       # 'fp32' | 'bf16' (autocast) | 'auto' (the faster here) for cached backbone features
     # optimisation (original design: batch 32, Adam, lr 1e-3, StepLR every 10 epochs)
     loss: str = "infonce"                 # a key of ciap_lib.losses.LOSSES: 'infonce' | 'infonce_labels' (same-class
                                           #   pairs in a batch are positives, -1 = unlabelled) | 'cosine'

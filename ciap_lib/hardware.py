@@ -7,7 +7,7 @@ retrieval screen, generation's ``bf16`` precision) fall back to float32 there.
 
 Native bf16 is not always faster than float32 either (AVX512-BF16 without AMX can be slower):
 :func:`cpu_prefers_bf16` measures it, once per process, with :func:`matmul_gflops`. Generation's ``auto`` precision
-follows it. The retrieval screen keeps :func:`cpu_has_bf16`: on the CPU where the bf16 matmul ran at 0.54x float32,
+follows it (:func:`faster_precision`), and so does the image-feature cache's. The retrieval screen keeps :func:`cpu_has_bf16`: on the CPU where the bf16 matmul ran at 0.54x float32,
 the exact method with its bf16 screen counted 20,000 pairs in 2.8 s against 6.5 s scoring in float32 (it moves half
 the bytes; the matmul is not what bounds it).
 """
@@ -88,3 +88,16 @@ def cpu_prefers_bf16() -> bool:
     """Whether bfloat16 is the faster way to compute on this CPU: native bf16 whose matmul runs at least
     :data:`BF16_MIN_SPEEDUP` times float32's (:func:`cpu_bf16_speedup`, measured once per process)."""
     return cpu_has_bf16() and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
+
+
+def faster_precision(device: torch.device | str) -> str:
+    """``"bf16"`` or ``"fp32"``: the faster way to compute on ``device``. A CUDA device: bf16 where it is native
+    (Ampere on). A CPU: bf16 where :func:`cpu_prefers_bf16` (measured once per process). What ``auto`` means for
+    the image-feature cache (``ciap_lib.features``) and, on the CPU, for generation
+    (``ciap_lib.bridge.devices.resolve_precision``, which keeps half precision on every CUDA device: float16 copies
+    before Ampere)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+    return "bf16" if cpu_prefers_bf16() else "fp32"

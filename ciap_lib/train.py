@@ -142,7 +142,8 @@ def _local_batch(cfg: TrainConfig, info: D.DistInfo) -> int:
 def _cached_image_features(cfg: TrainConfig, model: CIAP, info: D.DistInfo
                            ) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any]]:
     """With a frozen backbone: the cached features of every train/val image (each rank computes its shard of the
-    missing ones, then all read all), and what happened (``{"model": summary, "image_features": counts}``);
+    missing ones, then all read all), and what happened (``{"model": summary, "image_features": counts and the
+    precision they were computed in}``);
     without: (None, ``{"model": summary}``)."""
     from ciap_lib.features import CacheReport, feature_key, image_features
     from ciap_lib.pairs import scan_pairs
@@ -163,9 +164,9 @@ def _cached_image_features(cfg: TrainConfig, model: CIAP, info: D.DistInfo
         D.barrier(info)
     features = image_features(model.image_encoder.backbone, key, paths, cfg.feature_cache_dir,
                               report=CacheReport() if info.enabled else report, progress=info.is_main, **kw)
-    extra["image_features"] = report.to_dict()
+    extra["image_features"] = {**report.to_dict(), "precision": key.precision}   # what ran ("auto" resolved)
     if info.is_main:
-        print(f"image features ({cfg.feature_precision}, {report.folder}): {report.computed} computed, "
+        print(f"image features ({key.precision}, {report.folder}): {report.computed} computed, "
               f"{report.cached} from the cache", file=sys.stderr)
     return features, extra
 

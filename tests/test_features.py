@@ -173,3 +173,35 @@ def test_training_with_a_frozen_backbone_reads_the_cache(data, tmp_path):
     assert summary["n_frozen"] == sum(p.numel() for p in _model().image_encoder.backbone.parameters())
     # the checkpoint, evaluated end to end on images with its stored preprocessing, gives the same val loss
     assert evaluate_checkpoint(first.checkpoint)["val_loss"] == pytest.approx(first.metrics["val_loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("prefers_bf16, resolved", [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_is_keyed_as_what_it_resolves_to(data, tmp_path, monkeypatch, prefers_bf16, resolved):
+    """``auto`` is resolved in the key (the faster precision where the backbone runs): its features are those of
+    the resolved precision, cached under the same folder, and training records what ran."""
+    from ciap_lib import hardware
+    from ciap_lib.workflows import fit
+
+    monkeypatch.setattr(hardware, "cpu_prefers_bf16", lambda: prefers_bf16)
+    model, paths = _model(), _images(data)[:8]
+    assert feature_key(model, "auto") == feature_key(model, resolved)
+    assert feature_key(model, "auto").precision == resolved
+    _, r = _run(model, paths, tmp_path / "c", resolved)
+    assert r.computed == 8
+    _, r = _run(model, paths, tmp_path / "c", "auto")
+    assert (r.computed, r.cached) == (0, 8)                      # the resolved precision's cache: a hit
+    cfg = load_config(None, data=str(data), model="debug", image_backbone=VIT, freeze_backbone=True, epochs=1,
+                      batch_size=8, num_workers=0, ckpt_dir=str(tmp_path / "ckpt"), feature_precision="auto",
+                      feature_cache_dir=str(tmp_path / "cache"))
+    assert fit(cfg).extra["image_features"]["precision"] == resolved
+
+
+def test_feature_precision_auto_on_cuda_follows_native_bf16(monkeypatch):
+    from ciap_lib import hardware
+
+    monkeypatch.setattr(hardware, "cpu_prefers_bf16", lambda: pytest.fail("measured the CPU for a CUDA device"))
+    monkeypatch.setattr(torch.cuda, "device", lambda _d: __import__("contextlib").nullcontext())
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: not including_emulation)
+    assert hardware.faster_precision("cuda:0") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    assert hardware.faster_precision("cuda:0") == "fp32"          # V100, T4: bf16 would be emulated

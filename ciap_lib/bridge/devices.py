@@ -4,7 +4,7 @@
   there is none, or ``cuda:N`` past the last device, is a ``ValueError`` saying what is available
   (``ciap_lib.distributed.resolve_device``, which ``train --set device=...`` uses too).
 * :func:`resolve_precision`: what ``precision="auto"`` (the default) means on a device: ``bf16`` on CUDA and on
-  CPUs where bfloat16 is measured faster than float32 (:func:`ciap_lib.hardware.cpu_prefers_bf16`), else ``fp32``.
+  CPUs where bfloat16 is measured faster than float32 (:func:`ciap_lib.hardware.faster_precision`), else ``fp32``.
 * :func:`half_dtype`: what the ``bf16`` precision computes in on a device: bfloat16 where it is native (CPUs with
   AVX512-BF16 or AMX, GPUs from Ampere on), float16 on older GPUs, float32 on CPUs without native bf16 (emulated
   bf16 ran a full-size UNet step ~8x slower than float32 on an AVX2-only CPU: :mod:`ciap_lib.hardware`).
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ciap_lib.bridge.frozen import HALF_DTYPES, FrozenAudioLDM
-from ciap_lib.hardware import cpu_has_bf16, cpu_prefers_bf16
+from ciap_lib.hardware import cpu_has_bf16, faster_precision
 
 
 def generation_device(device: str | torch.device) -> torch.device:
@@ -41,16 +41,14 @@ def generation_device(device: str | torch.device) -> torch.device:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``precision`` as it runs on ``device``: ``"auto"`` becomes ``"bf16"`` on CUDA (bfloat16, or float16 before
     Ampere: :func:`half_dtype`) and on a CPU whose bf16 matmul is at least
-    :data:`~ciap_lib.hardware.BF16_MIN_SPEEDUP` times its float32 matmul (:func:`~ciap_lib.hardware.cpu_prefers_bf16`,
+    :data:`~ciap_lib.hardware.BF16_MIN_SPEEDUP` times its float32 matmul (:func:`~ciap_lib.hardware.faster_precision`,
     measured once per process: AMX Xeons), else ``"fp32"``. On a 2-core Xeon with AVX512-BF16 but no AMX, bf16
     ran at 0.54x float32 and a 5 s clip took 11.7 s in bf16 against 6.2 s in float32 (``bench/generation.py``).
     ``"bf16"`` and ``"fp32"`` are returned as they are. The resolved value is what callers record: the two give
     different audio for the same seed."""
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bf16"
-    return "bf16" if cpu_prefers_bf16() else "fp32"
+    return "bf16" if device.type == "cuda" else faster_precision(device)
 
 
 def half_dtype(device: torch.device) -> torch.dtype:

@@ -73,11 +73,11 @@ def _image_side(cfg, paths, info, args) -> dict:
         return {"skipped": "freeze_backbone is false"}
     backbone = model.image_encoder.backbone.to(info.device)
     report = CacheReport()
-    image_features(backbone, feature_key(model, cfg.feature_precision), paths, cfg.feature_cache_dir,
+    key = feature_key(model, cfg.feature_precision, info.device)
+    image_features(backbone, key, paths, cfg.feature_cache_dir,
                    batch_size=args.batch_size, rank=info.rank, world_size=info.world_size, skip_bad=cfg.skip_bad,
                    progress=not args.no_progress, report=report)
-    return {**report.to_dict(), "backbone": model.config.image_backbone,
-            "precision": cfg.feature_precision}
+    return {**report.to_dict(), "backbone": model.config.image_backbone, "precision": key.precision}
 
 
 def _audio_side(cfg, paths, info, args) -> dict:

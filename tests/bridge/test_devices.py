@@ -130,14 +130,16 @@ def test_auto_precision_is_bf16_on_cuda_and_the_faster_one_on_the_cpu(monkeypatc
     def not_measured():
         raise AssertionError("measured bf16 against float32 where it did not need to")
 
-    monkeypatch.setattr(D, "cpu_prefers_bf16", not_measured)
+    from ciap_lib import hardware
+
+    monkeypatch.setattr(hardware, "cpu_prefers_bf16", not_measured)
     assert D.resolve_precision("auto", torch.device("cuda", 0)) == "bf16"      # float16 before Ampere: half_dtype
     for asked in ("bf16", "fp32"):                                             # asked for: as it is, anywhere
         assert D.resolve_precision(asked, torch.device("cpu")) == asked
         assert D.resolve_precision(asked, torch.device("cuda", 0)) == asked
-    monkeypatch.setattr(D, "cpu_prefers_bf16", lambda: True)                  # AMX Xeons
+    monkeypatch.setattr(hardware, "cpu_prefers_bf16", lambda: True)           # AMX Xeons
     assert D.resolve_precision("auto", torch.device("cpu")) == "bf16"
-    monkeypatch.setattr(D, "cpu_prefers_bf16", lambda: False)                 # AVX2, or AVX512-BF16 slower than fp32
+    monkeypatch.setattr(hardware, "cpu_prefers_bf16", lambda: False)          # AVX2, or AVX512-BF16 slower than fp32
     assert D.resolve_precision("auto", torch.device("cpu")) == "fp32"
 
 

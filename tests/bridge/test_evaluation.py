@@ -435,6 +435,7 @@ def test_auto_precision_is_recorded_and_resumed_as_what_it_resolved_to(diffusion
     """The CLI run asked for ``precision auto``; the summary, MLflow and the manifest hold what it resolved to on this
     CPU. Where ``auto`` resolves to the other precision (another CPU), the clips are refused as made with other
     settings, not mixed."""
+    from ciap_lib import hardware
     from ciap_lib.bridge import devices
 
     resolved = devices.resolve_precision("auto", torch.device("cpu"))
@@ -447,7 +448,7 @@ def test_auto_precision_is_recorded_and_resumed_as_what_it_resolved_to(diffusion
     out = tmp_path / "out"
     shutil.copytree(diffusion_run["out"], out)
     other = "fp32" if resolved == "bf16" else "bf16"
-    monkeypatch.setattr(devices, "cpu_prefers_bf16", lambda: other == "bf16")
+    monkeypatch.setattr(hardware, "cpu_prefers_bf16", lambda: other == "bf16")
     with pytest.raises(ValueError, match=rf"diffusion clips were made with other settings \(precision: "
                                          rf"'{resolved}' before, '{other}' now\)"):
         evaluate_generation(ciap_workspace["checkpoint"], ciap_workspace["data"], "val", N, out=out,

@@ -176,9 +176,9 @@ def test_cond_stage_rejects_wrong_embed_size(tmp_path):
 @pytest.mark.parametrize("prefers_bf16, resolved", [(False, "fp32"), (True, "bf16")])
 def test_auto_precision_gives_the_audio_of_the_precision_it_resolves_to(tiny_audioldm, unit_embeds, monkeypatch,
                                                                         native_bf16, prefers_bf16, resolved):
-    from ciap_lib.bridge import devices
+    from ciap_lib import hardware
 
-    monkeypatch.setattr(devices, "cpu_prefers_bf16", lambda: prefers_bf16)
+    monkeypatch.setattr(hardware, "cpu_prefers_bf16", lambda: prefers_bf16)
     asked = []
     real = tiny_audioldm.sampling_modules
     monkeypatch.setattr(tiny_audioldm, "sampling_modules", lambda p="fp32": asked.append(p) or real(p))
