@@ -155,7 +155,8 @@ def _cached_image_features(cfg: TrainConfig, model: CIAP, info: D.DistInfo
     for split in (cfg.train_split, cfg.val_split):
         pairs, _ = scan_pairs(Path(cfg.data) / split, skip_bad=cfg.skip_bad)
         paths += [p.image for p in pairs]
-    key = feature_key(model, cfg.feature_precision)
+    # every rank keys its features as rank 0 resolved ``auto`` (measured per process: ranks must not disagree)
+    key = D.broadcast_object(feature_key(model, cfg.feature_precision), info)
     report = CacheReport()
     kw = dict(batch_size=cfg.eval_batch_size, skip_bad=cfg.skip_bad)
     if info.enabled:  # each rank fills its shard, then every rank reads them all (cache hits)

@@ -113,3 +113,23 @@ def test_clap_audio_cache_is_filled_through_the_bridge(data, tmp_path, capsys, t
     assert len(list((tmp_path / "clap").rglob("*.npy"))) == first["computed"]
     assert main(argv) == 0
     assert _summary(capsys)["clap_audio"]["computed"] == 0
+
+
+def _worker_disagreeing(rank: int, port: int, argv: list[str], out: str) -> None:
+    """As :func:`_worker`, on a rank whose own measurement would resolve ``auto`` to bf16 (rank 0) or fp32 (rank 1)."""
+    from ciap_lib import hardware
+
+    hardware.cpu_prefers_bf16 = lambda: rank == 0
+    _worker(rank, port, argv, out)
+
+
+def test_ranks_that_would_resolve_auto_differently_key_as_rank_0(data, tmp_path):
+    """``feature_precision=auto`` is measured in each process; every rank takes rank 0's answer, so the shards land
+    in one cache folder and the run records one precision."""
+    argv = _argv(data, tmp_path / "auto")
+    argv[argv.index("--set") + 1:argv.index("--set") + 1] = ["feature_precision=auto"]
+    mp.spawn(_worker_disagreeing, args=(_free_port(), argv, str(tmp_path / "res")), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"res.{r}").read_text()) for r in range(2)]
+    assert [r["rc"] for r in ranks] == [0, 0]
+    assert [r["summary"]["image_features"]["precision"] for r in ranks] == ["bf16", "bf16"]
+    assert len({p.parent for p in (tmp_path / "auto").rglob("*.npy")}) == 1

@@ -168,6 +168,35 @@ def test_torchrun_train_with_a_frozen_backbone_shards_the_feature_cache(tmp_path
     assert ck["model_config"]["image_preprocess"]["mean"][0] == pytest.approx(0.48145466)
 
 
+def _train_disagreeing(rank: int, port: int, argv: list[str]) -> None:
+    """``python -m ciap_lib train`` on one of two gloo ranks whose own measurement would resolve
+    ``feature_precision=auto`` to bf16 (rank 0) or fp32 (rank 1)."""
+    import contextlib
+    import io
+
+    from ciap_lib import hardware
+    from ciap_lib.cli import main
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), TQDM_DISABLE="1", HF_HUB_OFFLINE="1")
+    torch.set_num_threads(1)
+    hardware.cpu_prefers_bf16 = lambda: rank == 0
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(argv) == 0
+
+
+def test_ranks_that_would_resolve_feature_precision_auto_differently_train_on_rank_0s(tmp_path):
+    """Every rank keys the feature cache as rank 0 resolved ``auto``: one cache folder, computed in bf16."""
+    data = make_synthetic_dataset(tmp_path / "data", n_train=16, n_val=8, image_size=32)
+    argv = ["train", "--data", str(data), "--set", "model=debug", "batch_size=8", "num_workers=0",
+            "image_backbone=timm/ciap_tiny_vit_clip.test", "freeze_backbone=true", "feature_precision=auto",
+            "epochs=1", f"ckpt_dir={tmp_path / 'ckpt'}", f"feature_cache_dir={tmp_path / 'cache'}", "run_name=auto"]
+    mp.spawn(_train_disagreeing, args=(_free_port(), argv), nprocs=WORLD, join=True)
+    folders = {p.parent for p in (tmp_path / "cache").rglob("*.npy")}
+    assert len(folders) == 1 and len(list(next(iter(folders)).glob("*.npy"))) == 24
+    assert '"precision": "bf16"' in (next(iter(folders)) / "meta.json").read_text()
+
+
 def test_torchrun_resume_draws_what_an_uninterrupted_run_draws_on_every_rank(tmp_path):
     """With SpecAugment (model-side random masks) on, 1 epoch + resume under two processes ends with the weights of
     2 uninterrupted epochs, bitwise: every rank's random draws continue as if never stopped."""

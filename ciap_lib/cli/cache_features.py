@@ -73,7 +73,10 @@ def _image_side(cfg, paths, info, args) -> dict:
         return {"skipped": "freeze_backbone is false"}
     backbone = model.image_encoder.backbone.to(info.device)
     report = CacheReport()
-    key = feature_key(model, cfg.feature_precision, info.device)
+    from ciap_lib import distributed as D
+
+    # every rank keys its shard as rank 0 resolved ``auto`` (measured per process: ranks must not disagree)
+    key = D.broadcast_object(feature_key(model, cfg.feature_precision, info.device), info)
     image_features(backbone, key, paths, cfg.feature_cache_dir,
                    batch_size=args.batch_size, rank=info.rank, world_size=info.world_size, skip_bad=cfg.skip_bad,
                    progress=not args.no_progress, report=report)
