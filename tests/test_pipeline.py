@@ -60,6 +60,14 @@ def test_params(run):
     g = children["04_generation"].data.params  # GenerationParams' guidance and device fields reach MLflow
     assert (g["generation.negative"], g["generation.negative_text"], g["generation.mix"], g["generation.device"]) \
         == ("[]", "None", "[]", "auto")
+    # beside the parameters as given, what "auto" resolved to (the two precisions give different audio)
+    import torch
+
+    from ciap_lib.bridge.devices import resolve_precision
+
+    assert g["generation.precision"] == "auto"
+    assert (g["generation_resolved.device"], g["generation_resolved.precision"]) \
+        == ("cpu", resolve_precision("auto", torch.device("cpu")))
 
 
 def test_metrics_sane(run):

@@ -54,6 +54,16 @@ def default_images(data_root: str | Path, n: int, split: str = "val") -> list[Pa
     return [p.image for p in pairs[:max(int(n), 0)]]
 
 
+def resolved_settings(params: GenerationParams) -> dict[str, str]:
+    """``{"device", "precision"}``: what ``params.device`` and ``params.precision`` resolve to here (``auto`` is not
+    what runs, and the two precisions give different audio), for MLflow beside the parameters as given. The
+    evaluation path records its own resolved values (``ciap_lib.bridge.evaluation``)."""
+    from ciap_lib.bridge.devices import generation_device, resolve_precision
+
+    dev = generation_device(params.device)
+    return {"device": str(dev), "precision": resolve_precision(params.precision, dev)}
+
+
 def output_name(image_name: str, generator: Any) -> str:
     """WAV file name for ``image_name``: ``<stem>.wav`` for diffusion, ``<stem>.nn-retrieval.wav`` for the fallback."""
     return f"{safe_stem(image_name)}{'' if generator.is_diffusion else '.nn-retrieval'}.wav"
