@@ -131,29 +131,26 @@ def unet_step_share(audioldm: FrozenAudioLDM, duration: float, precision: str, d
     cond = torch.nn.functional.normalize(torch.randn(1, 1, 512, device=audioldm.device), dim=-1)
     half = dtype if precision == "bf16" else torch.bfloat16
     sync = torch.cuda.synchronize if audioldm.device.type == "cuda" else (lambda: None)
-    other = target_dtype if target_dtype not in (None, dtype) else None
-    times, rates, shares, t_rates, t_shares = [], [], [], [], []
+    yardsticks = {"": dtype, "target_": target_dtype if target_dtype is not None else dtype}
+    times, rates = [], {k: [] for k in yardsticks}
     with torch.inference_mode():
         S.predict_noise(audioldm, z, torch.tensor(500), cond, 2.5, autocast=precision == "bf16", half=half)
         for _ in range(rounds):
-            rates.append(matmul_gflops(seconds=0.5, device=audioldm.device, dtype=dtype))
-            if other is not None:
-                t_rates.append(matmul_gflops(seconds=0.5, device=audioldm.device, dtype=other))
+            measured = {}   # one matmul per dtype and round: the target shares the step's when it is the same dtype
+            for k, d in yardsticks.items():
+                if d not in measured:
+                    measured[d] = matmul_gflops(seconds=0.5, device=audioldm.device, dtype=d)
+                rates[k].append(measured[d])
             sync()
             t0 = time.perf_counter()
             S.predict_noise(audioldm, z, torch.tensor(500), cond, 2.5, autocast=precision == "bf16", half=half)
             sync()
             times.append(time.perf_counter() - t0)
-            shares.append(flops / times[-1] / 1e9 / rates[-1])
-            if other is not None:
-                t_shares.append(flops / times[-1] / 1e9 / t_rates[-1])
-    out = {"seconds": statistics.median(times), "matmul_gflops": statistics.median(rates),
-           "share": statistics.median(shares), "shares": shares}
-    if other is None:
-        out.update(target_matmul_gflops=out["matmul_gflops"], target_share=out["share"], target_shares=shares)
-    else:
-        out.update(target_matmul_gflops=statistics.median(t_rates), target_share=statistics.median(t_shares),
-                   target_shares=t_shares)
+    out: dict = {"seconds": statistics.median(times)}
+    for k, r in rates.items():
+        shares = [flops / t / 1e9 / rate for t, rate in zip(times, r)]
+        out.update({f"{k}matmul_gflops": statistics.median(r), f"{k}share": statistics.median(shares),
+                    f"{k}shares": shares})
     return out
 
 

@@ -122,10 +122,10 @@ def run(args: argparse.Namespace) -> int:
                   "embeddings are not in CLAP space, so AudioLDM will not follow them", file=sys.stderr)
         cond = embed_images(images, cond_stage)
         audioldm = load_audioldm(args.audioldm, ckpt_dir=args.ckpt_dir, trust_checkpoint=args.trust_checkpoint)
-        precision = resolve_precision(args.precision, generation_device(args.device))
+        dev = generation_device(args.device)
+        precision = resolve_precision(args.precision, dev)
         if precision != args.precision:
-            print(f"generate: precision {args.precision} -> {precision} on {generation_device(args.device)}",
-                  file=sys.stderr)
+            print(f"generate: precision {args.precision} -> {precision} on {dev}", file=sys.stderr)
     except (ValueError, AudioLDMNotFoundError, AudioLDMCheckpointError) as e:
         print(f"generate: error: {e}", file=sys.stderr)
         return 2
