@@ -64,7 +64,10 @@ from ciap_lib.constants import SAMPLE_RATE
 #: machine; the peaks do not depend on load. clips/s grew with the batch in every run, so the largest batch
 #: under 4 GB wins. On an idle 2-core AMX Xeon, with the oneDNN-prepacked copies (2026-12-03, two runs): batch 2
 #: x1.05 (3.76 GB), batch 4 x1.15-1.18 (3.78-3.96 GB), batch 8 x0.85-0.91 (4.13-4.17 GB): batch 4 would win
-#: there, but it peaked at 4.10 GB on the EPYC, so 2 stays, under 4 GB on both.
+#: there, but it peaked at 4.10 GB on the EPYC, so 2 stays, under 4 GB on both. On an idle 2-core Xeon without
+#: AMX, where ``precision="auto"`` computes in float32 (2026-12-05, two runs): batch 2 x1.01-1.04, batch 4
+#: x1.02-1.06, batch 8 x1.04-1.08, every peak 3.28-3.72 GB; a few per cent is not worth a batch that breaks 4 GB
+#: on the other two CPUs.
 EVAL_BATCH_SIZE = 2
 #: The same on CUDA. On one H200 (full-size audioldm-s-full, random weights, bf16 UNet replayed from CUDA graphs,
 #: 5 s clips, 6 DPM-Solver++ steps; ``bench/gpu_check.sh``, 2026-12-04, ``bench/results/h200-2026-12-04/``):

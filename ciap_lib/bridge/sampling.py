@@ -27,7 +27,7 @@ import torch
 
 from ciap_lib.bridge import cuda_graphs, devices
 from ciap_lib.bridge.attention import fused_attention
-from ciap_lib.bridge.invariance import rowwise_linears
+from ciap_lib.bridge.invariance import per_clip_linears
 from ciap_lib.bridge.frozen import FrozenAudioLDM
 from ciap_lib.constants import SAMPLE_RATE
 
@@ -86,16 +86,18 @@ def predict_noise(audioldm: FrozenAudioLDM, x: torch.Tensor, t: torch.Tensor, co
     """Guided epsilon for latents ``x`` (N,8,T,16) at timestep ``t`` with ``cond`` (N,1,512).
 
     ``uncond``: what guidance steers away from, (1,1,512) or (N,1,512); default ``audioldm.uncond_embedding``
-    (the CLAP text embedding of ``""``). The UNet sees ``cat([uncond, cond])`` as its film condition.
+    (the CLAP text embedding of ``""``). The UNet's film condition holds each clip's two side by side,
+    ``(u_0, c_0, u_1, c_1, ...)`` (2N, 1, 512), and its latents ``(x_0, x_0, x_1, x_1, ...)``.
     ``autocast``: run under autocast to ``half`` (bfloat16, or float16 on GPUs without bf16) with weight copies.
     On CUDA the UNet call is replayed from a CUDA graph captured once per shape (:mod:`ciap_lib.bridge.cuda_graphs`;
     ``audioldm.cuda_graphs = False``: eagerly).
     """
-    n = x.shape[0]
-    if guidance_scale != 1.0:
+    n, guided = x.shape[0], guidance_scale != 1.0
+    if guided:
         u = audioldm.uncond_embedding if uncond is None else uncond
         u = u.to(device=cond.device, dtype=cond.dtype).reshape(-1, 1, cond.shape[-1]).expand(n, 1, cond.shape[-1])
-        x_in, c_in = torch.cat([x, x]), torch.cat([u, cond])
+        # each clip's two rows side by side, (u_0, c_0, u_1, c_1, ...): the Linears take them a clip at a time
+        x_in, c_in = torch.stack([x, x], 1).flatten(0, 1), torch.stack([u, cond], 1).flatten(0, 1)
     else:
         x_in, c_in = x, cond
     ts = torch.full((x_in.shape[0],), int(t), dtype=torch.long, device=x.device)
@@ -103,10 +105,11 @@ def predict_noise(audioldm: FrozenAudioLDM, x: torch.Tensor, t: torch.Tensor, co
     unet, _ = devices.sampling_modules(audioldm, dtype)
 
     def unet_call(x_in: torch.Tensor, ts: torch.Tensor, c_in: torch.Tensor) -> torch.Tensor:
-        # on the CPU the small Linears run row by row: a clip's noise prediction does not depend on its batch;
-        # attention runs through torch's fused SDPA kernel (ciap_lib.bridge.attention)
-        with devices.autocast(x_in.device, dtype), rowwise_linears(unet, enabled=x_in.device.type == "cpu"), \
-                fused_attention(unet):
+        # on the CPU the Linears run one clip (its 1 or 2 rows) at a time: a clip's noise prediction does not
+        # depend on its batch (ciap_lib.bridge.invariance); attention runs through torch's fused SDPA kernel
+        # (ciap_lib.bridge.attention)
+        with devices.autocast(x_in.device, dtype), fused_attention(unet), \
+                per_clip_linears(unet, rows_per_clip=2 if guided else 1, enabled=x_in.device.type == "cpu"):
             return unet(x_in, ts, c_film=[c_in])      # what LatentDiffusion.apply_model does for film conditioning
 
     if x.device.type == "cuda" and audioldm.cuda_graphs:   # launch-bound there: replayed (ciap_lib.bridge.cuda_graphs)
@@ -118,8 +121,8 @@ def predict_noise(audioldm: FrozenAudioLDM, x: torch.Tensor, t: torch.Tensor, co
     else:
         eps = unet_call(x_in, ts, c_in)
     eps = eps.float()
-    if guidance_scale != 1.0:
-        eps_u, eps_c = eps.chunk(2)
+    if guided:
+        eps_u, eps_c = eps.unflatten(0, (n, 2)).unbind(1)
         eps = eps_u + guidance_scale * (eps_c - eps_u)
     return eps
 

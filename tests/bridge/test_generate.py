@@ -31,23 +31,30 @@ def test_same_seed_same_audio_whatever_the_batch_size(tiny_audioldm, unit_embeds
     assert float((z[0] - za[1]).norm() / za[1].norm()) > 0.1   # clip 1 (seed 12) under clip 2's condition: other
 
 
-def test_rowwise_linears_make_a_linear_batch_invariant_and_are_removed():
-    from ciap_lib.bridge.invariance import rowwise_linears
+def test_per_clip_linears_make_a_linear_batch_invariant_and_are_removed():
+    """A Linear's output for clip 0 does not depend on how many clips are beside it, for 2-D (N, K) inputs and
+    3-D (N, tokens, K) ones. The 3-D case is the full-size UNet's feed-forward output at the 16 x 2 latent
+    (K = 2560): batched as it is, MKL moved clip 0 by up to 1.2e-6 here, even on one thread."""
+    from ciap_lib.bridge.invariance import per_clip_linears
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(512, 256), torch.nn.SiLU(), torch.nn.Linear(256, 256))
-    x = torch.randn(8, 512)
-    with torch.no_grad(), rowwise_linears(net):
-        batched, one = net(x), net(x[:1])
-        assert torch.equal(batched[:1], one)
-        assert torch.equal(net(x[:3].unsqueeze(0)), net[2](net[1](net[0](x[:3].unsqueeze(0)))))  # 3-D: as is
+    net = torch.nn.Sequential(torch.nn.Linear(2560, 640), torch.nn.SiLU(), torch.nn.Linear(640, 256))
+    for x in (torch.randn(32, 2560), torch.randn(32, 8, 2560), torch.randn(32, 32, 2560)):
+        with torch.no_grad(), per_clip_linears(net):
+            one = net(x[:1])
+            for n in (2, 4, 8, 16, 32):
+                assert torch.equal(net(x[:n])[:1], one), (tuple(x.shape), n)
+        with torch.no_grad(), per_clip_linears(net, rows_per_clip=2):
+            pair = net(x[:2])
+            for n in (4, 8, 16, 32):
+                assert torch.equal(net(x[:n])[:2], pair), (tuple(x.shape), n)
     assert all("forward" not in vars(m) for m in net.modules())
-    with torch.no_grad(), rowwise_linears(net, enabled=False):
+    with torch.no_grad(), per_clip_linears(net, enabled=False):
         assert all("forward" not in vars(m) for m in net.modules())
 
 
-def test_rowwise_linears_never_compute_the_batched_product(monkeypatch):
-    from ciap_lib.bridge.invariance import rowwise_linears
+def test_per_clip_linears_never_compute_the_batched_product(monkeypatch):
+    from ciap_lib.bridge.invariance import per_clip_linears
 
     net, shapes, real = torch.nn.Linear(16, 4), [], torch.nn.functional.linear
 
@@ -56,9 +63,36 @@ def test_rowwise_linears_never_compute_the_batched_product(monkeypatch):
         return real(inp, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "linear", spy)
-    with torch.no_grad(), rowwise_linears(net):
+    with torch.no_grad(), per_clip_linears(net):
         net(torch.randn(5, 16))
-    assert shapes == [(1, 16)] * 5     # one row at a time, and no (5, 16) product besides
+        net(torch.randn(3, 7, 16))
+    assert shapes == [(1, 16)] * 5 + [(1, 7, 16)] * 3    # a clip at a time, and no batched product besides
+    shapes.clear()
+    with torch.no_grad(), per_clip_linears(net, rows_per_clip=2):
+        out = net(torch.randn(6, 7, 16))
+        net(torch.randn(2, 16))                           # one clip: as it is
+        with pytest.raises(ValueError, match="5 rows are not clips of 2 rows each"):
+            net(torch.randn(5, 16))
+    assert out.shape == (6, 7, 4) and shapes == [(2, 7, 16)] * 3 + [(2, 16)]
+
+
+def test_guided_unet_batch_holds_each_clips_rows_side_by_side(tiny_audioldm, unit_embeds, monkeypatch):
+    """predict_noise interleaves (u_0, c_0, u_1, c_1, ...) and has the Linears take 2 rows at a time, so a clip's
+    two rows are computed together whatever the batch; without guidance 1 row is a clip."""
+    import ciap_lib.bridge.sampling as S
+
+    seen = []
+    real = S.per_clip_linears
+    monkeypatch.setattr(S, "per_clip_linears", lambda m, rows_per_clip=1, enabled=True: seen.append(
+        (rows_per_clip, enabled)) or real(m, rows_per_clip, enabled))
+    x, c = S.initial_noise(tiny_audioldm, 8, [0, 1, 2]), unit_embeds(3)
+    with torch.inference_mode():
+        guided = S.predict_noise(tiny_audioldm, x, torch.tensor(500), c, 2.5)
+        plain = S.predict_noise(tiny_audioldm, x, torch.tensor(500), c, 1.0)
+        for i in range(3):   # each clip alone: bitwise its rows of the batch
+            assert torch.equal(S.predict_noise(tiny_audioldm, x[i:i + 1], torch.tensor(500), c[i:i + 1], 2.5),
+                               guided[i:i + 1])
+    assert seen[:2] == [(2, True), (1, True)] and guided.shape == plain.shape == x.shape
 
 
 def test_candidates_best_by_clap_and_callback(tiny_audioldm, unit_embeds):

@@ -1,6 +1,7 @@
 """Negative and mixed conditioning on the tiny AudioLDM, seen where it matters: the UNet's film condition.
 
-A forward pre-hook on the UNet records ``c_film``; with guidance its batch is ``cat([negative, condition])``.
+A forward pre-hook on the UNet records ``c_film``; with guidance its batch holds each clip's negative and
+condition side by side, ``(n_0, c_0, n_1, c_1, ...)`` (``ciap_lib.bridge.sampling.predict_noise``).
 """
 from __future__ import annotations
 
@@ -42,8 +43,9 @@ def clips(tmp_path_factory):
 
 
 def halves(call: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unconditional and the conditional rows of a guided call's film condition, (n, 1, 512) each."""
     assert call.shape == (2 * n, 1, 512)
-    return call[:n], call[n:]
+    return call[0::2], call[1::2]
 
 
 def clap_audio(audioldm, *paths) -> torch.Tensor:

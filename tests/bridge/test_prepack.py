@@ -151,17 +151,17 @@ def test_packed_copies_sample_what_the_unpacked_copies_sample(tiny_audioldm_ckpt
     assert all(type(m) is not PackedConv2d for m in a.ldm.modules())
 
 
-def test_rowwise_linears_also_split_packed_linears(monkeypatch):
-    """The seed contract's row-by-row small Linears (ciap_lib.bridge.invariance) hold for the packed copies too."""
-    from ciap_lib.bridge.invariance import rowwise_linears
+def test_per_clip_linears_also_split_packed_linears(monkeypatch):
+    """The seed contract's clip-at-a-time Linears (ciap_lib.bridge.invariance) hold for the packed copies too."""
+    from ciap_lib.bridge.invariance import per_clip_linears
 
     torch.manual_seed(3)
     net = nn.Sequential(PackedLinear(nn.Linear(16, 8), torch.float32), nn.SiLU())
     shapes, real = [], PackedLinear.forward
     monkeypatch.setattr(PackedLinear, "forward", lambda self, x: shapes.append(tuple(x.shape)) or real(self, x))
-    x = torch.randn(5, 16)
-    with torch.no_grad(), rowwise_linears(net):
-        rows = net(x)
-    assert shapes == [(1, 16)] * 5 and "forward" not in vars(net[0])
+    x, x3 = torch.randn(5, 16), torch.randn(4, 3, 16)
+    with torch.no_grad(), per_clip_linears(net):
+        rows, clips = net(x), net(x3)
+    assert shapes == [(1, 16)] * 5 + [(1, 3, 16)] * 4 and "forward" not in vars(net[0])
     with torch.no_grad():
-        assert torch.allclose(rows, net(x), atol=1e-6)
+        assert torch.allclose(rows, net(x), atol=1e-6) and torch.allclose(clips, net(x3), atol=1e-6)

@@ -41,9 +41,10 @@ def test_guidance_uses_empty_text_vector(tiny_audioldm, unit_embeds):
     assert len(seen) == 2
     for c in seen:
         assert c.shape == (4, 1, 512)
-        assert torch.equal(c[:2], tiny_audioldm.uncond_embedding.expand(2, 1, 512))  # unconditional half = ""
-        assert torch.equal(c[2:], cond)
-        assert not torch.equal(c[:2], torch.zeros_like(c[:2]))
+        # each clip's rows side by side, (u_0, c_0, u_1, c_1): the unconditional ones are ""
+        assert torch.equal(c[0::2], tiny_audioldm.uncond_embedding.expand(2, 1, 512))
+        assert torch.equal(c[1::2], cond)
+        assert not torch.equal(c[0::2], torch.zeros_like(c[0::2]))
 
 
 def test_different_embeddings_give_different_latents(tiny_audioldm, unit_embeds):
